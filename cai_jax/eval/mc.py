@@ -1,0 +1,206 @@
+"""Multiple-choice scoring: each option's summed log-probability after the prompt.
+
+The prompt is encoded with BOS first; each option is encoded on its own (no BOS) and appended.
+To compute the shared prompt once per item, the prompt and all its options are packed into one
+row: option j's tokens attend to the prompt and causally to themselves, never to other options,
+and their positions continue from the end of the prompt, so each option sees exactly the
+context it would see alone. Logits are computed only where an option token is predicted.
+
+Shapes are bucketed (length, rows, targets and options in powers of two) so a whole file compiles
+a handful of programs. Truncation policy: when prompt + options exceed `max_length`, the prompt
+loses tokens from its left (BOS kept) and the item is counted as truncated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cai_jax.data.jsonl import DataError, read_jsonl, require
+from cai_jax.model import gemma
+from cai_jax.model.config import GemmaConfig
+
+PAD_BRANCH = -1  # padding slots; 0 = prompt, j + 1 = option j
+
+
+@dataclasses.dataclass(frozen=True)
+class MCItem:
+  prompt: str
+  options: tuple[str, ...]
+  is_correct: tuple[bool, ...]
+
+
+def read_mc_file(path: str) -> list[MCItem]:
+  """Items of a jsonl file with `prompt`, `corrects` and `incorrects` (lists of continuations)."""
+  items = []
+  for lineno, obj in read_jsonl(path):
+    prompt = require(obj, "prompt", str, path, lineno)
+    corrects = require(obj, "corrects", list, path, lineno)
+    incorrects = require(obj, "incorrects", list, path, lineno)
+    options = corrects + incorrects
+    if not corrects or not all(isinstance(o, str) and o for o in options):
+      raise DataError(f"{path}:{lineno}: 'corrects' must be a non-empty list and every option "
+                      "a non-empty string")
+    items.append(MCItem(prompt, tuple(options),
+                        (True,) * len(corrects) + (False,) * len(incorrects)))
+  if not items:
+    raise DataError(f"{path}: no items")
+  return items
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedItem:
+  """One item laid out in a row: prompt tokens, then each option's tokens."""
+  tokens: np.ndarray     # [n]
+  positions: np.ndarray  # [n]
+  branch: np.ndarray     # [n] 0 = prompt, j + 1 = option j
+  pred_index: np.ndarray  # [t] index of the token whose logits predict target t
+  target: np.ndarray     # [t] the option token predicted
+  option: np.ndarray     # [t] which option target t belongs to
+  num_options: int
+  truncated: bool
+
+
+def pack(prompt_ids: Sequence[int], option_ids: Sequence[Sequence[int]],
+         max_length: int) -> PackedItem:
+  option_tokens = sum(len(o) for o in option_ids)
+  truncated = False
+  budget = max_length - option_tokens
+  if budget < 2:
+    raise ValueError(f"options alone take {option_tokens} tokens; max_length is {max_length}")
+  if len(prompt_ids) > budget:  # keep BOS, drop the oldest prompt tokens
+    prompt_ids = [prompt_ids[0]] + list(prompt_ids[len(prompt_ids) - budget + 1:])
+    truncated = True
+  p = len(prompt_ids)
+  tokens, positions, branch = [list(prompt_ids)], [np.arange(p)], [np.zeros(p, np.int32)]
+  pred, target, option = [], [], []
+  start = p
+  for j, ids in enumerate(option_ids):
+    n = len(ids)
+    tokens.append(ids)
+    positions.append(np.arange(p, p + n))
+    branch.append(np.full(n, j + 1, np.int32))
+    # Token k of the option is predicted by token k-1 of it, the first by the prompt's last.
+    pred.append(np.concatenate([[p - 1], np.arange(start, start + n - 1)]))
+    target.append(ids)
+    option.append(np.full(n, j, np.int32))
+    start += n
+  cat = lambda xs: np.concatenate([np.asarray(x, np.int32) for x in xs])  # noqa: E731
+  return PackedItem(cat(tokens), cat(positions), cat(branch), cat(pred), cat(target),
+                    cat(option), len(option_ids), truncated)
+
+
+def _pow2(n: int, minimum: int) -> int:
+  return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+
+
+def length_bucket(n: int, max_length: int) -> int:
+  return min(_pow2(n, 64), max_length)
+
+
+def make_batch(items: Sequence[PackedItem], rows: int, length: int) -> dict[str, np.ndarray]:
+  """Pads `items` into [rows, length] and [rows, targets] arrays (targets a power of two)."""
+  num_targets = _pow2(max(len(it.target) for it in items), 8)
+  b = {
+      "tokens": np.zeros((rows, length), np.int32),
+      "positions": np.full((rows, length), -1, np.int32),
+      "branch": np.full((rows, length), PAD_BRANCH, np.int32),
+      "pred_index": np.zeros((rows, num_targets), np.int32),
+      "target": np.zeros((rows, num_targets), np.int32),
+      "option": np.full((rows, num_targets), -1, np.int32),
+  }
+  for r, it in enumerate(items):
+    n, t = len(it.tokens), len(it.target)
+    b["tokens"][r, :n] = it.tokens
+    b["positions"][r, :n] = it.positions
+    b["branch"][r, :n] = it.branch
+    b["pred_index"][r, :t] = it.pred_index
+    b["target"][r, :t] = it.target
+    b["option"][r, :t] = it.option
+  return b
+
+
+def packed_mask(positions_BL, branch_BL):
+  """Query i reads key j when j is a real token at or before i's position in the prompt or in
+  i's own option."""
+  bq, bk = branch_BL[:, :, None], branch_BL[:, None, :]
+  same_branch = (bk == bq) | (bk == 0)
+  return same_branch & (bk != PAD_BRANCH) & gemma.causal_mask(positions_BL, positions_BL)
+
+
+def option_scores(model: gemma.Gemma3, params, batch, num_options: int) -> jax.Array:
+  """[rows, options] summed log-probabilities (float32) of each option's tokens."""
+  mask = packed_mask(batch["positions"], batch["branch"])
+  positions = jnp.maximum(batch["positions"], 0)
+  hidden, _ = model.apply({"params": params}, batch["tokens"], positions, mask,
+                          return_hidden=True)
+  h = jnp.take_along_axis(hidden, batch["pred_index"][..., None], axis=1)
+  logits = model.apply({"params": params}, h, method=gemma.Gemma3.logits).astype(jnp.float32)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  token_logp = jnp.take_along_axis(logp, batch["target"][..., None], axis=-1)[..., 0]
+  one_hot = jax.nn.one_hot(batch["option"], num_options, dtype=jnp.float32)
+  return jnp.einsum("BT,BTO->BO", token_logp, one_hot)
+
+
+@dataclasses.dataclass
+class MCResult:
+  scores: list[list[float]]  # per item, per option (corrects first, as read)
+  correct: list[bool]
+  num_truncated: int
+
+  @property
+  def accuracy(self) -> float:
+    return float(np.mean(self.correct)) if self.correct else float("nan")
+
+
+class MCScorer:
+  """Scores multiple-choice items with one compiled program per shape bucket."""
+
+  def __init__(self, config: GemmaConfig, params, tokenizer, *, max_length: int = 4096,
+               tokens_per_batch: int = 8192):
+    self.params = params
+    self.tokenizer = tokenizer
+    self.max_length = max_length
+    self.tokens_per_batch = tokens_per_batch
+    self._score = jax.jit(functools.partial(option_scores, gemma.Gemma3(config)),
+                          static_argnames="num_options")
+
+  def rows_for(self, length: int) -> int:
+    rows = max(1, self.tokens_per_batch // length)
+    return 1 << (rows.bit_length() - 1)
+
+  def pack_items(self, items: Sequence[MCItem]) -> list[PackedItem]:
+    prompts = self.tokenizer.encode_batch([it.prompt for it in items], add_bos=True)
+    options = [self.tokenizer.encode_batch(list(it.options), add_bos=False) for it in items]
+    return [pack(p, o, self.max_length) for p, o in zip(prompts, options)]
+
+  def score_packed(self, packed: Sequence[PackedItem], progress=None) -> list[np.ndarray]:
+    """Per item, its options' scores; items are batched longest first, results in input order."""
+    order = sorted(range(len(packed)), key=lambda i: -len(packed[i].tokens))
+    results: list[np.ndarray | None] = [None] * len(packed)
+    start = 0
+    while start < len(order):
+      length = length_bucket(len(packed[order[start]].tokens), self.max_length)
+      rows = self.rows_for(length)
+      chunk = order[start:start + rows]
+      batch = make_batch([packed[i] for i in chunk], rows, length)
+      num_options = _pow2(max(packed[i].num_options for i in chunk), 2)
+      scores = np.asarray(self._score(self.params, batch, num_options=num_options))
+      for r, i in enumerate(chunk):
+        results[i] = scores[r, :packed[i].num_options]
+      start += len(chunk)
+      if progress is not None:
+        progress.update(len(chunk))
+    return results
+
+  def score(self, items: Sequence[MCItem], progress=None) -> MCResult:
+    packed = self.pack_items(items)
+    scores = self.score_packed(packed, progress)
+    correct = [bool(it.is_correct[int(np.argmax(s))]) for it, s in zip(items, scores)]
+    return MCResult(scores=[[float(x) for x in s] for s in scores], correct=correct,
+                    num_truncated=sum(p.truncated for p in packed))

