@@ -73,5 +73,14 @@ def main(argv):
     sys.exit(2)
 
 
+def print_help_and_exit() -> None:
+  """absl exits 1 after --help; users and scripts expect the job list and a 0 exit status."""
+  print(__doc__)
+  print(flags.FLAGS.main_module_help())
+  sys.exit(0)
+
+
 if __name__ == "__main__":
+  if any(arg in ("-h", "--help", "--helpshort") for arg in sys.argv[1:]):
+    print_help_and_exit()
   app.run(main)

@@ -12,6 +12,6 @@ def get_config():
   config.eval = dict(
       files="",                # comma-separated jsonl files with prompt / corrects / incorrects
       max_length=4096,         # packed prompt + options; longer prompts are left-truncated
-      tokens_per_batch=8192,   # rows per batch = tokens_per_batch // padded length
+      tokens_per_batch=4096,   # rows per batch = tokens_per_batch // padded length
   )
   return config

