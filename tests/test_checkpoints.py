@@ -573,6 +573,7 @@ def _copy_with_config(src, dst, **model_config) -> str:
     {"num_layers": 6, "layer_types": ["local", "global"] * 3},  # more layers
 ])
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
 def test_orbax_marker_of_another_shape(orbax_folder, tmp_path, change):
   folder = _copy_with_config(orbax_folder, tmp_path / "other", **change)
   _raises_naming(folder, orbax_io.load, folder, match="cannot restore parameters")

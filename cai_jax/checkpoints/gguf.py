@@ -56,6 +56,11 @@ def _field(reader, key: str, path: str, default=None):
   return field.contents()
 
 
+def _f32(value) -> float:
+  """GGUF stores float32: 1e-6 comes back as 9.99999997e-07. Read it as it was written."""
+  return float(str(np.float32(value)))
+
+
 def config_from_reader(reader, path: str) -> GemmaConfig:
   arch = _field(reader, "general.architecture", path)
   if arch != ARCH:
@@ -72,7 +77,7 @@ def config_from_reader(reader, path: str) -> GemmaConfig:
   if scaling_type is not None and scaling_type.contents() not in ("none", ""):
     if scaling_type.contents() != "linear":
       raise CheckpointError(f"{path}: RoPE scaling {scaling_type.contents()!r} is not supported")
-    scale = float(f("rope.scaling.factor"))
+    scale = _f32(f("rope.scaling.factor"))
   embedding = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
   if embedding is None:
     raise CheckpointError(f"{path}: tensor 'token_embd.weight' is missing")
@@ -88,9 +93,9 @@ def config_from_reader(reader, path: str) -> GemmaConfig:
       sliding_window=int(f("attention.sliding_window")),
       layer_types=layer_types_from_pattern(num_layers, GEMMA3_LAYER_PATTERN),
       local_rope_base=GEMMA3_LOCAL_ROPE_BASE,
-      global_rope_base=float(f("rope.freq_base")),
+      global_rope_base=_f32(f("rope.freq_base")),
       global_rope_scale=scale,
-      rms_norm_eps=float(f("attention.layer_norm_rms_epsilon")),
+      rms_norm_eps=_f32(f("attention.layer_norm_rms_epsilon")),
       max_seq_len=int(f("context_length")),
   )
 
@@ -134,5 +139,8 @@ def load_gguf(path: str):
 
   reader = open_reader(path)
   config = config_from_reader(reader, path)
-  tokenizer = Tokenizer.from_gguf_reader(reader, path)
+  try:
+    tokenizer = Tokenizer.from_gguf_reader(reader, path)
+  except ValueError as e:
+    raise CheckpointError(str(e)) from e
   return config, hf_state_from_reader(reader, path), tokenizer

@@ -76,8 +76,9 @@ def config_from_hf(d: Mapping[str, Any], where: str) -> GemmaConfig:
         embed_dim=int(d["hidden_size"]),
         mlp_dim=int(d["intermediate_size"]),
         num_layers=num_layers,
-        num_heads=int(d["num_attention_heads"]),
-        num_kv_heads=int(d["num_key_value_heads"]),
+        # transformers' Gemma3TextConfig defaults, which published multimodal configs rely on.
+        num_heads=int(d.get("num_attention_heads", 8)),
+        num_kv_heads=int(d.get("num_key_value_heads", 4)),
         head_dim=int(d.get("head_dim", 256)),
         query_pre_attn_scalar=float(d.get("query_pre_attn_scalar", 256)),
         sliding_window=int(d.get("sliding_window", 4096)),
@@ -149,7 +150,8 @@ def params_from_hf_state(config: GemmaConfig, state: Mapping[str, np.ndarray],
     if x.shape != shape:
       raise CheckpointError(
           f"{where}: tensor {name!r} has shape {x.shape}, the config implies {shape}")
-    return x.astype(dtype, copy=False)
+    # A copy: the state may be a memory map of the file, which a later export may overwrite.
+    return np.array(x, dtype=dtype)
 
   D, F, N, K, H = c.embed_dim, c.mlp_dim, c.num_heads, c.num_kv_heads, c.head_dim
   params: dict[str, Any] = {

@@ -92,11 +92,14 @@ def resolve(spec: str, cache_dir: str) -> str:
 def load(spec: str, *, cache_dir: str, param_dtype: str = "float32",
          dtype: str = "float32") -> LoadedModel:
   folder = resolve(spec, cache_dir)
-  tokenizer = Tokenizer.from_file(os.path.join(folder, "tokenizer.model"))
   if orbax_io.is_orbax_folder(folder):
     config, params = orbax_io.load(folder, param_dtype=param_dtype)
   else:
     config, params = hf.load_hf_folder(folder, param_dtype=param_dtype)
     params = jax.tree.map(jnp.asarray, params)
+  try:
+    tokenizer = Tokenizer.from_file(os.path.join(folder, "tokenizer.model"))
+  except ValueError as e:
+    raise CheckpointError(str(e)) from e
   return LoadedModel(config=config.replace(dtype=dtype), params=params, tokenizer=tokenizer,
                      source=folder)

@@ -51,7 +51,9 @@ def read_config(folder: str) -> GemmaConfig:
       raise CheckpointError(f"{path}: format_version {meta.get('format_version')!r}, "
                             f"this cai_jax reads {FORMAT_VERSION}")
     return GemmaConfig.from_dict(meta["model_config"])
-  except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+  except CheckpointError:
+    raise
+  except (OSError, ValueError, KeyError, TypeError) as e:
     raise CheckpointError(f"{path}: cannot read checkpoint metadata ({e})") from e
 
 
