@@ -93,6 +93,10 @@ def config_from_hf(d: Mapping[str, Any], where: str) -> GemmaConfig:
     raise CheckpointError(f"{where}: config is missing field {e.args[0]!r}") from None
 
 
+def _int_if_integral(x: float):
+  return int(x) if float(x).is_integer() else x
+
+
 def config_to_hf(config: GemmaConfig, special_ids: Mapping[str, int]) -> dict[str, Any]:
   """config.json for Gemma3ForCausalLM; legacy RoPE keys, which transformers 4.5x and 5.x read."""
   return {
@@ -106,7 +110,8 @@ def config_to_hf(config: GemmaConfig, special_ids: Mapping[str, int]) -> dict[st
       "num_key_value_heads": config.num_kv_heads,
       "head_dim": config.head_dim,
       "hidden_activation": "gelu_pytorch_tanh",
-      "query_pre_attn_scalar": config.query_pre_attn_scalar,
+      # transformers' strict config wants an int here whenever the value is integral.
+      "query_pre_attn_scalar": _int_if_integral(config.query_pre_attn_scalar),
       "sliding_window": config.sliding_window,
       "layer_types": [
           "full_attention" if t == GLOBAL else "sliding_attention" for t in config.layer_types],
