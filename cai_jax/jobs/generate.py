@@ -1,0 +1,98 @@
+"""Job `generate`: prompts jsonl -> completions jsonl, appended as it goes and resumable.
+
+Records: {"id", "prompt", "completion", "finish_reason", "num_tokens", "truncated"}. On restart,
+ids already in the output are skipped; a last line cut off by a crash is dropped first, so no
+record is lost or written twice. Prompts are encoded with BOS first and nothing else added.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+
+from cai_jax.data.jsonl import DataError, read_jsonl, require
+from cai_jax.jobs.common import load_model, progress
+from cai_jax.sampling.sampler import Sampler
+from cai_jax.sampling.strategies import from_settings
+
+
+def read_prompts(path: str) -> list[tuple[str, str]]:
+  rows, seen = [], set()
+  for lineno, obj in read_jsonl(path):
+    rid = require(obj, "id", (str, int), path, lineno)
+    prompt = require(obj, "prompt", str, path, lineno)
+    if not prompt:
+      raise DataError(f"{path}:{lineno}: empty prompt")
+    if str(rid) in seen:
+      raise DataError(f"{path}:{lineno}: duplicate id {rid!r}")
+    seen.add(str(rid))
+    rows.append((str(rid), prompt))
+  if not rows:
+    raise DataError(f"{path}: no prompts")
+  return rows
+
+
+def finished_ids(path: str) -> set[str]:
+  """Ids already written; drops a trailing partial line left by a crash."""
+  if not os.path.exists(path):
+    return set()
+  with open(path, "rb") as f:
+    data = f.read()
+  keep = data if data.endswith(b"\n") or not data else data[:data.rfind(b"\n") + 1]
+  if keep != data:
+    with open(path, "wb") as f:
+      f.write(keep)
+  ids = set()
+  for lineno, line in enumerate(keep.decode("utf-8").splitlines(), start=1):
+    if line.strip():
+      try:
+        ids.add(str(json.loads(line)["id"]))
+      except (json.JSONDecodeError, KeyError, TypeError):
+        raise DataError(f"{path}:{lineno}: not a completion record; refusing to append") from None
+  return ids
+
+
+def run(config, workdir: str) -> str:
+  g = config.generate
+  if not g.prompts:
+    raise DataError("no prompts: set --config.generate.prompts=IN.jsonl")
+  strategy = from_settings(g.temperature, g.top_k, g.top_p)
+  if g.max_new_tokens <= 0:
+    raise ValueError(f"generate.max_new_tokens must be > 0, got {g.max_new_tokens}")
+  rows = read_prompts(g.prompts)
+  output = g.output or os.path.join(workdir, "generate", "completions.jsonl")
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  done = finished_ids(output)
+  todo = [r for r in rows if r[0] not in done]
+  print(f"{len(rows)} prompts, {len(done)} already done, {len(todo)} to generate", flush=True)
+  if not todo:
+    return output
+
+  model = load_model(config)
+  sampler = Sampler(model.config, model.params, model.tokenizer,
+                    max_prompt_length=g.max_prompt_length, max_batch=g.batch_size,
+                    chunk_size=g.chunk_size)
+  prefix = sampler.prefill_prefix(g.prefix) if g.prefix else None
+  key = jax.random.PRNGKey(config.seed)
+  tokens, start = 0, time.perf_counter()
+  with progress(len(todo), "generate", "row") as bar, open(output, "a", encoding="utf-8") as out:
+    for block_start in range(0, len(todo), g.write_every):
+      block = todo[block_start:block_start + g.write_every]
+      key, sub = jax.random.split(key)
+      result = sampler.generate([p for _, p in block], max_new_tokens=g.max_new_tokens,
+                                strategy=strategy, key=sub, stop=tuple(g.stop), prefix=prefix,
+                                progress=bar)
+      for (rid, prompt), text, reason, n, trunc in zip(
+          block, result.texts, result.finish_reasons, result.num_tokens, result.truncated):
+        out.write(json.dumps({"id": rid, "prompt": prompt, "completion": text,
+                              "finish_reason": reason, "num_tokens": n, "truncated": trunc},
+                             ensure_ascii=False) + "\n")
+      out.flush()
+      os.fsync(out.fileno())
+      tokens += sum(result.num_tokens)
+      bar.set_postfix(tok_per_s=f"{tokens / (time.perf_counter() - start):.1f}")
+  print(f"wrote {output}", flush=True)
+  return output

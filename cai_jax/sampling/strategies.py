@@ -1,0 +1,71 @@
+"""Sampling strategies: small frozen dataclasses with one method, `sample(logits_BV, key)`.
+
+Each returns the chosen tokens and their log-probabilities under the *sampling* distribution
+(after temperature and truncation); the sampler separately records log-probs under the raw
+model distribution, which is what PPO needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class Greedy:
+  """argmax; the sampling distribution puts all mass on it (log-prob 0)."""
+
+  def sample(self, logits_BV: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    del key
+    tokens = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+    return tokens, jnp.zeros(tokens.shape, jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """Temperature sampling, optionally truncated to the top-k tokens and/or the top-p nucleus
+  (top-k first, then top-p within it). Defaults sample from the raw model distribution."""
+  temperature: float = 1.0
+  top_k: int = 0      # 0: no top-k truncation
+  top_p: float = 1.0  # 1.0: no nucleus truncation
+
+  def __post_init__(self):
+    if not self.temperature > 0:
+      raise ValueError(f"temperature must be > 0 (use Greedy for 0), got {self.temperature}")
+    if self.top_k < 0:
+      raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+  def masked_logits(self, logits_BV: jax.Array) -> jax.Array:
+    """Tempered logits with the truncated-away tokens at -inf."""
+    logits = logits_BV.astype(jnp.float32) / self.temperature
+    if self.top_k:
+      kth = jax.lax.top_k(logits, self.top_k)[0][..., -1:]
+      logits = jnp.where(logits >= kth, logits, -jnp.inf)
+    if self.top_p < 1.0:
+      sorted_desc = jnp.sort(logits, axis=-1)[..., ::-1]
+      probs = jax.nn.softmax(sorted_desc, axis=-1)
+      # Keep a token while the mass strictly before it is below top_p (the first always stays).
+      before = jnp.cumsum(probs, axis=-1) - probs
+      kept = jnp.where(before < self.top_p, sorted_desc, jnp.inf)
+      threshold = jnp.min(kept, axis=-1, keepdims=True)
+      logits = jnp.where(logits >= threshold, logits, -jnp.inf)
+    return logits
+
+  def sample(self, logits_BV: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    logits = self.masked_logits(logits_BV)
+    tokens = jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[:, None], axis=-1)
+    return tokens, logp[:, 0]
+
+
+def from_settings(temperature: float, top_k: int = 0, top_p: float = 1.0):
+  """Greedy for temperature 0, else Sampling: what a config's generate.* fields mean."""
+  if temperature == 0:
+    if top_k or top_p != 1.0:
+      raise ValueError("top_k / top_p need temperature > 0 (temperature 0 means greedy)")
+    return Greedy()
+  return Sampling(temperature=temperature, top_k=top_k, top_p=top_p)

@@ -1,0 +1,27 @@
+"""Generate completions for a prompts jsonl ({"id", "prompt"}) with the KV-cache sampler.
+
+python -m cai_jax.main --config configs/generate.py --workdir runs/gen \
+    --config.generate.prompts=IN.jsonl --config.generate.output=OUT.jsonl \
+    --config.generate.max_new_tokens=128 --config.generate.temperature=0
+"""
+
+from cai_jax import config_defaults
+
+
+def get_config():
+  config = config_defaults.base_config("generate")
+  config.generate = dict(
+      prompts="",               # jsonl with "id" and "prompt" per line
+      output="",                # completions jsonl; default WORKDIR/generate/completions.jsonl
+      max_new_tokens=128,
+      temperature=1.0,          # 0 = greedy
+      top_k=0,                  # 0 = off
+      top_p=1.0,                # 1.0 = off
+      stop=("\n\nHuman:",),     # stop strings, cut from the returned text
+      prefix="",                # optional shared prefix, prefilled once for every prompt
+      batch_size=8,
+      max_prompt_length=2048,   # longer prompts keep BOS and lose tokens from the left
+      chunk_size=32,            # decode steps between host checks for stop strings
+      write_every=32,           # prompts per appended block of records
+  )
+  return config
