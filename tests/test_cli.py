@@ -17,7 +17,7 @@ def cli(*args, cwd=ROOT):
 def test_help_lists_the_jobs():
   out = cli("--help")
   assert out.returncode == 0, out.stderr
-  for job in ("eval_mc", "convert"):
+  for job in ("eval_mc", "generate", "convert"):
     assert job in out.stdout
 
 

@@ -60,8 +60,12 @@ def run(config, workdir: str) -> str:
   if not g.prompts:
     raise DataError("no prompts: set --config.generate.prompts=IN.jsonl")
   strategy = from_settings(g.temperature, g.top_k, g.top_p)
-  if g.max_new_tokens <= 0:
-    raise ValueError(f"generate.max_new_tokens must be > 0, got {g.max_new_tokens}")
+  for field in ("max_new_tokens", "batch_size", "write_every", "chunk_size", "max_prompt_length"):
+    if g[field] <= 0:
+      raise ValueError(f"generate.{field} must be > 0, got {g[field]}")
+  stop = (g.stop,) if isinstance(g.stop, str) else tuple(g.stop)
+  if any(not isinstance(s, str) or not s for s in stop):
+    raise ValueError(f"generate.stop: stop strings must be non-empty strings, got {stop!r}")
   rows = read_prompts(g.prompts)
   output = g.output or os.path.join(workdir, "generate", "completions.jsonl")
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
@@ -83,7 +87,7 @@ def run(config, workdir: str) -> str:
       block = todo[block_start:block_start + g.write_every]
       key, sub = jax.random.split(key)
       result = sampler.generate([p for _, p in block], max_new_tokens=g.max_new_tokens,
-                                strategy=strategy, key=sub, stop=tuple(g.stop), prefix=prefix,
+                                strategy=strategy, key=sub, stop=stop, prefix=prefix,
                                 progress=bar)
       for (rid, prompt), text, reason, n, trunc in zip(
           block, result.texts, result.finish_reasons, result.num_tokens, result.truncated):

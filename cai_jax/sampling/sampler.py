@@ -75,8 +75,9 @@ class PrefixCache:
 
 def _prefill(model, params, tokens_BL, positions_BL, cache, cache_index):
   """Writes the tokens into the cache and returns the logits after each row's last token."""
+  zero, cache_index = jnp.zeros((), jnp.int32), jnp.asarray(cache_index, jnp.int32)
   kv_positions = jax.lax.dynamic_update_slice(
-      cache[0].positions_BS, positions_BL, (0, cache_index))
+      cache[0].positions_BS, positions_BL, (zero, cache_index))
   mask = gemma.causal_mask(positions_BL, kv_positions) & (positions_BL >= 0)[:, :, None]
   # Positions go in as they are: -1 marks padding in the cache, and RoPE of -1 is harmless.
   hidden, cache = model.apply({"params": params}, tokens_BL, positions_BL, mask,
@@ -90,6 +91,7 @@ def _prefill(model, params, tokens_BL, positions_BL, cache, cache_index):
 def _decode(model, strategy, eos_ids, first_slot, params, state: DecodeState, until):
   """Samples tokens until step == until or every row is done (one compiled loop)."""
   eos_ids = jnp.asarray(eos_ids, jnp.int32)
+  zero = jnp.zeros((), jnp.int32)  # explicit int32 indices: also right under jax_enable_x64
 
   def cond(s: DecodeState):
     return (s.step < until) & ~jnp.all(s.done_B)
@@ -103,10 +105,10 @@ def _decode(model, strategy, eos_ids, first_slot, params, state: DecodeState, un
     token = jnp.where(active, token, 0)
     is_eos = active & jnp.isin(token, eos_ids)
     upd = lambda buf, v: jax.lax.dynamic_update_slice(  # noqa: E731
-        buf, v[:, None].astype(buf.dtype), (0, s.step))
+        buf, v[:, None].astype(buf.dtype), (zero, s.step))
     positions = jnp.where(active, s.next_pos_B, -1)[:, None]
-    slot = first_slot + s.step
-    kv_positions = jax.lax.dynamic_update_slice(s.cache[0].positions_BS, positions, (0, slot))
+    slot = (first_slot + s.step).astype(jnp.int32)
+    kv_positions = jax.lax.dynamic_update_slice(s.cache[0].positions_BS, positions, (zero, slot))
     mask = gemma.causal_mask(positions, kv_positions)
     logits, cache = model.apply({"params": params}, token[:, None], positions, mask,
                                 cache=s.cache, cache_index=slot)
@@ -130,6 +132,9 @@ class Sampler:
 
   def __init__(self, config: GemmaConfig, params, tokenizer, *, max_prompt_length: int = 2048,
                max_batch: int = 16, chunk_size: int = 32, eos_ids: Sequence[int] | None = None):
+    if max_batch < 1 or chunk_size < 1 or max_prompt_length < 1:
+      raise ValueError(f"max_batch, chunk_size and max_prompt_length must be >= 1, got "
+                       f"{max_batch}, {chunk_size}, {max_prompt_length}")
     self.config = config
     self.params = params
     self.tokenizer = tokenizer
@@ -184,10 +189,13 @@ class Sampler:
                strategy: Greedy | Sampling = Greedy(), key: jax.Array | None = None,
                stop: Sequence[str] = (), prefix: PrefixCache | None = None,
                progress=None) -> SampleOutput:
+    if isinstance(prompts, str):
+      raise TypeError("generate takes a sequence of prompts, not one string")
     if max_new_tokens <= 0:
       raise ValueError(f"max_new_tokens must be > 0, got {max_new_tokens}")
-    if any(not s for s in stop):
-      raise ValueError("stop strings must be non-empty")
+    stop = (stop,) if isinstance(stop, str) else tuple(stop)
+    if any(not isinstance(s, str) or not s for s in stop):
+      raise ValueError(f"stop strings must be non-empty strings, got {stop!r}")
     key = jax.random.PRNGKey(0) if key is None else key
     ids, truncated = self.encode(prompts, add_bos=prefix is None)
     outputs = [None] * len(ids)
@@ -250,11 +258,15 @@ class Sampler:
       state = decode(first_slot, self.params, state, step)
       if stop:
         done = np.asarray(state.done_B).copy()
+        eos = np.asarray(state.eos_B)
         generated = np.asarray(state.tokens_BN)
         now = int(state.step)
         for r in range(n):
           if stop_at[r] is None:  # rows that ended by EOS may still hold a stop string
-            stop_at[r] = self._find_stop(generated[r, :now], stop)
+            row = generated[r, :now]
+            if eos[r]:  # only the tokens up to EOS: the slots after it hold padding
+              row = row[:int(np.argmax(np.isin(row, self.eos_ids))) + 1]
+            stop_at[r] = self._find_stop(row, stop)
             if stop_at[r] is not None:
               done[r] = True
         state = state.replace(done_B=jnp.asarray(done))
@@ -284,13 +296,24 @@ class Sampler:
     return results
 
   def _find_stop(self, tokens: np.ndarray, stop: Sequence[str]):
-    """(tokens up to the one completing the first stop string, text before it), or None."""
-    text = self.tokenizer.decode([int(t) for t in tokens if t not in self.eos_ids])
-    hits = [(text.find(s), s) for s in stop if s in text]
-    if not hits:
+    """(k, text) or None. As if decoding stopped at the first token whose text completes any
+    stop string: k counts the tokens up to and including it, and `text` is their text cut
+    before the earliest stop string in it (which may begin inside a token)."""
+    def text_of(k):
+      return self.tokenizer.decode([int(t) for t in tokens[:k] if int(t) not in self.eos_ids])
+
+    def hit(k):
+      t = text_of(k)
+      return any(s in t for s in stop)
+
+    if not len(tokens) or not hit(len(tokens)):
       return None
-    cut = min(h[0] for h in hits)
-    for k in range(1, len(tokens) + 1):  # the shortest token prefix whose text reaches the stop
-      if any(s in self.tokenizer.decode([int(t) for t in tokens[:k]]) for s in stop):
-        return k, text[:cut]
-    return len(tokens), text[:cut]
+    lo, hi = 1, len(tokens)  # the text of a token prefix only grows: binary search for k
+    while lo < hi:
+      mid = (lo + hi) // 2
+      if hit(mid):
+        hi = mid
+      else:
+        lo = mid + 1
+    text = text_of(lo)
+    return lo, text[:min(text.find(s) for s in stop if s in text)]

@@ -1,0 +1,503 @@
+"""The KV-cache sampler: cached decoding equals full forward passes (tiny preset, windows and
+padding included), prefix caching changes nothing, stop strings and EOS end rows exactly and
+independently, sampling draws from the distribution it claims, bad input fails clearly, shapes are
+bucketed; and on Gemma 3 270M greedy decoding equals transformers' token for token."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cai_jax.model import config as model_config
+from cai_jax.model import gemma
+from cai_jax.sampling.sampler import Sampler
+from cai_jax.sampling.strategies import Greedy, Sampling, from_settings
+from conftest import needs_transformers
+
+
+class CharTokenizer:
+  """Test double for the tiny preset: one id per character (BOS = 2, EOS = 1)."""
+  bos_id = 2
+  eos_id = 1
+
+  def encode(self, text, *, add_bos):
+    return ([self.bos_id] if add_bos else []) + [3 + (ord(c) % 500) for c in text]
+
+  def encode_batch(self, texts, *, add_bos):
+    return [self.encode(t, add_bos=add_bos) for t in texts]
+
+  def decode(self, ids):
+    return "".join(chr(int(i) - 3) if i >= 3 else "" for i in ids)
+
+
+class PieceTokenizer(CharTokenizer):
+  """Decodes every id (specials included) to its own two-letter piece, so stop strings in the
+  generated text straddle tokens and start or end inside them."""
+  LETTERS = "abcdefghijklmnopqrstuvw"  # 23 * 23 >= 512 distinct pieces
+
+  @classmethod
+  def piece(cls, i):
+    i = int(i)
+    return cls.LETTERS[i % 23] + cls.LETTERS[(i // 23) % 23]
+
+  def decode(self, ids):
+    return "".join(self.piece(i) for i in ids)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """The tiny preset with norm scales that make its greedy output varied: randomly initialised
+  Gemma mostly repeats its last input token (tied embeddings), which would make these tests
+  vacuous. More extreme scales vary it more but amplify float32 rounding past 1e-4; with these,
+  cached and uncached log-probs differ by at most ~5e-5."""
+  config = model_config.preset("tiny")
+  params = jax.jit(gemma.init_params, static_argnums=0)(config, jax.random.PRNGKey(2))
+  flat = flax.traverse_util.flatten_dict(params)
+  rng = np.random.default_rng(2)
+  for k, v in flat.items():
+    if k[-1] != "scale":
+      continue
+    if k[-2] in ("post_attn_norm", "post_ffw_norm"):
+      new = 10.0 + rng.normal(0.0, 2.0, v.shape)   # blocks outweigh the token embedding
+    elif k[-2] in ("q_norm", "k_norm"):
+      new = 2.0 + rng.normal(0.0, 0.3, v.shape)    # sharper attention
+    elif k[-2] == "final_norm":
+      new = np.full(v.shape, -0.8)                  # logits of moderate spread
+    else:
+      new = rng.normal(0.0, 0.3, v.shape)
+    flat[k] = jnp.asarray(new, jnp.float32)
+  return config, flax.traverse_util.unflatten_dict(flat)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward_logprobs(config, params, tokens_BL, valid_BL):
+  positions, mask = gemma.sequence_inputs(valid_BL)
+  logits, _ = gemma.Gemma3(config).apply({"params": params}, tokens_BL, positions, mask)
+  return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+
+@pytest.fixture(scope="module")
+def sampler(tiny):
+  """Shared by the tests that can share compiled programs: CharTokenizer, no EOS id, so every row
+  runs its full budget."""
+  return Sampler(*tiny, CharTokenizer(), eos_ids=())
+
+
+def full_logprobs(config, params, ids) -> np.ndarray:
+  """log_softmax of one uncached forward pass over `ids`: [len(ids), vocab]. (Right-padded to a
+  power of two, which leaves the real positions unchanged, so few programs compile.)"""
+  length = max(64, 1 << (len(ids) - 1).bit_length())
+  tokens = np.zeros((1, length), np.int32)
+  tokens[0, :len(ids)] = ids
+  valid = np.arange(length)[None] < len(ids)
+  return np.asarray(_forward_logprobs(config, params, tokens, valid))[0, :len(ids)]
+
+
+PROMPTS = ["the harbour lights were burning low", "hi", "abcdefghijklm", "q"]
+
+
+# ----------------------------------------------------------------------------- cached decoding
+
+
+def test_greedy_equals_argmax_of_full_forward(tiny, sampler):
+  """Prompts longer and shorter than the sliding window (8), padded together in one batch, and
+  16 new tokens: every cached step equals the uncached forward pass over prompt + generated."""
+  config, params = tiny
+  tok = CharTokenizer()
+  out = sampler.generate(PROMPTS, max_new_tokens=16)
+  for prompt, tokens, logp in zip(PROMPTS, out.tokens, out.logprobs):
+    ids = tok.encode(prompt, add_bos=True)
+    assert len(tokens) == 16 and len(set(tokens)) > 4  # not a degenerate repeat
+    ref = full_logprobs(config, params, ids + tokens)
+    pred = ref[len(ids) - 1:len(ids) - 1 + len(tokens)]
+    np.testing.assert_array_equal(tokens, np.argmax(pred, axis=-1), err_msg=prompt)
+    np.testing.assert_allclose(logp, pred[np.arange(len(tokens)), tokens], atol=1e-4,
+                               err_msg=prompt)
+  assert out.finish_reasons == ["length"] * 4 and out.num_tokens == [16] * 4
+
+
+def test_prefix_cache_equals_uncached_tiny(tiny, sampler):
+  config, params = tiny
+  tok = CharTokenizer()
+  prefix_text = "A conversation between a person and a helpful assistant. "  # > window
+  prompts = ["Human: hello there", "Human: why is the sky blue?", "x"]
+  prefix = sampler.prefill_prefix(prefix_text)
+  assert prefix.length == len(prefix_text) + 1
+  cached = sampler.generate(prompts, max_new_tokens=16, prefix=prefix)
+  # One character per token, so BOS + prefix + prompt is exactly what the text encodes to.
+  plain = sampler.generate([prefix_text + p for p in prompts], max_new_tokens=16)
+  assert cached.tokens == plain.tokens
+  for a, b in zip(cached.logprobs, plain.logprobs):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+  # The prefix cache is reusable across batches.
+  again = sampler.generate(prompts[::-1], max_new_tokens=16, prefix=prefix)
+  assert again.tokens == plain.tokens[::-1]
+
+
+# ----------------------------------------------------------------------------- stopping
+
+
+def test_stop_strings_cut_exactly_and_rows_are_independent(tiny):
+  config, params = tiny
+  tok = PieceTokenizer()
+  sampler = Sampler(config, params, tok, eos_ids=(), chunk_size=4)
+  prompts = PROMPTS[:3]
+  full = sampler.generate(prompts, max_new_tokens=24)
+  assert all(len(t) == 48 for t in full.texts)
+  # Starts with the second letter of token 4 and ends with the first letter of token 6.
+  stop = full.texts[0][9:13]
+  cut = full.texts[0].find(stop)
+  completing = (cut + len(stop) + 1) // 2  # every token is two letters
+  batch = sampler.generate(prompts, max_new_tokens=24, stop=[stop])
+  assert batch.texts[0] == full.texts[0][:cut]
+  assert batch.finish_reasons[0] == "stop"
+  assert batch.num_tokens[0] == completing
+  assert batch.tokens[0] == full.tokens[0][:completing]
+  np.testing.assert_array_equal(batch.logprobs[0], full.logprobs[0][:completing])
+  for r in range(3):  # each row alone gives what it gives in the batch
+    alone = sampler.generate([prompts[r]], max_new_tokens=24, stop=[stop])
+    assert (alone.texts[0], alone.tokens[0], alone.finish_reasons[0]) == (
+        batch.texts[r], batch.tokens[r], batch.finish_reasons[r])
+    if stop not in full.texts[r]:
+      assert (batch.tokens[r], batch.finish_reasons[r]) == (full.tokens[r], "length")
+  # With several stop strings, the one completed first decides.
+  late = full.texts[0][cut:cut + len(stop) + 6]  # starts with `stop`, so completes later
+  early_end = full.texts[0][cut + 3:cut + len(stop)]
+  two = sampler.generate(prompts[:1], max_new_tokens=24, stop=[late, early_end])
+  first_hit = full.texts[0].find(early_end)
+  assert two.num_tokens[0] == (first_hit + len(early_end) + 1) // 2
+  assert two.texts[0] == full.texts[0][:first_hit]
+
+
+def test_eos_ends_a_row(tiny):
+  config, params = tiny
+  tok = PieceTokenizer()
+  plain = Sampler(config, params, tok, eos_ids=()).generate(PROMPTS[:2], max_new_tokens=20)
+  row = plain.tokens[0]
+  j = next(j for j in range(3, 20) if row[j] not in row[:j] and row[j] not in plain.tokens[1])
+  eos = row[j]
+  sampler = Sampler(config, params, tok, eos_ids=(eos,), chunk_size=4)
+  out = sampler.generate(PROMPTS[:2], max_new_tokens=20)
+  assert out.finish_reasons == ["eos", "length"]
+  assert out.tokens[0] == row[:j + 1] and out.num_tokens[0] == j + 1  # EOS is counted
+  assert out.texts[0] == tok.decode(row[:j])                          # but not in the text
+  assert out.tokens[1] == plain.tokens[1]
+  # After EOS a row's slots hold padding (id 0); a stop string that only padding would spell
+  # must not turn the EOS into a stop.
+  pad_text = tok.piece(0) * 2
+  assert pad_text not in tok.decode(row[:j])
+  with_stop = sampler.generate(PROMPTS[:2], max_new_tokens=20, stop=[pad_text])
+  assert with_stop.finish_reasons[0] == "eos" and with_stop.tokens[0] == row[:j + 1]
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def _model_logprobs(config, params, tok, prompt, tokens, temperature=1.0):
+  """Per step, the tempered log-distribution the sampler drew token t from."""
+  ids = tok.encode(prompt, add_bos=True)
+  logp = full_logprobs(config, params, ids + list(tokens))
+  steps = logp[len(ids) - 1:len(ids) - 1 + len(tokens)]
+  return np.asarray(jax.nn.log_softmax(steps / temperature, axis=-1))
+
+
+def test_top_k_stays_in_the_top_k(tiny, sampler):
+  config, params = tiny
+  tok = CharTokenizer()
+  strategy = Sampling(top_k=3)
+  out = sampler.generate(PROMPTS * 2, max_new_tokens=16, strategy=strategy,
+                         key=jax.random.PRNGKey(3))
+  not_argmax = 0
+  for prompt, tokens, slogp in zip(PROMPTS * 2, out.tokens, out.sampling_logprobs):
+    steps = _model_logprobs(config, params, tok, prompt, tokens)
+    third = np.sort(steps, axis=-1)[:, -3]
+    chosen = steps[np.arange(len(tokens)), tokens]
+    assert np.all(chosen >= third - 1e-5), prompt
+    not_argmax += int(np.sum(np.asarray(tokens) != np.argmax(steps, axis=-1)))
+    top = np.sort(steps, axis=-1)[:, -3:]
+    renorm = chosen - np.log(np.sum(np.exp(top), axis=-1))
+    np.testing.assert_allclose(slogp, renorm, atol=1e-4)
+  assert not_argmax > 10  # it does sample, not just take the argmax
+
+
+def test_top_p_stays_in_the_nucleus(tiny, sampler):
+  config, params = tiny
+  tok = CharTokenizer()
+  top_p, temperature = 0.5, 1.5
+  out = sampler.generate(PROMPTS * 2, max_new_tokens=16, key=jax.random.PRNGKey(4),
+                         strategy=Sampling(temperature=temperature, top_p=top_p))
+  for prompt, tokens, slogp in zip(PROMPTS * 2, out.tokens, out.sampling_logprobs):
+    steps = _model_logprobs(config, params, tok, prompt, tokens, temperature)
+    probs = np.exp(steps)
+    for t, token in enumerate(tokens):
+      mass_before = probs[t][probs[t] > probs[t, token]].sum()
+      assert mass_before < top_p + 1e-4, (prompt, t)
+      order = np.argsort(-probs[t])
+      before = np.cumsum(probs[t][order]) - probs[t][order]
+      nucleus = probs[t][order][before < top_p].sum()
+      np.testing.assert_allclose(slogp[t], np.log(probs[t, token] / nucleus), atol=1e-4)
+
+
+def test_first_token_frequencies_match_softmax(tiny):
+  """2,048 draws of the first token at temperature 1 against softmax(logits): a chi-square
+  statistic over the tokens expected at least 10 times (the rest pooled), with a generous bound."""
+  config, params = tiny
+  tok = CharTokenizer()
+  prompt = "hello world"
+  sampler = Sampler(config, params, tok, max_batch=512)
+  counts = np.zeros(config.vocab_size)
+  for seed in range(4):
+    out = sampler.generate([prompt] * 512, max_new_tokens=1, strategy=Sampling(),
+                           key=jax.random.PRNGKey(100 + seed))
+    np.add.at(counts, [t[0] for t in out.tokens], 1)
+  n = counts.sum()
+  ids = tok.encode(prompt, add_bos=True)
+  expected = n * np.exp(full_logprobs(config, params, ids)[-1].astype(np.float64))
+  big = expected >= 10
+  obs = np.append(counts[big], counts[~big].sum())
+  exp = np.append(expected[big], expected[~big].sum())
+  chi2 = float(np.sum((obs - exp) ** 2 / exp))
+  df = len(obs) - 1
+  assert df >= 20, "the check needs a spread-out distribution"
+  bound = df + 6 * np.sqrt(2 * df)  # mean + 6 standard deviations
+  assert chi2 < bound, f"chi2={chi2:.1f} over {df} degrees of freedom (bound {bound:.1f})"
+
+
+def test_keys_and_logprobs(tiny, sampler):
+  config, params = tiny
+  tok = CharTokenizer()
+  gen = lambda key, strategy=Sampling(): sampler.generate(  # noqa: E731
+      PROMPTS, max_new_tokens=16, strategy=strategy, key=key)
+  a, b, c = gen(jax.random.PRNGKey(7)), gen(jax.random.PRNGKey(7)), gen(jax.random.PRNGKey(8))
+  assert a.tokens == b.tokens and a.texts == b.texts
+  assert a.tokens != c.tokens
+  # Sampling() draws from the raw model distribution: both log-prob records agree.
+  for raw, sampled in zip(a.logprobs, a.sampling_logprobs):
+    np.testing.assert_allclose(sampled, raw, atol=1e-5)
+  assert all(np.all(lp < 0) for lp in a.logprobs)
+  greedy = gen(None, Greedy())
+  assert all(np.all(s == 0) for s in greedy.sampling_logprobs)
+  assert all(np.all(lp < 0) for lp in greedy.logprobs)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_fails_clearly(sampler):
+  with pytest.raises(ValueError, match="prompt 1 is empty"):
+    sampler.generate(["ok", ""], max_new_tokens=4)
+  for n in (0, -1):
+    with pytest.raises(ValueError, match="max_new_tokens"):
+      sampler.generate(["ok"], max_new_tokens=n)
+  with pytest.raises(ValueError, match="stop strings"):
+    sampler.generate(["ok"], max_new_tokens=4, stop=["\n", ""])
+  with pytest.raises(TypeError, match="sequence of prompts"):
+    sampler.generate("ok", max_new_tokens=4)
+  for top_p in (0.0, -0.1, 1.01):
+    with pytest.raises(ValueError, match="top_p"):
+      Sampling(top_p=top_p)
+    with pytest.raises(ValueError, match="top_p"):
+      from_settings(1.0, top_p=top_p)
+  for t in (-1.0, -1e-3):
+    with pytest.raises(ValueError, match="temperature"):
+      Sampling(temperature=t)
+    with pytest.raises(ValueError, match="temperature"):
+      from_settings(t)
+  with pytest.raises(ValueError, match="top_k"):
+    Sampling(top_k=-1)
+  with pytest.raises(ValueError, match="temperature 0 means greedy"):
+    from_settings(0.0, top_p=0.9)
+  assert from_settings(0.0) == Greedy() and from_settings(0.7, 5, 0.9) == Sampling(0.7, 5, 0.9)
+
+
+def test_long_prompts_keep_bos_and_lose_their_left(tiny):
+  config, params = tiny
+  tok = CharTokenizer()
+  sampler = Sampler(config, params, tok, max_prompt_length=16, eos_ids=())
+  long_prompt = "0123456789abcdefghijklmnopqrstuvwxyz"
+  out = sampler.generate([long_prompt, "short"], max_new_tokens=8)
+  assert out.truncated == [True, False]
+  kept = sampler.generate([long_prompt[-15:]], max_new_tokens=8)  # BOS + the last 15 tokens
+  assert kept.truncated == [False]
+  assert out.tokens[0] == kept.tokens[0]
+  ids, truncated = sampler.encode([long_prompt], add_bos=True)
+  assert truncated == [True] and ids[0] == tok.encode(long_prompt[-15:], add_bos=True)
+
+
+# ----------------------------------------------------------------------------- bucketing
+
+
+def test_a_handful_of_programs(tiny):
+  config, params = tiny
+  sampler = Sampler(config, params, CharTokenizer(), max_batch=2, eos_ids=())
+  rng = np.random.default_rng(0)
+  buckets = set()
+  calls = (1, 3, 2, 5, 1, 4, 2)
+  for batch in calls:
+    lengths = rng.integers(2, 60, size=batch)
+    sampler.generate(["p" * int(n) for n in lengths], max_new_tokens=4)
+    # Longest first, in batches of at most 2 rows: rows and prompt slots are powers of two.
+    lengths = sorted(lengths + 1, reverse=True)  # + BOS
+    for start in range(0, batch, 2):
+      chunk = lengths[start:start + 2]
+      buckets.add((len(chunk), max(32, 1 << (int(chunk[0]) - 1).bit_length())))
+  prefills = sampler._prefill._cache_size()
+  decodes = sum(f._cache_size() for f in sampler._decode_fns.values())
+  # 7 calls, 11 batches of 10 distinct (rows, longest prompt) shapes: 4 programs of each kind,
+  # (1 or 2 rows) x (32 or 64 prompt slots).
+  assert len(buckets) <= 4
+  assert prefills == len(buckets) and decodes == len(buckets), (prefills, decodes, buckets)
+
+
+# ----------------------------------------------------------------------------- Gemma 3 270M
+
+REAL_PROMPTS = [
+    "The capital of France is",
+    "Human: How do I bake bread?\n\nAssistant:",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village by the sea, there lived an old fisherman who",
+]
+TIE_TOLERANCE = 2e-3  # logit gap that float32 rounding differences can flip (README numbers)
+
+
+@pytest.fixture(scope="module")
+def real_sampler(gemma270m):
+  return Sampler(gemma270m.config, gemma270m.params, gemma270m.tokenizer)
+
+
+@pytest.fixture(scope="module")
+def real_batch1(real_sampler):
+  """Greedy, 64 new tokens, each prompt on its own."""
+  return [real_sampler.generate([p], max_new_tokens=64) for p in REAL_PROMPTS]
+
+
+def _top2(logits):
+  order = np.argsort(-logits)[:2]
+  return [int(t) for t in order], float(logits[order[0]] - logits[order[1]])
+
+
+def _explain_divergence(gemma270m, hf_model, ids, ours, ref):
+  """(is a tie, message) for the first step where two greedy continuations differ."""
+  import torch
+
+  t = next(i for i, (a, b) in enumerate(zip(ours, ref)) if a != b)
+  context = list(ids) + list(ref[:t])
+  tokens = jnp.asarray([context], jnp.int32)
+  positions, mask = gemma.sequence_inputs(jnp.ones_like(tokens, bool))
+  logits, _ = gemma.Gemma3(gemma270m.config).apply({"params": gemma270m.params}, tokens,
+                                                   positions, mask)
+  our_top, our_gap = _top2(np.asarray(logits[0, -1], np.float32))
+  with torch.no_grad():
+    hf_logits = hf_model(torch.tensor([context])).logits[0, -1].float().numpy()
+  hf_top, hf_gap = _top2(hf_logits)
+  tie = (set(our_top) == set(hf_top) == {ours[t], ref[t]}
+         and max(our_gap, hf_gap) < TIE_TOLERANCE)
+  message = (f"diverged at new token {t}: ours {ours[t]}, transformers {ref[t]}; top-2 "
+             f"ours {our_top} (gap {our_gap:.2e}), transformers {hf_top} (gap {hf_gap:.2e}): "
+             + ("a tie within float noise" if tie else "NOT a tie"))
+  return tie, message
+
+
+@needs_transformers
+def test_greedy_matches_transformers(gemma270m, hf_gguf_model, real_sampler, real_batch1):
+  """4 prompts x 64 new tokens, each at batch 1 and all in one padded batch of mixed lengths
+  (6-20 tokens), against transformers' greedy generate at batch 1."""
+  import torch
+
+  tok = gemma270m.tokenizer
+  batch = real_sampler.generate(REAL_PROMPTS, max_new_tokens=64)
+  ties = []
+  for i, prompt in enumerate(REAL_PROMPTS):
+    ids = tok.encode(prompt, add_bos=True)
+    with torch.no_grad():
+      out = hf_gguf_model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=64,
+                                   eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    ref = out[0, len(ids):].tolist()
+    for name, ours in (("batch 1", real_batch1[i].tokens[0]), ("batch 4", batch.tokens[i])):
+      if ours == ref:
+        continue
+      tie, message = _explain_divergence(gemma270m, hf_gguf_model, ids, ours, ref)
+      assert tie, f"{prompt!r} ({name}): {message}"
+      ties.append(f"{prompt!r} ({name}): {message}")
+  for t in ties:
+    warnings.warn(t)
+  print(f"{len(REAL_PROMPTS)} prompts x 64 tokens x (batch 1, batch 4): "
+        f"{2 * len(REAL_PROMPTS) - len(ties)} identical rows, {len(ties)} tie divergences")
+
+
+def test_stop_string_on_real_model(real_sampler, real_batch1):
+  """The dialogue prompt runs into a new "\\n\\nHuman:" turn; generation stops before it."""
+  stop = "\n\nHuman:"
+  full = real_batch1[1]
+  assert stop in full.texts[0]
+  out = real_sampler.generate([REAL_PROMPTS[1]], max_new_tokens=64, stop=[stop])
+  assert out.finish_reasons == ["stop"]
+  assert out.texts[0] == full.texts[0][:full.texts[0].find(stop)]
+  k = out.num_tokens[0]
+  assert out.tokens[0] == full.tokens[0][:k]
+  tok = real_sampler.tokenizer
+  assert stop in tok.decode(out.tokens[0]) and stop not in tok.decode(out.tokens[0][:k - 1])
+
+
+def test_stop_strings_that_tokenise_unusually(gemma270m):
+  """Stop strings split across tokens, or starting inside one, on the real tokenizer."""
+  tok = gemma270m.tokenizer
+  sampler = Sampler(gemma270m.config, gemma270m.params, tok)
+  text = "Sure, here it is.\n\nHuman: thanks"
+  ids = np.asarray(tok.encode(text, add_bos=False))
+  pieces = [tok.decode([i]) for i in ids]
+  assert "\n\nHuman:" not in pieces  # the stop string spans several tokens
+  for stop, before in (("\n\nHuman:", "Sure, here it is."), ("man:", "Sure, here it is.\n\nHu"),
+                       ("re it", "Sure, he"), ("\n", "Sure, here it is.")):
+    k, cut = sampler._find_stop(ids, [stop])
+    assert cut == before
+    assert stop in tok.decode(ids[:k]) and stop not in tok.decode(ids[:k - 1])
+  assert sampler._find_stop(ids, ["Assistant:"]) is None
+
+
+def test_prefix_cache_equals_uncached_real_model(gemma270m):
+  """A ~200-token shared prefix, prefilled once, against the same token sequences uncached."""
+  tok = gemma270m.tokenizer
+  prefix_text = ("The following is a conversation between a curious person and a helpful, "
+                 "honest and harmless AI assistant. The assistant answers questions clearly, "
+                 "admits when it does not know something, and declines requests that could "
+                 "hurt someone. ") * 5
+
+  class SplitAtPrefix:
+    """The real tokenizer, except that prefix + prompt encodes as prefix and prompt apart,
+    which is what generation with a prefix cache sees."""
+    bos_id, eos_id = tok.bos_id, tok.eos_id
+    decode = staticmethod(tok.decode)
+
+    def encode(self, text, *, add_bos):
+      return self.encode_batch([text], add_bos=add_bos)[0]
+
+    def encode_batch(self, texts, *, add_bos):
+      out = []
+      for t in texts:
+        if add_bos and t.startswith(prefix_text) and len(t) > len(prefix_text):
+          out.append(tok.encode(prefix_text, add_bos=True)
+                     + tok.encode(t[len(prefix_text):], add_bos=False))
+        else:
+          out.append(tok.encode(t, add_bos=add_bos))
+      return out
+
+  sampler = Sampler(gemma270m.config, gemma270m.params, SplitAtPrefix())
+  prefix = sampler.prefill_prefix(prefix_text)
+  assert 180 <= prefix.length <= 256
+  prompts = ["\n\nHuman: What is the tallest mountain on Earth?\n\nAssistant:",
+             "\n\nHuman: Can you help me write a poem?\n\nAssistant:",
+             "\n\nHuman: hi\n\nAssistant:"]
+  cached = sampler.generate(prompts, max_new_tokens=16, prefix=prefix)
+  plain = sampler.generate([prefix_text + p for p in prompts], max_new_tokens=16)
+  for p, a, b, la, lb in zip(prompts, cached.tokens, plain.tokens, cached.logprobs,
+                             plain.logprobs):
+    assert a == b, f"{p!r}: cached {a} vs uncached {b}"
+    np.testing.assert_allclose(la, lb, atol=2e-3, err_msg=p)
+  assert cached.texts == plain.texts
