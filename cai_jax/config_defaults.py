@@ -8,6 +8,10 @@ from __future__ import annotations
 import ml_collections
 
 
+class ConfigError(ValueError):
+  """A config value a job cannot use; the CLI prints it without a traceback."""
+
+
 def model_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       # 'gemma3-270m' (PyPI package), a .gguf path, an HF folder or a cai_jax orbax folder.

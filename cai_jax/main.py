@@ -11,6 +11,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cai_jax.checkpoints.hf import CheckpointError
+from cai_jax.config_defaults import ConfigError
 from cai_jax.data.jsonl import DataError
 
 # job name -> (module with `run(config, workdir)`, one-line description)
@@ -70,7 +71,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
     run(_CONFIG.value, _WORKDIR.value)
-  except (UsageError, DataError, CheckpointError) as e:
+  except (UsageError, ConfigError, DataError, CheckpointError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

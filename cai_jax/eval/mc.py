@@ -24,6 +24,7 @@ import numpy as np
 from cai_jax.data.jsonl import DataError, read_jsonl, require
 from cai_jax.model import gemma
 from cai_jax.model.config import GemmaConfig
+from cai_jax.shapes import pow2_bucket
 
 PAD_BRANCH = -1  # padding slots; 0 = prompt, j + 1 = option j
 
@@ -95,17 +96,13 @@ def pack(prompt_ids: Sequence[int], option_ids: Sequence[Sequence[int]],
                     cat(option), len(option_ids), truncated)
 
 
-def _pow2(n: int, minimum: int) -> int:
-  return max(minimum, 1 << max(0, int(n) - 1).bit_length())
-
-
 def length_bucket(n: int, max_length: int) -> int:
-  return min(_pow2(n, 64), max_length)
+  return min(pow2_bucket(n, 64), max_length)
 
 
 def make_batch(items: Sequence[PackedItem], rows: int, length: int) -> dict[str, np.ndarray]:
   """Pads `items` into [rows, length] and [rows, targets] arrays (targets a power of two)."""
-  num_targets = _pow2(max(len(it.target) for it in items), 8)
+  num_targets = pow2_bucket(max(len(it.target) for it in items), 8)
   b = {
       "tokens": np.zeros((rows, length), np.int32),
       "positions": np.full((rows, length), -1, np.int32),
@@ -186,10 +183,10 @@ class MCScorer:
     while start < len(order):
       length = length_bucket(len(packed[order[start]].tokens), self.max_length)
       # The last batch of a bucket shrinks to a power of two instead of padding full rows.
-      rows = min(self.rows_for(length), _pow2(len(order) - start, 1))
+      rows = min(self.rows_for(length), pow2_bucket(len(order) - start, 1))
       chunk = order[start:start + rows]
       batch = make_batch([packed[i] for i in chunk], rows, length)
-      num_options = _pow2(max(packed[i].num_options for i in chunk), 2)
+      num_options = pow2_bucket(max(packed[i].num_options for i in chunk), 2)
       scores = np.asarray(self._score(self.params, batch, num_options=num_options))
       for r, i in enumerate(chunk):
         results[i] = scores[r, :packed[i].num_options]

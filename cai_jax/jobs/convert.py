@@ -8,6 +8,7 @@ import shutil
 import jax
 
 from cai_jax.checkpoints import hf, orbax_io
+from cai_jax.config_defaults import ConfigError
 from cai_jax.jobs.common import load_model
 
 FORMATS = ("hf", "orbax")
@@ -17,7 +18,7 @@ def run(config, workdir: str) -> dict[str, str]:
   formats = [f.strip() for f in config.convert.formats.split(",") if f.strip()]
   unknown = set(formats) - set(FORMATS)
   if unknown or not formats:
-    raise ValueError(f"convert.formats={config.convert.formats!r}: choose from {FORMATS}")
+    raise ConfigError(f"convert.formats={config.convert.formats!r}: choose from {FORMATS}")
   model = load_model(config)
   out = {}
   for fmt in formats:

@@ -13,6 +13,7 @@ import time
 
 import jax
 
+from cai_jax.config_defaults import ConfigError
 from cai_jax.data.jsonl import DataError, read_jsonl, require
 from cai_jax.jobs.common import load_model, progress
 from cai_jax.sampling.sampler import Sampler
@@ -59,13 +60,16 @@ def run(config, workdir: str) -> str:
   g = config.generate
   if not g.prompts:
     raise DataError("no prompts: set --config.generate.prompts=IN.jsonl")
-  strategy = from_settings(g.temperature, g.top_k, g.top_p)
+  try:
+    strategy = from_settings(g.temperature, g.top_k, g.top_p)
+  except ValueError as e:
+    raise ConfigError(f"generate.temperature/top_k/top_p: {e}") from None
   for field in ("max_new_tokens", "batch_size", "write_every", "chunk_size", "max_prompt_length"):
     if g[field] <= 0:
-      raise ValueError(f"generate.{field} must be > 0, got {g[field]}")
+      raise ConfigError(f"generate.{field} must be > 0, got {g[field]}")
   stop = (g.stop,) if isinstance(g.stop, str) else tuple(g.stop)
   if any(not isinstance(s, str) or not s for s in stop):
-    raise ValueError(f"generate.stop: stop strings must be non-empty strings, got {stop!r}")
+    raise ConfigError(f"generate.stop: stop strings must be non-empty strings, got {stop!r}")
   rows = read_prompts(g.prompts)
   output = g.output or os.path.join(workdir, "generate", "completions.jsonl")
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)

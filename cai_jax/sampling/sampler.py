@@ -32,12 +32,9 @@ import numpy as np
 from cai_jax.model import gemma, kv_cache
 from cai_jax.model.config import GemmaConfig
 from cai_jax.sampling.strategies import Greedy, Sampling
+from cai_jax.shapes import pow2_bucket
 
 FINISH_STOP, FINISH_EOS, FINISH_LENGTH = "stop", "eos", "length"
-
-
-def _pow2(n: int, minimum: int) -> int:
-  return max(minimum, 1 << max(0, int(n) - 1).bit_length())
 
 
 @flax.struct.dataclass
@@ -167,7 +164,7 @@ class Sampler:
   def prefill_prefix(self, prefix: str) -> PrefixCache:
     """Prefills a shared prefix (BOS first) once; pass it to `generate` for every batch."""
     ids = self.tokenizer.encode(prefix, add_bos=True)
-    slots = _pow2(len(ids), 64)
+    slots = pow2_bucket(len(ids), 64)
     tokens = np.zeros((1, slots), np.int32)
     positions = np.full((1, slots), -1, np.int32)
     tokens[0, :len(ids)] = ids
@@ -203,7 +200,7 @@ class Sampler:
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     start = 0
     while start < len(order):
-      rows = min(self.max_batch, _pow2(len(order) - start, 1))
+      rows = min(self.max_batch, pow2_bucket(len(order) - start, 1))
       chunk = order[start:start + rows]
       key, sub = jax.random.split(key)
       for i, out in zip(chunk, self._generate_batch([ids[i] for i in chunk], rows,
@@ -220,7 +217,7 @@ class Sampler:
 
   def _generate_batch(self, rows_ids, rows, max_new_tokens, strategy, key, stop, prefix):
     n = len(rows_ids)
-    prompt_slots = _pow2(max(len(r) for r in rows_ids), 32)
+    prompt_slots = pow2_bucket(max(len(r) for r in rows_ids), 32)
     prefix_slots = prefix.slots if prefix else 0
     prefix_len = prefix.length if prefix else 0
     total = prefix_slots + prompt_slots + max_new_tokens
