@@ -29,6 +29,7 @@ from cai_jax.checkpoints.hf import CheckpointError
 from cai_jax.model import gemma
 from cai_jax.model.config import PRESETS, GemmaConfig, layer_types_from_pattern, preset
 from cai_jax.tokenizer import Tokenizer
+from fake_gguf import FakeReader
 
 
 TINY = preset("tiny")
@@ -103,21 +104,10 @@ VOCAB_TYPES = [3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1] + [6] * 256
 VOCAB_SCORES = [0.0] * 7 + [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0] + [0.0] * 256
 
 
-class _Field:
-  def __init__(self, value):
-    self._value = value
-
-  def contents(self):
-    return self._value
-
-
-class _FakeReader:
-  def __init__(self, fields):
-    self.fields = {k: _Field(v) for k, v in fields.items()}
 
 
 def tiny_tokenizer() -> Tokenizer:
-  return Tokenizer.from_gguf_reader(_FakeReader({
+  return Tokenizer.from_gguf_reader(FakeReader({
       "tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": VOCAB,
       "tokenizer.ggml.scores": VOCAB_SCORES, "tokenizer.ggml.token_type": VOCAB_TYPES,
       "tokenizer.ggml.bos_token_id": 2, "tokenizer.ggml.eos_token_id": 1,

@@ -20,6 +20,7 @@ from cai_jax.model import config as model_config
 from cai_jax.model import gemma
 from cai_jax.sampling.sampler import Sampler
 from cai_jax.tokenizer import Tokenizer
+from fake_gguf import FakeReader
 from configs_loader import load_config
 
 FIELDS = {"id", "prompt", "completion", "finish_reason", "num_tokens", "truncated"}
@@ -32,19 +33,6 @@ PROMPTS = [
 ]
 
 
-class _Field:
-  def __init__(self, value):
-    self._value = value
-
-  def contents(self):
-    return self._value
-
-
-class _Reader:
-  """Just enough of gguf.GGUFReader for Tokenizer.from_gguf_reader."""
-
-  def __init__(self, fields):
-    self.fields = {k: _Field(v) for k, v in fields.items()}
 
 
 def small_tokenizer() -> Tokenizer:
@@ -54,7 +42,7 @@ def small_tokenizer() -> Tokenizer:
   tokens = ["<pad>", "<eos>", "<bos>", "<unk>"] + [f"<0x{b:02X}>" for b in range(256)] + chars
   types = [3, 3, 3, 3] + [6] * 256 + [1] * len(chars)
   scores = [0.0] * 260 + [-1.0] * len(chars)
-  return Tokenizer.from_gguf_reader(_Reader({
+  return Tokenizer.from_gguf_reader(FakeReader({
       "tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens,
       "tokenizer.ggml.scores": scores, "tokenizer.ggml.token_type": types,
       "tokenizer.ggml.bos_token_id": 2, "tokenizer.ggml.eos_token_id": 1,

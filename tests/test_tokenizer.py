@@ -41,6 +41,7 @@ import re
 import pytest
 
 from cai_jax.tokenizer import Tokenizer
+from fake_gguf import FakeReader
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "tokenizer_ids.json")
 WS = "\u2581"
@@ -374,17 +375,6 @@ def test_from_file_errors(tmp_path):
 
 
 # ----------------------------------------------------------------------------- GGUF metadata
-class _Field:
-  def __init__(self, value):
-    self._value = value
-
-  def contents(self):
-    return self._value
-
-
-class _Reader:
-  def __init__(self, fields):
-    self.fields = {k: _Field(v) for k, v in fields.items()}
 
 
 def _tiny_fields(**overrides):
@@ -405,7 +395,7 @@ def _tiny_fields(**overrides):
 
 
 def test_tiny_vocabulary_from_metadata():
-  t = Tokenizer.from_gguf_reader(_Reader(_tiny_fields()), "tiny.gguf")
+  t = Tokenizer.from_gguf_reader(FakeReader(_tiny_fields()), "tiny.gguf")
   from sentencepiece import sentencepiece_model_pb2 as pb2
 
   assert t.vocab_size == 13 + 256
@@ -426,5 +416,5 @@ def test_tiny_vocabulary_from_metadata():
 ])
 def test_bad_metadata_names_the_file(overrides, match):
   with pytest.raises(ValueError, match=match) as e:
-    Tokenizer.from_gguf_reader(_Reader(_tiny_fields(**overrides)), "/models/bad.gguf")
+    Tokenizer.from_gguf_reader(FakeReader(_tiny_fields(**overrides)), "/models/bad.gguf")
   assert "/models/bad.gguf" in str(e.value)
