@@ -24,7 +24,7 @@ import numpy as np
 from cai_jax.data.jsonl import DataError, read_jsonl, require
 from cai_jax.model import gemma
 from cai_jax.model.config import GemmaConfig
-from cai_jax.shapes import pow2_bucket
+from cai_jax.shapes import pow2_bucket, truncate_left
 
 PAD_BRANCH = -1  # padding slots; 0 = prompt, j + 1 = option j
 
@@ -70,13 +70,10 @@ class PackedItem:
 def pack(prompt_ids: Sequence[int], option_ids: Sequence[Sequence[int]],
          max_length: int) -> PackedItem:
   option_tokens = sum(len(o) for o in option_ids)
-  truncated = False
   budget = max_length - option_tokens
   if budget < 2:
     raise ValueError(f"options alone take {option_tokens} tokens; max_length is {max_length}")
-  if len(prompt_ids) > budget:  # keep BOS, drop the oldest prompt tokens
-    prompt_ids = [prompt_ids[0]] + list(prompt_ids[len(prompt_ids) - budget + 1:])
-    truncated = True
+  prompt_ids, truncated = truncate_left(prompt_ids, budget, keep_first=True)
   p = len(prompt_ids)
   tokens, positions, branch = [list(prompt_ids)], [np.arange(p)], [np.zeros(p, np.int32)]
   pred, target, option = [], [], []

@@ -32,7 +32,7 @@ import numpy as np
 from cai_jax.model import gemma, kv_cache
 from cai_jax.model.config import GemmaConfig
 from cai_jax.sampling.strategies import Greedy, Sampling
-from cai_jax.shapes import pow2_bucket
+from cai_jax.shapes import pow2_bucket, truncate_left
 
 FINISH_STOP, FINISH_EOS, FINISH_LENGTH = "stop", "eos", "length"
 
@@ -150,16 +150,8 @@ class Sampler:
       if not p:
         raise ValueError(f"prompt {i} is empty")
     ids = self.tokenizer.encode_batch(list(prompts), add_bos=add_bos)
-    out, truncated = [], []
-    for row in ids:
-      if len(row) > self.max_prompt_length:
-        keep = self.max_prompt_length - (1 if add_bos else 0)
-        row = ([row[0]] if add_bos else []) + row[len(row) - keep:]
-        truncated.append(True)
-      else:
-        truncated.append(False)
-      out.append(row)
-    return out, truncated
+    rows = [truncate_left(row, self.max_prompt_length, keep_first=add_bos) for row in ids]
+    return [r for r, _ in rows], [t for _, t in rows]
 
   def prefill_prefix(self, prefix: str) -> PrefixCache:
     """Prefills a shared prefix (BOS first) once; pass it to `generate` for every batch."""
