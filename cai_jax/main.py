@@ -13,6 +13,7 @@ from ml_collections import config_flags
 from cai_jax.checkpoints.hf import CheckpointError
 from cai_jax.config_defaults import ConfigError
 from cai_jax.data.jsonl import DataError
+from cai_jax.train.engine import NonFiniteLoss, Preempted
 
 # job name -> (module with `run(config, workdir)`, one-line description)
 JOBS: dict[str, tuple[str, str]] = {
@@ -22,6 +23,9 @@ JOBS: dict[str, tuple[str, str]] = {
     "generate": ("cai_jax.jobs.generate",
                  "sample completions for a prompts jsonl ({id, prompt}) with the KV-cache "
                  "sampler; appends to the output and skips ids already written"),
+    "sl_train": ("cai_jax.jobs.sl_train",
+                 "finetune config.model.checkpoint on an SL jsonl ({prompt, completion}) with "
+                 "the sharded training engine; resumes from WORKDIR/sl_train/checkpoints"),
     "convert": ("cai_jax.jobs.convert",
                 "export config.model.checkpoint as an HF folder and/or a cai_jax orbax "
                 "checkpoint under WORKDIR/convert/"),
@@ -69,12 +73,20 @@ def run(config, workdir: str):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:  # keep library INFO chatter (orbax) off the console
+    logging.set_verbosity(logging.WARNING)
   try:
     run(_CONFIG.value, _WORKDIR.value)
   except (UsageError, ConfigError, DataError, CheckpointError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except NonFiniteLoss as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(3)
+  except Preempted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(143)  # 128 + SIGTERM: schedulers read it as "stopped by signal", to be restarted
 
 
 def print_help_and_exit() -> None:

@@ -8,19 +8,14 @@ from __future__ import annotations
 import json
 import os
 
-import jax
-import jax.numpy as jnp
 import pytest
 
 from cai_jax import main
-from cai_jax.checkpoints import hf, loader
+from cai_jax.checkpoints import loader
 from cai_jax.data.jsonl import DataError
 from cai_jax.jobs import generate as generate_job
-from cai_jax.model import config as model_config
-from cai_jax.model import gemma
 from cai_jax.sampling.sampler import Sampler
-from cai_jax.tokenizer import Tokenizer
-from fake_gguf import FakeReader
+import tiny_model
 from configs_loader import load_config
 
 FIELDS = {"id", "prompt", "completion", "finish_reason", "num_tokens", "truncated"}
@@ -35,31 +30,10 @@ PROMPTS = [
 
 
 
-def small_tokenizer() -> Tokenizer:
-  """<pad> <eos> <bos> <unk>, the 256 byte pieces, then printable ASCII and newline as pieces."""
-  chars = ["\u2581" if c == " " else c for c in map(chr, range(33, 127))] + ["\u2581", "\n"]
-  chars = list(dict.fromkeys(chars))
-  tokens = ["<pad>", "<eos>", "<bos>", "<unk>"] + [f"<0x{b:02X}>" for b in range(256)] + chars
-  types = [3, 3, 3, 3] + [6] * 256 + [1] * len(chars)
-  scores = [0.0] * 260 + [-1.0] * len(chars)
-  return Tokenizer.from_gguf_reader(FakeReader({
-      "tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens,
-      "tokenizer.ggml.scores": scores, "tokenizer.ggml.token_type": types,
-      "tokenizer.ggml.bos_token_id": 2, "tokenizer.ggml.eos_token_id": 1,
-      "tokenizer.ggml.unknown_token_id": 3, "tokenizer.ggml.padding_token_id": 0,
-      "tokenizer.ggml.add_space_prefix": False}), "small-vocab")
-
-
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> str:
-  tok = small_tokenizer()
-  config = model_config.preset("tiny", vocab_size=tok.vocab_size)
-  params = jax.jit(gemma.init_params, static_argnums=0)(config, jax.random.PRNGKey(0))
-  # Flatter logits than at initialisation, so that different seeds sample differently.
-  params["final_norm"]["scale"] = jnp.full_like(params["final_norm"]["scale"], -0.9)
-  folder = str(tmp_path_factory.mktemp("tiny_ckpt") / "hf")
-  hf.save_hf_folder(folder, config, params, tok)
-  return folder
+  return tiny_model.write_hf_checkpoint(str(tmp_path_factory.mktemp("tiny_ckpt") / "hf"),
+                                        flat_logits=True)
 
 
 def write_prompts(path, rows):

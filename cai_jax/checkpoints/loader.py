@@ -15,7 +15,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -91,14 +91,24 @@ def resolve(spec: str, cache_dir: str) -> str:
                         f"cai_jax checkpoint ({orbax_io.MARKER})")
 
 
-def load(spec: str, *, cache_dir: str, param_dtype: str = "float32",
-         dtype: str = "float32") -> LoadedModel:
+def load(spec: str, *, cache_dir: str, param_dtype: str = "float32", dtype: str = "float32",
+         shardings_for: Callable[[GemmaConfig], Any] | None = None) -> LoadedModel:
+  """`shardings_for(config)` (a tree like the params) places each parameter straight into its
+  shards: an HF folder is read on the host and every device receives only its slices; an orbax
+  folder is restored into the shardings. Without it, parameters land on the default device."""
   folder = resolve(spec, cache_dir)
   if orbax_io.is_orbax_folder(folder):
-    config, params = orbax_io.load(folder, param_dtype=param_dtype)
+    shardings = None
+    if shardings_for is not None:
+      shardings = shardings_for(orbax_io.read_config(folder).replace(param_dtype=param_dtype))
+    config, params = orbax_io.load(folder, param_dtype=param_dtype, shardings=shardings)
   else:
     config, params = hf.load_hf_folder(folder, param_dtype=param_dtype)
-    params = jax.tree.map(jnp.asarray, params)
+    if shardings_for is not None:
+      from cai_jax import parallel
+      params = parallel.shard_host_tree(params, shardings_for(config))
+    else:
+      params = jax.tree.map(jnp.asarray, params)
   try:
     tokenizer = Tokenizer.from_file(os.path.join(folder, "tokenizer.model"))
   except ValueError as e:

@@ -14,7 +14,6 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 
 from cai_jax.checkpoints.hf import CheckpointError
 from cai_jax.model import gemma
@@ -77,4 +76,4 @@ def load(folder: str, param_dtype: str | None = None, shardings=None):
     params = ocp.StandardCheckpointer().restore(os.path.join(folder, "params"), target)
   except Exception as e:  # orbax raises several error types for missing or mismatched trees
     raise CheckpointError(f"{folder}: cannot restore parameters ({type(e).__name__}: {e})") from e
-  return config, jax.tree.map(jnp.asarray, params)
+  return config, params

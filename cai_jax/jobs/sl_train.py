@@ -1,0 +1,183 @@
+"""Job `sl_train`: finetune a checkpoint on an SL jsonl through the sharded training engine.
+
+Outputs under WORKDIR/sl_train/: checkpoints/ (orbax, every `checkpoint_every` steps and at the
+end; a rerun resumes from the latest), metrics.jsonl and tb/ (loss, lr, grad norm, tokens/s,
+MFU, memory, eval loss), summary.json, and export_hf/ (the finetuned model as an HF folder).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+
+import jax
+import numpy as np
+
+from cai_jax import parallel
+from cai_jax.checkpoints import hf, loader
+from cai_jax.config_defaults import ConfigError
+from cai_jax.data import sl
+from cai_jax.data.jsonl import write_json_atomic
+from cai_jax.jobs.common import progress
+from cai_jax.metrics import MetricsWriter
+from cai_jax.train import engine, flops, lm, optim
+from cai_jax.train.checkpointing import TrainCheckpoints
+
+
+def check_config(c, mesh) -> None:
+  for field in ("batch_size", "micro_batches", "max_length", "min_length", "eval_batch_size",
+                "loss_chunk_tokens"):
+    if c[field] <= 0:
+      raise ConfigError(f"sl_train.{field} must be > 0, got {c[field]}")
+  if c.batch_size % c.micro_batches:
+    raise ConfigError(f"sl_train.batch_size={c.batch_size} is not divisible by "
+                      f"micro_batches={c.micro_batches}")
+  parallel.check_batch(c.batch_size // c.micro_batches, mesh, "sl_train.batch_size / micro_batches")
+  parallel.check_batch(c.eval_batch_size, mesh, "sl_train.eval_batch_size")
+  parallel.process_rows(c.batch_size)
+
+
+def memory_metrics() -> dict:
+  out = {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    out["device_peak_gb"] = stats["peak_bytes_in_use"] / 2**30
+  return out
+
+
+def run(config, workdir: str) -> dict:
+  c = config.sl_train
+  if not c.data:
+    raise ConfigError("no training data: set --config.sl_train.data=FILE.jsonl")
+  parallel.maybe_initialize_distributed(config.distributed)
+  mesh = parallel.make_mesh(dict(config.mesh))
+  check_config(c, mesh)
+  out_dir = os.path.join(workdir, "sl_train")
+  ckpts = TrainCheckpoints(os.path.join(out_dir, "checkpoints"), save_every=c.checkpoint_every,
+                           keep=c.keep_checkpoints, async_save=c.async_checkpoints)
+  resuming = ckpts.latest_step() is not None
+
+  m = config.model
+  model = loader.load(m.checkpoint, cache_dir=os.path.expanduser(m.cache_dir),
+                      param_dtype=m.param_dtype, dtype=m.dtype,
+                      shardings_for=lambda cfg: engine.model_shardings(cfg, mesh))
+  model_cfg = model.config.replace(remat=bool(c.remat))
+  train = sl.read_sl_file(c.data, model.tokenizer, max_length=c.max_length,
+                          append_eos=c.append_eos)
+  held_out = (sl.read_sl_file(c.eval_data, model.tokenizer, max_length=c.max_length,
+                              append_eos=c.append_eos) if c.eval_data else [])
+  steps = c.steps or c.epochs * math.ceil(len(train) / c.batch_size)
+  opt_cfg = config.optim.copy_and_resolve_references()
+  with opt_cfg.unlocked():
+    opt_cfg.total_steps = steps
+  optimizer = optim.make_optimizer(opt_cfg)
+  shardings, abstract = engine.state_shardings(model_cfg, mesh, optimizer)
+  meta = {"model_config": model_cfg.to_dict(), "job": "sl_train", "data": os.path.abspath(c.data)}
+
+  rows = parallel.process_rows(c.batch_size)
+  batches = sl.BatchIterator(train, c.batch_size, seed=config.seed, max_length=c.max_length,
+                             min_length=c.min_length, rows=rows)
+  if resuming:
+    del model.params  # the checkpoint holds newer parameters
+    state, position, step = ckpts.restore(abstract, meta)
+    batches.restore(position)
+    print(f"resuming from step {step} (data epoch {position['epoch']}, index "
+          f"{position['index']})", flush=True)
+  else:
+    state = engine.new_state(model.params, optimizer, jax.random.PRNGKey(config.seed), shardings)
+
+  loss_fn = lm.make_lm_loss(model_cfg, chunk_tokens=c.loss_chunk_tokens)
+  step_fn = engine.compile_step(
+      engine.make_train_step(loss_fn, optimizer, micro_batches=c.micro_batches, mesh=mesh,
+                             learning_rate_fn=optim.schedule(opt_cfg)),
+      shardings, mesh)
+  eval_fn = engine.compile_eval_step(engine.make_eval_step(loss_fn), shardings.params, mesh)
+  peak = c.peak_flops or flops.measure_matmul_peak() * jax.device_count()
+  truncated = sum(e.truncated for e in train)
+  if truncated:
+    print(f"{truncated} of {len(train)} training examples were longer than max_length="
+          f"{c.max_length} and were truncated (prompt from the left first)", flush=True)
+
+  def global_batches():
+    for local, position in batches:
+      yield parallel.global_batch(local, mesh), position
+
+  last_len = [c.max_length]
+
+  def host_metrics(metrics, seconds):
+    tokens = metrics["tokens"]
+    out = {"tokens_per_s": tokens / seconds,
+           "mfu": tokens * flops.train_flops_per_token(model_cfg, last_len[0]) / seconds / peak,
+           "truncated_examples": float(truncated)}
+    out.update(memory_metrics())
+    return out
+
+  def evaluate(step, st):
+    if not held_out:
+      return {}
+    total = {}
+    for local in sl.eval_batches(held_out, c.eval_batch_size, max_length=c.max_length,
+                                 min_length=c.min_length,
+                                 rows=parallel.process_rows(c.eval_batch_size)):
+      sums = jax.device_get(eval_fn(st.params, parallel.global_batch(local, mesh)))
+      for k, v in sums.items():
+        total[k] = total.get(k, 0.0) + float(v)
+    return {"eval_loss": total["loss_sum"] / max(total["weight"], 1e-9),
+            "eval_tokens": total["weight"]}
+
+  writer = MetricsWriter(out_dir)
+  start_step = int(jax.device_get(state.step))
+  bar = progress(steps, "sl_train", "step") if c.progress and jax.process_index() == 0 else None
+  if bar is not None:
+    bar.update(start_step)
+  logged = {}
+
+  def log(step, metrics):
+    logged.update(metrics)
+    writer.write(step, metrics)
+
+  hooks = engine.LoopHooks(
+      save=lambda step, st, pos, force: ckpts.save(step, st, pos, meta, force=force),
+      should_save=ckpts.should_save, reached_preemption=ckpts.reached_preemption,
+      log=log, evaluate=evaluate if held_out else None,
+      eval_every=c.eval_every, progress=bar)
+
+  def tracking_length(it):  # the MFU's attention term needs the padded length
+    for batch, pos in it:
+      last_len[0] = batch["tokens"].shape[1]
+      yield batch, pos
+
+  try:
+    state = engine.train_loop(state, step_fn, tracking_length(global_batches()), steps, hooks,
+                              host_metrics=host_metrics)
+  finally:
+    if bar is not None:
+      bar.close()
+    ckpts.close()
+    writer.close()
+  final_eval = evaluate(steps, state) if held_out else {}
+  if final_eval:
+    logged.update(final_eval)
+  summary = {"steps": steps, "start_step": start_step, "examples": len(train),
+             "truncated_examples": truncated, "final": logged,
+             "checkpoints": ckpts.directory}
+  if c.export_hf:
+    params = _gather(state.params)
+    if jax.process_index() == 0:
+      export = os.path.join(out_dir, "export_hf")
+      hf.save_hf_folder(export, model_cfg.replace(remat=False), params, model.tokenizer)
+      summary["export_hf"] = export
+  if jax.process_index() == 0:
+    write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
+    print(f"sl_train: {steps} steps, final loss {logged.get('loss', float('nan')):.4f}"
+          + (f", eval loss {final_eval['eval_loss']:.4f}" if final_eval else ""), flush=True)
+  return summary
+
+
+def _gather(params):
+  """Full parameters on the host of every process (for export)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(params, tiled=True)
+  return jax.tree.map(np.asarray, jax.device_get(params))

@@ -1,0 +1,59 @@
+"""Token log-probabilities without `[batch, length, vocab]` logits, and the losses built on them.
+
+Gemma's tied vocabulary projection has 262,144 rows: full float32 logits for 8 x 512 tokens take
+4 GiB, and their gradient as much again. `token_logprobs` instead scans over length chunks; each
+chunk's logits are computed, reduced to (log-prob of the target, logsumexp) and dropped, and
+`jax.checkpoint` recomputes them in the backward pass. Peak extra memory is one chunk's logits.
+
+Losses return (sum, count) pairs rather than means, so that averages stay exact across
+micro-batches and hosts: the engine divides once, by the global token weight.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _chunk_len(batch: int, length: int, chunk_tokens: int) -> int:
+  """The largest divisor of `length` with batch * chunk_len <= chunk_tokens (at least 1)."""
+  target = max(1, chunk_tokens // max(batch, 1))
+  best = 1
+  for c in range(1, min(length, target) + 1):
+    if length % c == 0:
+      best = c
+  return best
+
+
+def token_logprobs(hidden_BLD: jax.Array, embedding_VD: jax.Array, targets_BL: jax.Array,
+                   *, chunk_tokens: int = 8192, dtype=jnp.float32) -> jax.Array:
+  """log p(targets_BL | hidden) under logits = hidden @ embedding.T, float32, chunked over L."""
+  B, L, D = hidden_BLD.shape
+  c = _chunk_len(B, L, chunk_tokens)
+  n = L // c
+  h = hidden_BLD.reshape(B, n, c, D).swapaxes(0, 1)   # [n, B, c, D]
+  t = targets_BL.reshape(B, n, c).swapaxes(0, 1)      # [n, B, c]
+
+  @jax.checkpoint
+  def chunk(h_BcD, t_Bc):
+    logits = jnp.einsum("BcD,VD->BcV", h_BcD.astype(dtype), embedding_VD.astype(dtype))
+    logits = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, t_Bc[..., None], axis=-1)[..., 0]
+    return picked - lse
+
+  _, logp = jax.lax.scan(lambda carry, x: (carry, chunk(*x)), None, (h, t))
+  return logp.swapaxes(0, 1).reshape(B, L)
+
+
+def naive_token_logprobs(hidden_BLD, embedding_VD, targets_BL, dtype=jnp.float32):
+  """The same quantity through full logits; the reference the chunked version is tested against."""
+  logits = jnp.einsum("BLD,VD->BLV", hidden_BLD.astype(dtype), embedding_VD.astype(dtype))
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.take_along_axis(logp, targets_BL[..., None], axis=-1)[..., 0]
+
+
+def weighted_nll(logp_BL: jax.Array, weights_BL: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(sum of -log p * weight, sum of weights): the token-weighted cross-entropy's parts."""
+  w = weights_BL.astype(jnp.float32)
+  return -jnp.sum(logp_BL * w), jnp.sum(w)

@@ -1,0 +1,47 @@
+"""AdamW with linear warmup + cosine decay, global-norm clipping and a weight-decay mask."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from cai_jax.config_defaults import ConfigError
+
+
+def schedule(cfg) -> optax.Schedule:
+  """Linear warmup from 0 to `learning_rate`, then cosine decay to `learning_rate * end_factor`
+  at `total_steps`."""
+  total = int(cfg.total_steps)
+  warmup = int(cfg.warmup_steps)
+  if total <= 0:
+    raise ConfigError(f"optim total_steps={total} must be positive")
+  if not 0 <= warmup <= total:
+    raise ConfigError(f"optim warmup_steps={warmup} must be in [0, total_steps={total}]")
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=float(cfg.learning_rate), warmup_steps=warmup,
+      decay_steps=max(total, warmup + 1), end_value=float(cfg.learning_rate) * float(cfg.end_factor))
+
+
+def decay_mask(params, decay_norms: bool = False, decay_embedding: bool = True):
+  """True where weight decay applies: matrices, optionally the embedding, never norm scales."""
+  def rule(path, _):
+    names = [getattr(p, "key", str(p)) for p in path]
+    if names[-1] == "scale":
+      return decay_norms
+    if names[-1] == "embedding":
+      return decay_embedding
+    return True
+  return jax.tree_util.tree_map_with_path(rule, params)
+
+
+def make_optimizer(cfg) -> optax.GradientTransformation:
+  """`cfg` fields: learning_rate, warmup_steps, total_steps, end_factor, b1, b2, eps,
+  weight_decay, clip_norm (0 = off), decay_norms, decay_embedding."""
+  parts = []
+  if float(cfg.clip_norm) > 0:
+    parts.append(optax.clip_by_global_norm(float(cfg.clip_norm)))
+  parts.append(optax.adamw(
+      schedule(cfg), b1=float(cfg.b1), b2=float(cfg.b2), eps=float(cfg.eps),
+      weight_decay=float(cfg.weight_decay),
+      mask=lambda p: decay_mask(p, bool(cfg.decay_norms), bool(cfg.decay_embedding))))
+  return optax.chain(*parts)

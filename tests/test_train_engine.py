@@ -1,0 +1,203 @@
+"""The training engine on the tiny preset: chunked loss = naive loss = NumPy, micro-batching =
+one batch, sharded meshes (8 simulated devices, in a subprocess) = one device, optimizer pieces,
+and the mesh / batch checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cai_jax import parallel
+from cai_jax.config_defaults import ConfigError
+from cai_jax.data import sl
+from cai_jax.model import config as model_config
+from cai_jax.model import gemma
+from cai_jax.train import engine, flops, lm, losses, optim
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  cfg = model_config.preset("tiny")
+  params = gemma.init_params(cfg, jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  examples = [sl.Example(rng.integers(3, cfg.vocab_size, n).astype(np.int32),
+                         np.arange(n) > n // 3) for n in rng.integers(5, 48, 8)]
+  return cfg, params, sl.make_batch(examples, 48)
+
+
+def numpy_nll(hidden, embedding, targets, weights):
+  logits = np.einsum("bld,vd->blv", np.asarray(hidden, np.float64), np.asarray(embedding, np.float64))
+  m = logits.max(-1, keepdims=True)
+  logz = (m + np.log(np.exp(logits - m).sum(-1, keepdims=True)))[..., 0]
+  picked = np.take_along_axis(logits, np.asarray(targets)[..., None], -1)[..., 0]
+  return float(np.sum((logz - picked) * weights)), float(np.sum(weights))
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 40, 96, 10_000])
+def test_chunked_logprobs_equal_naive_value_and_gradient(tiny, chunk_tokens):
+  cfg, params, batch = tiny
+  hidden = lm.hidden_states(cfg, params, batch["tokens"], batch["valid"])
+  emb = params["embedder"]["embedding"]
+  w = jnp.asarray(batch["weights"])
+
+  def total(fn, h, e):
+    return jnp.sum(fn(h, e, batch["targets"]) * w)
+
+  chunked = lambda h, e: losses.token_logprobs(h, e, batch["targets"], chunk_tokens=chunk_tokens)  # noqa: E731
+  naive = lambda h, e: losses.naive_token_logprobs(h, e, batch["targets"])  # noqa: E731
+  np.testing.assert_allclose(chunked(hidden, emb), naive(hidden, emb), rtol=1e-6, atol=1e-5)
+  g_chunked = jax.grad(lambda h, e: total(lambda *a: losses.token_logprobs(
+      *a, chunk_tokens=chunk_tokens), h, e), argnums=(0, 1))(hidden, emb)
+  g_naive = jax.grad(lambda h, e: total(losses.naive_token_logprobs, h, e),
+                     argnums=(0, 1))(hidden, emb)
+  for a, b in zip(g_chunked, g_naive):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_lm_loss_matches_numpy_formula_and_never_builds_full_logits(tiny):
+  cfg, params, batch = tiny
+  loss_sum, sums = lm.make_lm_loss(cfg, chunk_tokens=64)(params, batch, None)
+  hidden = lm.hidden_states(cfg, params, batch["tokens"], batch["valid"])
+  ref_sum, ref_weight = numpy_nll(hidden, params["embedder"]["embedding"], batch["targets"],
+                                  batch["weights"])
+  assert float(sums["weight"]) == ref_weight == batch["weights"].sum()
+  np.testing.assert_allclose(float(loss_sum), ref_sum, rtol=1e-5)
+  # The chunked program holds at most [B, chunk, V] logits: no [B, L, V] buffer in its HLO.
+  B, L = batch["tokens"].shape
+  hlo = jax.jit(lambda p: jax.grad(lambda q: lm.make_lm_loss(cfg, chunk_tokens=64)(
+      q, batch, None)[0])(p)).lower(params).as_text()
+  assert f"{B}x{L}x{cfg.vocab_size}x" not in hlo
+  naive_hlo = jax.jit(lambda p: lm.naive_lm_loss(cfg)(p, batch, None)[0]).lower(params).as_text()
+  assert f"{B}x{L}x{cfg.vocab_size}x" in naive_hlo
+
+
+def single_device_run(cfg, params, batch, micro_batches, steps=2):
+  optimizer = optax.adamw(1e-3, b2=0.95, weight_decay=0.1)
+  mesh = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  shardings, _ = engine.state_shardings(cfg, mesh, optimizer)
+  state = engine.new_state(jax.tree.map(jnp.array, params), optimizer, jax.random.PRNGKey(1),
+                           shardings)
+  step = engine.compile_step(engine.make_train_step(
+      lm.make_lm_loss(cfg, chunk_tokens=96), optimizer, micro_batches=micro_batches, mesh=mesh),
+      shardings, mesh)
+  out = []
+  for _ in range(steps):
+    state, metrics = step(state, parallel.global_batch(batch, mesh))
+    out.append(jax.device_get(metrics))
+  return out, jax.device_get(state.params)
+
+
+def test_four_micro_batches_equal_one_batch(tiny):
+  cfg, params, batch = tiny
+  big, p_big = single_device_run(cfg, params, batch, 1)
+  micro, p_micro = single_device_run(cfg, params, batch, 4)
+  for a, b in zip(big, micro):
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+    np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-5)
+    assert a["weight"] == b["weight"] and a["step"] == b["step"]
+  for x, y in zip(jax.tree.leaves(p_big), jax.tree.leaves(p_micro)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+  # and training did move the parameters (the comparison is not between two copies of init)
+  moved = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+              for a, b in zip(jax.tree.leaves(p_big), jax.tree.leaves(params)))
+  assert moved > 1e-3
+
+
+def test_meshes_match_one_device_and_shard_as_the_rules_say():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, os.path.join(HERE, "sharded_check.py")], env=env,
+                        capture_output=True, text=True, timeout=600, cwd=HERE)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  ref = np.asarray(out["reference_losses"])
+  assert set(out["meshes"]) == {"(8, 1, 1)/micro1", "(2, 2, 2)/micro1", "(2, 2, 2)/micro4",
+                                "(1, 4, 2)/micro1"}
+  for name, r in out["meshes"].items():
+    np.testing.assert_allclose(r["losses"], ref, rtol=1e-5, err_msg=name)
+    # Parameters after 3 AdamW steps: 1e-5 relative (norm-wise). Elementwise, Adam's
+    # g / sqrt(v) turns summation-order rounding of near-zero gradients into up to ~1.5e-5
+    # absolute at lr 1e-3, so the elementwise bound is looser.
+    assert r["rel_norm_diff"] < 1e-5, (name, r)
+    assert r["max_abs_diff"] < 5e-5, (name, r)
+  # tiny preset: embed 64, mlp 128, heads 4, vocab 512. Rules: embed->fsdp, heads/mlp/vocab->tensor.
+  m = out["meshes"]
+  assert m["(2, 2, 2)/micro1"]["q_proj_spec"] == "P('fsdp', 'tensor', None)"
+  assert m["(2, 2, 2)/micro1"]["q_proj_shard"] == [32, 2, 16]
+  assert m["(2, 2, 2)/micro1"]["embedding_shard"] == [256, 32]
+  assert m["(1, 4, 2)/micro1"]["embedding_shard"] == [256, 16]
+  assert m["(1, 4, 2)/micro1"]["adam_mu_gate_shard"] == [16, 64]
+  assert m["(8, 1, 1)/micro1"]["embedding_shard"] == [512, 64]  # pure data parallel: replicated
+
+
+def test_mesh_and_batch_errors():
+  assert parallel.mesh_shape({"data": -1, "tensor": 2}, 8) == (4, 1, 2)
+  assert parallel.mesh_shape({"data": 2, "fsdp": 2, "tensor": 2}, 8) == (2, 2, 2)
+  with pytest.raises(ConfigError, match="3 does not divide the 8 devices"):
+    parallel.mesh_shape({"data": -1, "tensor": 3}, 8)
+  with pytest.raises(ConfigError, match="has 4 devices, but 8 are available"):
+    parallel.mesh_shape({"data": 2, "fsdp": 2}, 8)
+  with pytest.raises(ConfigError, match="at most one axis"):
+    parallel.mesh_shape({"data": -1, "fsdp": -1}, 8)
+  fake = FakeMesh(data=2, fsdp=2, tensor=2)
+  parallel.check_batch(8, fake)
+  with pytest.raises(ConfigError, match="batch_size=6 is not divisible by the data axes"):
+    parallel.check_batch(6, fake)
+
+
+class FakeMesh:
+  """Only the axis sizes: enough for the spec-fitting and batch-check logic."""
+
+  def __init__(self, **shape):
+    self.shape = shape
+
+
+def test_unshardable_dimension_is_replicated_not_an_error():
+  P = jax.sharding.PartitionSpec
+  mesh = FakeMesh(data=1, fsdp=2, tensor=2)
+  # Gemma 3 270M's k_proj [640, 1 kv head, 256]: the single KV head cannot split over tensor=2.
+  assert parallel._fit(P("fsdp", "tensor", None), (640, 1, 256), mesh) == P("fsdp", None, None)
+  assert parallel._fit(P("fsdp", "tensor", None), (640, 4, 256), mesh) == P("fsdp", "tensor", None)
+  assert parallel._fit(P(("data", "fsdp"), None), (6, 3), FakeMesh(data=3, fsdp=2, tensor=1)) \
+      == P(("data", "fsdp"), None)
+  assert parallel._fit(P(("data", "fsdp"), None), (3, 3), FakeMesh(data=3, fsdp=2, tensor=1)) \
+      == P("data", None)
+
+
+def test_weight_decay_mask_and_schedule():
+  cfg = model_config.preset("tiny")
+  params = jax.eval_shape(lambda: gemma.init_params(cfg, jax.random.PRNGKey(0)))
+  mask = optim.decay_mask(params, decay_norms=False, decay_embedding=False)
+  assert mask["embedder"]["embedding"] is False
+  assert mask["layer_0"]["pre_attn_norm"]["scale"] is False
+  assert mask["layer_0"]["attn"]["q_norm"]["scale"] is False
+  assert mask["layer_0"]["mlp"]["gate"] is True
+  assert optim.decay_mask(params, decay_embedding=True)["embedder"]["embedding"] is True
+  import ml_collections
+  c = ml_collections.ConfigDict(dict(learning_rate=1e-3, warmup_steps=4, total_steps=20,
+                                     end_factor=0.1))
+  s = optim.schedule(c)
+  assert float(s(0)) == 0.0 and abs(float(s(4)) - 1e-3) < 1e-9
+  assert abs(float(s(20)) - 1e-4) < 1e-9 and float(s(12)) < float(s(5))
+  with pytest.raises(ConfigError, match="warmup_steps=30"):
+    optim.schedule(ml_collections.ConfigDict(dict(learning_rate=1e-3, warmup_steps=30,
+                                                  total_steps=20, end_factor=0.1)))
+
+
+def test_flops_formula():
+  cfg = model_config.preset("gemma3-270m")
+  per_token = flops.train_flops_per_token(cfg, 512)
+  n = cfg.num_params()
+  assert 260e6 < n < 275e6
+  attn = per_token - 6 * n
+  assert attn == 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * 512  # window 512 >= L
