@@ -3,12 +3,23 @@
 python benchmarks/sampler.py
 (a) Gemma 3 270M float32, greedy, 128 new tokens (all of them: cai_jax without EOS ids,
     transformers with min_new_tokens), at batch 1 and batch 8; tokens/s, and the fraction of the
-    machine's memory read bandwidth that batch-1 decoding reaches (every step reads all float32
-    parameters: 4 * num_params bytes; bandwidth measured here by summing a 1 GB float32 array).
+    machine's memory read bandwidth that batch-1 decoding reaches (every step reads all
+    parameters: bytes_per_param * num_params bytes; bandwidth measured here by summing a 1 GB
+    float32 array: on CPU the faster of numpy and XLA, on an accelerator XLA on the device).
 (b) a ~1,500-token shared prefix + 16 short prompts, 32 new tokens, with and without prefix
     caching (the prefix prefill is part of the timed work).
 Each cai_jax case runs twice: the first call's extra time is compilation, reported separately.
-The last line is one JSON object.
+
+Runs on whatever JAX's default device is (a GPU when JAX sees one); transformers runs on CUDA
+when torch sees it. Options:
+  --random-weights --tokenizer PATH   the gemma3-270m architecture with random parameters and a
+      tokenizer.model read from PATH, for machines without the GGUF; transformers gets the same
+      parameters through an HF folder written to a temporary directory.
+  --dtype bfloat16   parameters and matmuls in bfloat16 for both implementations (meant for GPU).
+  --new-tokens, --batch-sizes, --prefix-tokens, --prefix-prompts, --prefix-new-tokens,
+  --bandwidth-gb, --no-transformers   smaller settings for smoke runs.
+The last line is one JSON object (a line with "partial": true is printed before transformers
+starts, so a crash there still leaves cai_jax's numbers).
 """
 
 from __future__ import annotations
@@ -16,15 +27,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
+import traceback
+import types
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from cai_jax.checkpoints import loader  # noqa: E402
 from cai_jax.sampling.sampler import Sampler  # noqa: E402
 
 PROMPTS = [
@@ -53,8 +67,11 @@ def timed(fn):
   return out, time.perf_counter() - t0
 
 
-def read_bandwidth_gb_s(gigabytes: float = 1.0) -> dict:
-  """Best of 5 full reads of a float32 array: numpy's sum (one thread) and XLA's (all cores)."""
+def read_bandwidth_gb_s(gigabytes: float = 1.0, calls_per_timing: int = 1) -> dict:
+  """Best of 5 full reads of a float32 array: numpy's sum (one host thread) and XLA's (all cores
+  on CPU; the device's memory on an accelerator). With calls_per_timing > 1 that many XLA sums
+  are dispatched back to back and timed together, hiding the per-call dispatch latency, which
+  is comparable to one sum's time on a GPU."""
   import jax
   import jax.numpy as jnp
 
@@ -63,8 +80,13 @@ def read_bandwidth_gb_s(gigabytes: float = 1.0) -> dict:
   x = jnp.asarray(a)
   total = jax.jit(jnp.sum)
   total(x).block_until_ready()
-  best_jax = min(timed(lambda: total(x).block_until_ready())[1] for _ in range(5))
-  del x
+
+  def run():
+    for _ in range(calls_per_timing):
+      y = total(x)
+    y.block_until_ready()
+
+  best_jax = min(timed(run)[1] for _ in range(5)) / calls_per_timing
   return {"numpy_sum_gb_s": a.nbytes / best_np / 1e9, "xla_sum_gb_s": a.nbytes / best_jax / 1e9}
 
 
@@ -87,95 +109,212 @@ def prefix_text(tok, target_tokens: int) -> str:
   return "\n".join(lines) + "\n\nWhat follows is a conversation with the assistant."
 
 
+def cycled(items, n):
+  return [items[i % len(items)] for i in range(n)]
+
+
+def random_model(tokenizer_path: str, dtype: str, seed: int):
+  """The gemma3-270m architecture with random parameters (the model's own initialisers: unit
+  normal embedding, fan-in scaled projections, zero norm scales, so activations and logits stay
+  finite) and a tokenizer.model from disk; shaped like loader.LoadedModel, source=None."""
+  import jax
+
+  from cai_jax.model import config as model_config
+  from cai_jax.model import gemma
+  from cai_jax.tokenizer import Tokenizer
+
+  tok = Tokenizer.from_file(tokenizer_path)
+  config = model_config.preset("gemma3-270m", param_dtype=dtype, dtype=dtype)
+  if tok.vocab_size > config.vocab_size:
+    raise SystemExit(f"{tokenizer_path}: {tok.vocab_size} pieces, more than the model's "
+                     f"{config.vocab_size} vocabulary rows")
+  params = jax.jit(gemma.init_params, static_argnums=0)(config, jax.random.PRNGKey(seed))
+  params = jax.block_until_ready(params)
+  return types.SimpleNamespace(config=config, params=params, tokenizer=tok, source=None)
+
+
 def main():
-  parser = argparse.ArgumentParser()
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--cache_dir", default=os.path.expanduser("~/.cache/cai_jax"))
-  parser.add_argument("--new_tokens", type=int, default=128)
+  parser.add_argument("--new_tokens", "--new-tokens", type=int, default=128)
+  parser.add_argument("--batch-sizes", default="1,8",
+                      help="comma-separated batch sizes for (a); batch 1 gives the bandwidth "
+                           "fraction")
+  parser.add_argument("--prefix-tokens", type=int, default=1500,
+                      help="shared prefix length for (b); 0 skips (b)")
+  parser.add_argument("--prefix-prompts", type=int, default=16)
+  parser.add_argument("--prefix-new-tokens", type=int, default=32)
+  parser.add_argument("--bandwidth-gb", type=float, default=1.0)
+  parser.add_argument("--random-weights", action="store_true",
+                      help="gemma3-270m architecture with random parameters (needs --tokenizer)")
+  parser.add_argument("--tokenizer", help="tokenizer.model for --random-weights")
+  parser.add_argument("--seed", type=int, default=0, help="init seed for --random-weights")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="param_dtype and dtype of cai_jax, torch dtype of transformers")
+  parser.add_argument("--no-transformers", action="store_true",
+                      help="skip the transformers reference")
   args = parser.parse_args()
+  if args.random_weights and not args.tokenizer:
+    parser.error("--random-weights needs --tokenizer PATH (a SentencePiece tokenizer.model)")
   n_new = args.new_tokens
+  batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
 
-  bw = read_bandwidth_gb_s()
-  bandwidth = max(bw.values())
-  print(f"read bandwidth: numpy {bw['numpy_sum_gb_s']:.1f} GB/s, XLA {bw['xla_sum_gb_s']:.1f} "
-        f"GB/s", flush=True)
+  import jax
+  import jax.numpy as jnp
 
-  model = loader.load("gemma3-270m", cache_dir=args.cache_dir)
+  device = jax.devices()[0]
+  on_cpu = device.platform == "cpu"
+  if args.dtype == "bfloat16" and on_cpu:
+    print("note: --dtype bfloat16 is meant for GPU; on CPU both implementations are slow in it",
+          flush=True)
+  print(f"JAX device: {device.platform} ({device.device_kind}), {jax.device_count()} device(s)",
+        flush=True)
+
+  bw = read_bandwidth_gb_s(args.bandwidth_gb, calls_per_timing=1 if on_cpu else 10)
+  # On CPU numpy's single thread can beat XLA's sum, so the machine's bandwidth is the faster of
+  # the two; on an accelerator the parameters live in device memory, which only XLA measured.
+  bandwidth = max(bw.values()) if on_cpu else bw["xla_sum_gb_s"]
+  print(f"read bandwidth: numpy (host) {bw['numpy_sum_gb_s']:.1f} GB/s, XLA ({device.platform}) "
+        f"{bw['xla_sum_gb_s']:.1f} GB/s", flush=True)
+
+  if args.random_weights:
+    (model, init_s) = timed(lambda: random_model(args.tokenizer, args.dtype, args.seed))
+    print(f"random gemma3-270m parameters ({args.dtype}): {init_s:.1f} s", flush=True)
+  else:
+    from cai_jax.checkpoints import loader
+    model = loader.load("gemma3-270m", cache_dir=args.cache_dir, param_dtype=args.dtype,
+                        dtype=args.dtype)
   tok = model.tokenizer
   num_params = model.config.num_params()
+  bytes_per_param = jnp.dtype(model.config.param_dtype).itemsize
   # No EOS ids: every row generates all n_new tokens, as transformers does with min_new_tokens.
   sampler = Sampler(model.config, model.params, tok, eos_ids=())
-  out = {"device": "cpu", "num_params": num_params, "new_tokens": n_new, **bw}
+  out = {"device": device.device_kind, "platform": device.platform,
+         "weights": "random" if args.random_weights else "gemma3-270m", "dtype": args.dtype,
+         "num_params": num_params, "new_tokens": n_new, **bw, "bandwidth_gb_s": bandwidth}
+  finite = True
+  first_row_tokens = {}  # batch -> cai_jax's greedy tokens for the first prompt
 
   # ------------------------------------------------------------------ (a) batch 1 and batch 8
-  for batch in (1, 8):
-    prompts = PROMPTS[:batch]
+  for batch in batch_sizes:
+    prompts = cycled(PROMPTS, batch)
     res, first, second = ours_twice(lambda: sampler.generate(prompts, max_new_tokens=n_new))
     assert sum(res.num_tokens) == batch * n_new
+    finite = finite and all(np.isfinite(lp).all() for lp in res.logprobs)
+    first_row_tokens[batch] = list(res.tokens[0])
     out[f"ours_batch{batch}_tok_s"] = batch * n_new / second
     out[f"ours_batch{batch}_compile_s"] = first - second
     print(f"cai_jax batch {batch}: {batch * n_new / second:.1f} tok/s ({second:.2f} s; first "
           f"call {first:.2f} s)", flush=True)
-  steps_per_s = out["ours_batch1_tok_s"]  # one token per decode step at batch 1
-  achieved = 4 * num_params * steps_per_s / 1e9
-  out["batch1_param_read_gb_s"] = achieved
-  out["batch1_bandwidth_fraction"] = achieved / bandwidth
-  print(f"batch-1 decode reads {achieved:.1f} GB/s of parameters = "
-        f"{100 * achieved / bandwidth:.0f}% of the measured {bandwidth:.1f} GB/s", flush=True)
+  out["finite_logprobs"] = bool(finite)
+  if not finite:
+    print("WARNING: non-finite log-probs in cai_jax's generations", flush=True)
+  if "ours_batch1_tok_s" in out:
+    steps_per_s = out["ours_batch1_tok_s"]  # one token per decode step at batch 1
+    achieved = bytes_per_param * num_params * steps_per_s / 1e9
+    out["batch1_param_read_gb_s"] = achieved
+    out["batch1_bandwidth_fraction"] = achieved / bandwidth
+    print(f"batch-1 decode reads {achieved:.1f} GB/s of parameters = "
+          f"{100 * achieved / bandwidth:.0f}% of the measured {bandwidth:.1f} GB/s", flush=True)
 
   # ------------------------------------------------------------------ (b) prefix caching
-  prefix = prefix_text(tok, 1500)
-  prompts = [f"\n\nHuman: {q}\n\nAssistant:" for q in QUESTIONS]
-  out["prefix_tokens"] = len(tok.encode(prefix, add_bos=True))
+  speedup_keys = []
+  if args.prefix_tokens > 0:
+    n_q, n_pre_new = args.prefix_prompts, args.prefix_new_tokens
+    prefix = prefix_text(tok, args.prefix_tokens)
+    prompts = [f"\n\nHuman: {q}\n\nAssistant:" for q in cycled(QUESTIONS, n_q)]
+    out["prefix_tokens"] = len(tok.encode(prefix, add_bos=True))
 
-  def with_cache():
-    pc = sampler.prefill_prefix(prefix)
-    return sampler.generate(prompts, max_new_tokens=32, prefix=pc)
+    def with_cache():
+      pc = sampler.prefill_prefix(prefix)
+      return sampler.generate(prompts, max_new_tokens=n_pre_new, prefix=pc)
 
-  def without_cache():
-    return sampler.generate([prefix + p for p in prompts], max_new_tokens=32)
+    def without_cache():
+      return sampler.generate([prefix + p for p in prompts], max_new_tokens=n_pre_new)
 
-  _, first_c, second_c = ours_twice(with_cache)
-  print(f"prefix cached: {second_c:.2f} s (first call {first_c:.2f} s)", flush=True)
-  _, first_u, second_u = ours_twice(without_cache)
-  print(f"no prefix cache: {second_u:.2f} s (first call {first_u:.2f} s)", flush=True)
-  out.update(prefix_cached_s=second_c, prefix_cached_compile_s=first_c - second_c,
-             prefix_uncached_s=second_u, prefix_uncached_compile_s=first_u - second_u,
-             prefix_cached_tok_s=16 * 32 / second_c, prefix_uncached_tok_s=16 * 32 / second_u,
-             prefix_cache_speedup=second_u / second_c)
+    _, first_c, second_c = ours_twice(with_cache)
+    print(f"prefix cached: {second_c:.2f} s (first call {first_c:.2f} s)", flush=True)
+    _, first_u, second_u = ours_twice(without_cache)
+    print(f"no prefix cache: {second_u:.2f} s (first call {first_u:.2f} s)", flush=True)
+    out.update(prefix_cached_s=second_c, prefix_cached_compile_s=first_c - second_c,
+               prefix_uncached_s=second_u, prefix_uncached_compile_s=first_u - second_u,
+               prefix_cached_tok_s=n_q * n_pre_new / second_c,
+               prefix_uncached_tok_s=n_q * n_pre_new / second_u,
+               prefix_cache_speedup=second_u / second_c)
+    speedup_keys.append("prefix_cache_speedup")
+
+  def final_json():
+    keys = [f"batch{b}_speedup" for b in batch_sizes if f"batch{b}_speedup" in out]
+    keys += speedup_keys
+    return json.dumps({**{k: out[k] for k in keys},
+                       **{k: v for k, v in out.items() if k not in keys}})
 
   # ------------------------------------------------------------------ transformers
+  if args.no_transformers:
+    print(final_json())
+    return
   try:
     import torch
     from transformers import AutoModelForCausalLM
   except ImportError:
-    print(json.dumps(out))
+    print(final_json())
     return
+  print(json.dumps({**out, "partial": True}), flush=True)
   del sampler
-  hf = AutoModelForCausalLM.from_pretrained(model.source, dtype=torch.float32).eval()
-  out["torch_threads"] = torch.get_num_threads()
+  hf_folder = None
+  try:
+    hf_device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    out["hf_device"] = torch.cuda.get_device_name(0) if hf_device == "cuda" else "cpu"
+    source = model.source
+    if source is None:  # random weights: the same parameters, written as an HF folder
+      from cai_jax.checkpoints import hf as hf_io
+      hf_folder = source = tempfile.mkdtemp(prefix="cai_jax_bench_hf_")
+      _, secs = timed(lambda: hf_io.save_hf_folder(hf_folder, model.config, model.params, tok))
+      print(f"wrote the random parameters as an HF folder in {secs:.1f} s", flush=True)
+    hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).eval().to(hf_device)
+    out["torch_threads"] = torch.get_num_threads()
 
-  def hf_generate(prompts, new):
-    ids = [tok.encode(p, add_bos=True) for p in prompts]
-    width = max(map(len, ids))  # left-padded, as transformers generates from padded batches
-    input_ids = torch.tensor([[tok.pad_id] * (width - len(r)) + r for r in ids])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids])
-    with torch.no_grad():
-      gen = hf.generate(input_ids, attention_mask=mask, do_sample=False, max_new_tokens=new,
-                        min_new_tokens=new, pad_token_id=tok.pad_id, eos_token_id=tok.eos_id)
-    assert gen.shape[1] - width == new
-    return gen
+    def sync():
+      if hf_device == "cuda":
+        torch.cuda.synchronize()
 
-  hf_generate(PROMPTS[:1], 4)  # warm-up
-  for batch in (1, 8):
-    _, secs = timed(lambda: hf_generate(PROMPTS[:batch], n_new))
-    out[f"hf_batch{batch}_tok_s"] = batch * n_new / secs
-    print(f"transformers batch {batch}: {batch * n_new / secs:.1f} tok/s ({secs:.2f} s)",
-          flush=True)
-  out["batch1_speedup"] = out["ours_batch1_tok_s"] / out["hf_batch1_tok_s"]
-  out["batch8_speedup"] = out["ours_batch8_tok_s"] / out["hf_batch8_tok_s"]
-  keys = ["batch1_speedup", "batch8_speedup", "prefix_cache_speedup"]
-  print(json.dumps({**{k: out[k] for k in keys}, **{k: v for k, v in out.items()
-                                                     if k not in keys}}))
+    def hf_generate(prompts, new):
+      ids = [tok.encode(p, add_bos=True) for p in prompts]
+      width = max(map(len, ids))  # left-padded, as transformers generates from padded batches
+      input_ids = torch.tensor([[tok.pad_id] * (width - len(r)) + r for r in ids],
+                               device=hf_device)
+      mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids],
+                          device=hf_device)
+      with torch.no_grad():
+        gen = hf.generate(input_ids, attention_mask=mask, do_sample=False, max_new_tokens=new,
+                          min_new_tokens=new, pad_token_id=tok.pad_id, eos_token_id=tok.eos_id)
+      sync()
+      assert gen.shape[1] - width == new
+      return gen
+
+    # Warm-up (on CUDA at every batch size: kernels are picked per shape on first use).
+    for batch in (batch_sizes if hf_device == "cuda" else batch_sizes[:1]):
+      hf_generate(cycled(PROMPTS, batch), 4)
+    for batch in batch_sizes:
+      gen, secs = timed(lambda: hf_generate(cycled(PROMPTS, batch), n_new))
+      # Leading greedy tokens of the first row on which both implementations agree (n_new when
+      # they agree throughout; float rounding can flip a near-tie, bfloat16 sooner).
+      theirs = gen[0, gen.shape[1] - n_new:].tolist()
+      ours = first_row_tokens[batch]
+      out[f"batch{batch}_greedy_agree_tokens"] = next(
+          (i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), n_new))
+      out[f"hf_batch{batch}_tok_s"] = batch * n_new / secs
+      out[f"batch{batch}_speedup"] = out[f"ours_batch{batch}_tok_s"] / out[f"hf_batch{batch}_tok_s"]
+      print(f"transformers batch {batch}: {batch * n_new / secs:.1f} tok/s ({secs:.2f} s)",
+            flush=True)
+  except Exception as e:  # keep cai_jax's numbers: the last line is still the JSON object
+    traceback.print_exc()
+    out["hf_error"] = f"{type(e).__name__}: {e}"[:500]
+  finally:
+    if hf_folder is not None:
+      shutil.rmtree(hf_folder, ignore_errors=True)
+  print(final_json())
 
 
 if __name__ == "__main__":

@@ -124,7 +124,6 @@ def test_greedy_equals_argmax_of_full_forward(tiny, sampler):
 
 def test_prefix_cache_equals_uncached_tiny(tiny, sampler):
   config, params = tiny
-  tok = CharTokenizer()
   prefix_text = "A conversation between a person and a helpful assistant. "  # > window
   prompts = ["Human: hello there", "Human: why is the sky blue?", "x"]
   prefix = sampler.prefill_prefix(prefix_text)
@@ -271,7 +270,6 @@ def test_first_token_frequencies_match_softmax(tiny):
 
 def test_keys_and_logprobs(tiny, sampler):
   config, params = tiny
-  tok = CharTokenizer()
   gen = lambda key, strategy=Sampling(): sampler.generate(  # noqa: E731
       PROMPTS, max_new_tokens=16, strategy=strategy, key=key)
   a, b, c = gen(jax.random.PRNGKey(7)), gen(jax.random.PRNGKey(7)), gen(jax.random.PRNGKey(8))

@@ -202,7 +202,7 @@ def free_port() -> int:
 def test_two_processes_train_like_one(tiny_ckpt, sl_files, tmp_path):
   base = overrides(tiny_ckpt, sl_files, **{"sl_train.steps": 6, "sl_train.eval_every": 3,
                                            "sl_train.checkpoint_every": 3})
-  one = main.run(load_config("sl_train", **base), str(tmp_path / "one"))
+  main.run(load_config("sl_train", **base), str(tmp_path / "one"))
   port = free_port()
   env = dict(os.environ, CAI_JAX_CPU_COLLECTIVES="gloo", JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
