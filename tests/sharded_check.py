@@ -74,7 +74,39 @@ def main():
           "adam_mu_gate_spec": str(mu.sharding.spec),
           "adam_mu_gate_shard": list(mu.addressable_shards[0].data.shape),
       }
+  out["sampler"] = sampler_check()
   print(json.dumps(out))
+
+
+def sampler_check():
+  """Greedy and sampled generation with parameters sharded as in training equal the
+  single-device sampler's tokens (with and without a shared prefix)."""
+  import tiny_model
+  from cai_jax.sampling.sampler import Sampler
+  from cai_jax.sampling.strategies import Sampling
+
+  tok = tiny_model.small_tokenizer()
+  cfg = tiny_model.tiny_config(tok)
+  params = gemma.init_params(cfg, jax.random.PRNGKey(3))
+  prompts = ["Human: hello there", "x", "Why is the sky blue? Because", "ok", "a b c d e f"]
+
+  def generate(sampler):
+    prefix = sampler.prefill_prefix("A conversation with a helpful assistant.")
+    return [sampler.generate(prompts, max_new_tokens=12, stop=("zz",)).tokens,
+            sampler.generate(prompts, max_new_tokens=12, prefix=prefix).tokens,
+            sampler.generate(prompts, max_new_tokens=12, strategy=Sampling(temperature=1.0),
+                             key=jax.random.PRNGKey(5)).tokens]
+
+  reference = generate(Sampler(cfg, params, tok, max_batch=8))
+  result = {}
+  for shape in [(8, 1, 1), (2, 2, 2)]:
+    mesh = parallel.make_mesh(dict(zip(parallel.MESH_AXES, shape)))
+    sharded = parallel.shard_host_tree(jax.tree.map(np.asarray, params),
+                                       engine.model_shardings(cfg, mesh))
+    got = generate(Sampler(cfg, sharded, tok, max_batch=8, mesh=mesh))
+    result[str(shape)] = {"equal": got == reference,
+                          "param_spec": str(sharded["layer_0"]["mlp"]["gate"].sharding.spec)}
+  return result
 
 
 if __name__ == "__main__":

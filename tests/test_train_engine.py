@@ -138,6 +138,10 @@ def test_meshes_match_one_device_and_shard_as_the_rules_say():
   assert m["(1, 4, 2)/micro1"]["embedding_shard"] == [256, 16]
   assert m["(1, 4, 2)/micro1"]["adam_mu_gate_shard"] == [16, 64]
   assert m["(8, 1, 1)/micro1"]["embedding_shard"] == [512, 64]  # pure data parallel: replicated
+  # The sampler runs with the training mesh's parameter shardings and matches one device.
+  for shape, r in out["sampler"].items():
+    assert r["equal"], shape
+  assert out["sampler"]["(2, 2, 2)"]["param_spec"] == "P('fsdp', 'tensor')"
 
 
 def test_mesh_and_batch_errors():

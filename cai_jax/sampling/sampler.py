@@ -29,6 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import Mesh
+
+from cai_jax import parallel
 from cai_jax.model import gemma, kv_cache
 from cai_jax.model.config import GemmaConfig
 from cai_jax.sampling.strategies import Greedy, Sampling
@@ -128,10 +131,20 @@ class Sampler:
   """Generates from one model; compiled programs are reused across calls of equal shapes."""
 
   def __init__(self, config: GemmaConfig, params, tokenizer, *, max_prompt_length: int = 2048,
-               max_batch: int = 16, chunk_size: int = 32, eos_ids: Sequence[int] | None = None):
+               max_batch: int = 16, chunk_size: int = 32, eos_ids: Sequence[int] | None = None,
+               mesh: Mesh | None = None):
+    """`mesh`: sample with parameters sharded as in training (e.g. `TrainState.params` under
+    the engine's mesh): rows are split over the data axes, every batch holds a multiple of
+    data x fsdp rows (padding rows are added and dropped), and the model's activation rules
+    apply. Without a mesh everything runs on the default device."""
     if max_batch < 1 or chunk_size < 1 or max_prompt_length < 1:
       raise ValueError(f"max_batch, chunk_size and max_prompt_length must be >= 1, got "
                        f"{max_batch}, {chunk_size}, {max_prompt_length}")
+    self.mesh = mesh
+    self.min_batch = 1 if mesh is None else parallel.batch_size_per_shard(mesh)
+    if mesh is not None and max_batch % self.min_batch:
+      raise ValueError(f"max_batch={max_batch} must be a multiple of the mesh's data axes "
+                       f"(data x fsdp = {self.min_batch})")
     self.config = config
     self.params = params
     self.tokenizer = tokenizer
@@ -140,8 +153,19 @@ class Sampler:
     self.chunk_size = chunk_size
     self.eos_ids = tuple(eos_ids) if eos_ids is not None else (tokenizer.eos_id,)
     self.model = gemma.Gemma3(config)
-    self._prefill = jax.jit(functools.partial(_prefill, self.model), donate_argnums=(3,))
+    self._prefill = self._under_mesh(
+        jax.jit(functools.partial(_prefill, self.model), donate_argnums=(3,)))
     self._decode_fns = {}
+
+  def _under_mesh(self, jitted):
+    return jitted if self.mesh is None else parallel.run_under(self.mesh, jitted)
+
+  def _rows_sharded(self, tree):
+    """Batch-major arrays placed with their rows over the data axes (no-op without a mesh)."""
+    if self.mesh is None:
+      return tree
+    return jax.tree.map(lambda x: jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim)),
+                        tree)
 
   # ------------------------------------------------------------------ prompts and prefixes
 
@@ -157,21 +181,24 @@ class Sampler:
     """Prefills a shared prefix (BOS first) once; pass it to `generate` for every batch."""
     ids = self.tokenizer.encode(prefix, add_bos=True)
     slots = pow2_bucket(len(ids), 64)
-    tokens = np.zeros((1, slots), np.int32)
-    positions = np.full((1, slots), -1, np.int32)
-    tokens[0, :len(ids)] = ids
-    positions[0, :len(ids)] = np.arange(len(ids))
-    cache = kv_cache.init_cache(self.config, 1, slots)
+    rows = self.min_batch  # identical rows, one per data shard; row 0 is used
+    tokens = np.zeros((rows, slots), np.int32)
+    positions = np.full((rows, slots), -1, np.int32)
+    tokens[:, :len(ids)] = ids
+    positions[:, :len(ids)] = np.arange(len(ids))
+    cache = kv_cache.init_cache(self.config, rows, slots)
+    tokens, positions, cache = self._rows_sharded((tokens, positions, cache))
     _, cache = self._prefill(self.params, tokens, positions, cache, 0)
+    cache = [jax.tree.map(lambda x: x[:1], c) for c in cache]
     return PrefixCache(cache=cache, length=len(ids), slots=slots)
 
   # ------------------------------------------------------------------ generation
 
   def _decode_fn(self, strategy):
     if strategy not in self._decode_fns:
-      self._decode_fns[strategy] = jax.jit(
+      self._decode_fns[strategy] = self._under_mesh(jax.jit(
           functools.partial(_decode, self.model, strategy, self.eos_ids),
-          static_argnums=(0,), donate_argnums=(2,))
+          static_argnums=(0,), donate_argnums=(2,)))
     return self._decode_fns[strategy]
 
   def generate(self, prompts: Sequence[str], *, max_new_tokens: int,
@@ -192,7 +219,8 @@ class Sampler:
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     start = 0
     while start < len(order):
-      rows = min(self.max_batch, pow2_bucket(len(order) - start, 1))
+      rows = pow2_bucket(len(order) - start, 1)
+      rows = min(self.max_batch, -(-rows // self.min_batch) * self.min_batch)
       chunk = order[start:start + rows]
       key, sub = jax.random.split(key)
       for i, out in zip(chunk, self._generate_batch([ids[i] for i in chunk], rows,
@@ -229,6 +257,7 @@ class Sampler:
           v_BSKH=c.v_BSKH.at[:, :prefix_slots].set(p.v_BSKH),
           positions_BS=c.positions_BS.at[:, :prefix_slots].set(p.positions_BS))
           for c, p in zip(cache, prefix.cache)]
+    tokens, positions, cache = self._rows_sharded((tokens, positions, cache))
     logits, cache = self._prefill(self.params, tokens, positions, cache, prefix_slots)
     done = np.arange(rows) >= n
     state = DecodeState(

@@ -21,7 +21,7 @@ def hidden_states(config: GemmaConfig, params, tokens_BL, valid_BL):
   return hidden
 
 
-def make_lm_loss(config: GemmaConfig, *, chunk_tokens: int = 8192):
+def make_lm_loss(config: GemmaConfig, *, chunk_tokens: int = 1024):
   """loss_fn(params, batch, rng) -> (sum of -log p * weight, {"weight", "sum_correct", ...})."""
 
   def loss_fn(params, batch, rng):

@@ -26,7 +26,7 @@ def _chunk_len(batch: int, length: int, chunk_tokens: int) -> int:
 
 
 def token_logprobs(hidden_BLD: jax.Array, embedding_VD: jax.Array, targets_BL: jax.Array,
-                   *, chunk_tokens: int = 8192, dtype=jnp.float32) -> jax.Array:
+                   *, chunk_tokens: int = 1024, dtype=jnp.float32) -> jax.Array:
   """log p(targets_BL | hidden) under logits = hidden @ embedding.T, float32, chunked over L."""
   B, L, D = hidden_BLD.shape
   c = _chunk_len(B, L, chunk_tokens)
