@@ -12,6 +12,7 @@ from ml_collections import config_flags
 
 from cai_jax.checkpoints.hf import CheckpointError
 from cai_jax.config_defaults import ConfigError
+from cai_jax.constitution.schema import ConstitutionError
 from cai_jax.data.jsonl import DataError
 from cai_jax.train.engine import NonFiniteLoss, Preempted
 
@@ -23,6 +24,9 @@ JOBS: dict[str, tuple[str, str]] = {
     "generate": ("cai_jax.jobs.generate",
                  "sample completions for a prompts jsonl ({id, prompt}) with the KV-cache "
                  "sampler; appends to the output and skips ids already written"),
+    "sl_generate": ("cai_jax.jobs.sl_generate",
+                    "SL-CAI data: answer red-team prompts, critique and revise them under the "
+                    "constitution, write records and the SL training file"),
     "sl_train": ("cai_jax.jobs.sl_train",
                  "finetune config.model.checkpoint on an SL jsonl ({prompt, completion}) with "
                  "the sharded training engine; resumes from WORKDIR/sl_train/checkpoints"),
@@ -77,7 +81,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   try:
     run(_CONFIG.value, _WORKDIR.value)
-  except (UsageError, ConfigError, DataError, CheckpointError) as e:
+  except (UsageError, ConfigError, DataError, CheckpointError, ConstitutionError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -174,7 +174,7 @@ def test_bad_settings_fail_before_the_model_loads(tmp_path, monkeypatch):
     config = job_config("no-such-checkpoint", prompts, str(tmp_path / "out.jsonl"), **overrides)
     with pytest.raises(error, match=message):
       main.run(config, str(tmp_path / "w"))
-  with pytest.raises(DataError, match="not a completion record"):
+  with pytest.raises(DataError, match="not a record with an .id.; refusing to append"):
     (tmp_path / "foreign.jsonl").write_text('{"something": "else"}\n')
     main.run(job_config("no-such-checkpoint", prompts, str(tmp_path / "foreign.jsonl")),
              str(tmp_path / "w"))

@@ -55,3 +55,24 @@ def write_json_atomic(path: str, obj: Any) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def finished_ids(path: str) -> set[str]:
+  """Ids of the records an appending job already wrote to `path`. A last line cut off by a crash
+  (no final newline) is dropped from the file first, so that record is redone, not lost."""
+  if not os.path.exists(path):
+    return set()
+  with open(path, "rb") as f:
+    data = f.read()
+  keep = data if data.endswith(b"\n") or not data else data[:data.rfind(b"\n") + 1]
+  if keep != data:
+    with open(path, "wb") as f:
+      f.write(keep)
+  ids = set()
+  for lineno, line in enumerate(keep.decode("utf-8").splitlines(), start=1):
+    if line.strip():
+      try:
+        ids.add(str(json.loads(line)["id"]))
+      except (json.JSONDecodeError, KeyError, TypeError):
+        raise DataError(f"{path}:{lineno}: not a record with an 'id'; refusing to append") from None
+  return ids

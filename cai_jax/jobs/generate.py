@@ -14,7 +14,7 @@ import time
 import jax
 
 from cai_jax.config_defaults import ConfigError
-from cai_jax.data.jsonl import DataError, read_jsonl, require
+from cai_jax.data.jsonl import DataError, finished_ids, read_jsonl, require
 from cai_jax.jobs.common import load_model, progress
 from cai_jax.sampling.sampler import Sampler
 from cai_jax.sampling.strategies import from_settings
@@ -34,26 +34,6 @@ def read_prompts(path: str) -> list[tuple[str, str]]:
   if not rows:
     raise DataError(f"{path}: no prompts")
   return rows
-
-
-def finished_ids(path: str) -> set[str]:
-  """Ids already written; drops a trailing partial line left by a crash."""
-  if not os.path.exists(path):
-    return set()
-  with open(path, "rb") as f:
-    data = f.read()
-  keep = data if data.endswith(b"\n") or not data else data[:data.rfind(b"\n") + 1]
-  if keep != data:
-    with open(path, "wb") as f:
-      f.write(keep)
-  ids = set()
-  for lineno, line in enumerate(keep.decode("utf-8").splitlines(), start=1):
-    if line.strip():
-      try:
-        ids.add(str(json.loads(line)["id"]))
-      except (json.JSONDecodeError, KeyError, TypeError):
-        raise DataError(f"{path}:{lineno}: not a completion record; refusing to append") from None
-  return ids
 
 
 def run(config, workdir: str) -> str:

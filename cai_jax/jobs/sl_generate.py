@@ -1,0 +1,216 @@
+"""Job `sl_generate`: the SL-CAI data stage (red-team prompt -> answer -> critique -> revision).
+
+Writes, under WORKDIR/sl_generate/ (the records file may be set with `output`):
+  records.jsonl   one record per red-team prompt: {"id", "prompt", "category",
+                  "initial_response", "rounds": [{"principle_id", "critique", "revision"}],
+                  "final", "flags", "truncated", "provenance"}; appended batch by batch
+  helpful.jsonl   answers to the helpfulness prompts: {"id", "prompt", "completion", "flags", ...}
+  sl_train.jsonl  the SL file for `sl_train`: {"id", "prompt", "completion", "source"}, revisions
+                  and `helpful_ratio` helpful answers per revision, shuffled with the seed
+  report.json     counts, flags, lengths per round, wall time, tokens/s
+A restart skips ids already written (a line cut off by a crash is redone), so a killed run loses
+and duplicates nothing. Red-team conversations longer than `max_conversation_tokens` are skipped
+and counted in the report (never sent truncated).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+
+import jax
+
+from cai_jax.cai.critique_revision import CritiqueReviser, Settings, degenerate_flags
+from cai_jax.config_defaults import ConfigError
+from cai_jax.constitution import prompts as P
+from cai_jax.constitution.schema import load_constitution
+from cai_jax.data import sources
+from cai_jax.data.jsonl import finished_ids, read_jsonl, write_json_atomic
+from cai_jax.jobs.common import load_model, progress
+from cai_jax.sampling.sampler import Sampler
+from cai_jax.sampling.strategies import from_settings
+
+
+def check(g) -> None:
+  for field in ("rounds", "max_response_tokens", "max_critique_tokens", "max_revision_tokens",
+                "max_conversation_tokens", "max_prompt_length", "batch_size", "chunk_size"):
+    minimum = 0 if field == "rounds" else 1
+    if g[field] < minimum:
+      raise ConfigError(f"sl_generate.{field} must be >= {minimum}, got {g[field]}")
+  if g.limit < 0 or g.helpful_ratio < 0:
+    raise ConfigError("sl_generate.limit and helpful_ratio must be >= 0")
+
+
+def append(path: str, records) -> None:
+  with open(path, "a", encoding="utf-8") as f:
+    for r in records:
+      f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def read_records(path: str) -> list[dict]:
+  return [obj for _, obj in read_jsonl(path)] if os.path.exists(path) else []
+
+
+def split_by_length(tokenizer, items, limit: int):
+  keep, skipped = [], []
+  for item in items:
+    n = len(tokenizer.encode(item.prompt, add_bos=False))
+    (keep if n <= limit else skipped).append(item)
+  return keep, skipped
+
+
+def run(config, workdir: str) -> dict:
+  g = config.sl_generate
+  check(g)
+  try:
+    strategy = from_settings(g.temperature, g.top_k, g.top_p)
+  except ValueError as e:
+    raise ConfigError(f"sl_generate.temperature/top_k/top_p: {e}") from None
+  constitution = load_constitution(g.constitution)
+  red = sources.load_prompt_set(g.prompts)
+  red = red[:g.limit] if g.limit else red
+  helpful = sources.load_prompt_set(g.helpful_prompts) if g.helpful_prompts and g.helpful_ratio \
+      else []
+  n_helpful = min(len(helpful), round(g.helpful_ratio * len(red)))
+  helpful = helpful[:n_helpful]
+  out_dir = os.path.join(workdir, "sl_generate")
+  os.makedirs(out_dir, exist_ok=True)
+  records_path = g.output or os.path.join(out_dir, "records.jsonl")
+  helpful_path = os.path.join(out_dir, "helpful.jsonl")
+  done, done_helpful = finished_ids(records_path), finished_ids(helpful_path)
+
+  model = load_model(config)
+  red, skipped = split_by_length(model.tokenizer, red, g.max_conversation_tokens)
+  helpful, skipped_helpful = split_by_length(model.tokenizer, helpful, g.max_conversation_tokens)
+  todo = [r for r in red if r.id not in done]
+  todo_helpful = [r for r in helpful if r.id not in done_helpful]
+  print(f"{len(red)} red-team prompts ({len(red) - len(todo)} done, {len(skipped)} too long), "
+        f"{len(helpful)} helpful prompts ({len(helpful) - len(todo_helpful)} done); "
+        f"constitution {constitution.name!r} v{constitution.version}", flush=True)
+  settings = Settings(rounds=g.rounds, skip_critique=g.skip_critique,
+                      continue_transcript=g.continue_transcript,
+                      max_response_tokens=g.max_response_tokens,
+                      max_critique_tokens=g.max_critique_tokens,
+                      max_revision_tokens=g.max_revision_tokens, seed=config.seed)
+  provenance = {"model": config.model.checkpoint, "model_source": model.source,
+                "constitution": {"name": constitution.name, "version": constitution.version,
+                                 "source": constitution.source},
+                "seed": config.seed, "sampling": {"temperature": g.temperature, "top_k": g.top_k,
+                                                  "top_p": g.top_p},
+                "settings": {k: getattr(settings, k) for k in Settings.__dataclass_fields__}}
+  category = {r.id: r.category for r in red}
+  start = time.perf_counter()
+  reviser = None
+  if todo or todo_helpful:
+    sampler = Sampler(model.config, model.params, model.tokenizer,
+                      max_prompt_length=g.max_prompt_length, max_batch=g.batch_size,
+                      chunk_size=g.chunk_size)
+    reviser = CritiqueReviser(sampler, constitution, settings, strategy)
+    key = jax.random.PRNGKey(config.seed)
+    with progress(len(todo), "sl_generate", "prompt") as bar:
+      for b in range(0, len(todo), g.batch_size):
+        batch = todo[b:b + g.batch_size]
+        # One key per batch, derived from its first id: a restart re-derives the same keys.
+        sub = jax.random.fold_in(key, int(hashlib.sha256(batch[0].id.encode()).hexdigest()[:7], 16))
+        bodies = reviser.run([(r.id, r.prompt) for r in batch], sub)
+        append(records_path, [{**body, "category": category.get(body["id"]),
+                               "provenance": provenance} for body in bodies])
+        bar.update(len(batch))
+        elapsed = time.perf_counter() - start
+        bar.set_postfix(tok_s=f"{reviser.tokens_generated / elapsed:.1f}")
+    with progress(len(todo_helpful), "helpful answers", "prompt") as bar:
+      for b in range(0, len(todo_helpful), g.batch_size):
+        batch = todo_helpful[b:b + g.batch_size]
+        sub = jax.random.fold_in(key, 1 + b)
+        out = reviser._sample([P.initial_context(constitution, r.prompt) for r in batch],
+                              reviser.answer_prefix_text, reviser._answer_prefix,
+                              g.max_response_tokens, P.RESPONSE_STOPS, sub)
+        append(helpful_path, [
+            {"id": r.id, "prompt": r.prompt, "category": r.category, "completion": text,
+             "finish_reason": reason, "flags": degenerate_flags(text, reason),
+             "truncated": trunc, "provenance": provenance}
+            for r, text, reason, trunc in zip(batch, out.texts, out.finish_reasons, out.truncated)])
+        bar.update(len(batch))
+  wall = time.perf_counter() - start
+  tokens = reviser.tokens_generated if reviser else 0
+
+  records = [r for r in read_records(records_path) if r["id"] in {x.id for x in red}]
+  helpful_records = [r for r in read_records(helpful_path) if r["id"] in {x.id for x in helpful}]
+  sl_path = os.path.join(out_dir, "sl_train.jsonl")
+  n_sl = write_sl_file(sl_path, records, helpful_records, g.drop_flagged, config.seed)
+  report = make_report(records, helpful_records, skipped, skipped_helpful, wall, tokens, n_sl,
+                       model.tokenizer)
+  report["outputs"] = {"records": records_path, "helpful": helpful_path, "sl_train": sl_path}
+  write_json_atomic(os.path.join(out_dir, "report.json"), report)
+  print_report(report, records, g.report_examples, config.seed)
+  return report
+
+
+def write_sl_file(path: str, records, helpful_records, drop_flagged: bool, seed: int) -> int:
+  rows = [{"id": r["id"], "prompt": r["prompt"], "completion": r["final"], "source": "sl_cai",
+           "principles": [x["principle_id"] for x in r["rounds"]]}
+          for r in records if not (drop_flagged and r["flags"]) and r["final"].strip()]
+  rows += [{"id": r["id"], "prompt": r["prompt"], "completion": r["completion"],
+            "source": "helpful"}
+           for r in helpful_records if not (drop_flagged and r["flags"]) and r["completion"].strip()]
+  random.Random(seed).shuffle(rows)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+  os.replace(tmp, path)
+  return len(rows)
+
+
+def make_report(records, helpful_records, skipped, skipped_helpful, wall, tokens, n_sl,
+                tokenizer) -> dict:
+  flag_counts: dict[str, int] = {}
+  for r in records + helpful_records:
+    for f in r["flags"]:
+      kind = f.split(":")[-1]
+      flag_counts[kind] = flag_counts.get(kind, 0) + 1
+  rounds = max((len(r["rounds"]) for r in records), default=0)
+
+  def mean_tokens(texts):
+    texts = list(texts)
+    return (sum(len(tokenizer.encode(t, add_bos=False)) for t in texts) / len(texts)
+            if texts else 0.0)
+
+  per_round = [{"round": i + 1,
+                "critique_tokens": mean_tokens(r["rounds"][i]["critique"] for r in records
+                                               if len(r["rounds"]) > i),
+                "revision_tokens": mean_tokens(r["rounds"][i]["revision"] for r in records
+                                               if len(r["rounds"]) > i)}
+               for i in range(rounds)]
+  return {
+      "records": len(records), "flagged_records": sum(bool(r["flags"]) for r in records),
+      "helpful_records": len(helpful_records),
+      "flagged_helpful": sum(bool(r["flags"]) for r in helpful_records),
+      "flags": flag_counts, "truncated": sum(bool(r["truncated"]) for r in records),
+      "skipped_too_long": [r.id for r in skipped] + [r.id for r in skipped_helpful],
+      "initial_response_tokens": mean_tokens(r["initial_response"] for r in records),
+      "rounds": per_round, "sl_examples": n_sl,
+      "wall_s_this_run": wall, "tokens_generated_this_run": tokens,
+      "tokens_per_s_this_run": tokens / wall if wall > 0 and tokens else 0.0,
+  }
+
+
+def print_report(report, records, examples: int, seed: int) -> None:
+  summary = {k: v for k, v in report.items() if k not in ("outputs",)}
+  print(json.dumps(summary, indent=1))
+  for r in random.Random(seed).sample(records, min(examples, len(records))):
+    print("=" * 78)
+    print(f"id {r['id']} ({r.get('category')}); flags: {', '.join(r['flags']) or 'none'}")
+    print(f"PROMPT:{r['prompt']}")
+    print(f"INITIAL:{r['initial_response']}")
+    for i, rd in enumerate(r["rounds"], 1):
+      print(f"-- round {i}, principle {rd['principle_id']}")
+      if rd["critique"]:
+        print(f"CRITIQUE:{rd['critique']}")
+      print(f"REVISION:{rd['revision']}")
+  print("=" * 78, flush=True)

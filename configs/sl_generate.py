@@ -1,0 +1,37 @@
+"""SL-CAI data: answer red-team prompts, critique and revise under the constitution, and write
+the SL training file (revisions mixed with helpful answers) for `sl_train`.
+
+python -m cai_jax.main --config configs/sl_generate.py --workdir runs/slcai \
+    --config.sl_generate.limit=16 --config.sl_generate.rounds=2
+Outputs in WORKDIR/sl_generate/: records.jsonl, helpful.jsonl, sl_train.jsonl, report.json.
+"""
+
+from cai_jax import config_defaults
+
+
+def get_config():
+  config = config_defaults.base_config("sl_generate")
+  config.sl_generate = dict(
+      constitution="harmless",    # a name in constitutions/, a .json file, or the paper's folder
+      prompts="red_team",         # 'red_team' (ours), or a prompts jsonl {"id", "prompt", ...}
+      helpful_prompts="helpful",  # 'helpful' (ours) or a jsonl; '' = no helpful answers
+      limit=0,                    # red-team prompts to use (0 = all)
+      helpful_ratio=1.0,          # helpful examples per revision in the SL file
+      rounds=4,                   # critique -> revision rounds, one drawn principle each
+      skip_critique=False,        # revise directly, without sampling a critique
+      continue_transcript=True,   # round r+1 continues the transcript (the paper's layout)
+      temperature=1.0,            # 0 = greedy
+      top_k=0,
+      top_p=1.0,
+      max_response_tokens=128,
+      max_critique_tokens=128,
+      max_revision_tokens=128,
+      max_conversation_tokens=512,  # longer red-team conversations are skipped and counted
+      max_prompt_length=4096,     # sampler budget per row after the cached few-shot prefix
+      batch_size=8,
+      chunk_size=16,              # decode steps between stop-string checks
+      drop_flagged=True,          # leave degenerate outputs out of the SL file
+      output="",                  # records jsonl; default WORKDIR/sl_generate/records.jsonl
+      report_examples=5,          # records printed in full by the report
+  )
+  return config

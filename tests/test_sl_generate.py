@@ -1,0 +1,205 @@
+"""The SL-CAI stage: the exact texts the loop sends to the sampler (with a recording fake
+sampler), deterministic principle draws, degenerate-output flags, and the `sl_generate` job on
+a tiny checkpoint: records, SL file, report, restart after SIGKILL without loss or duplicates,
+then `sl_train` on its output."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import pytest
+
+from cai_jax import main
+from cai_jax.cai.critique_revision import CritiqueReviser, Settings, degenerate_flags, \
+    draw_principles
+from cai_jax.constitution import prompts as P
+from cai_jax.constitution.schema import ConstitutionError, load_constitution
+from cai_jax.data.jsonl import DataError, read_jsonl
+from cai_jax.sampling.strategies import Greedy
+from configs_loader import load_config
+import tiny_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass
+class FakeOutput:
+  texts: list
+  finish_reasons: list
+  num_tokens: list
+  truncated: list
+
+
+class RecordingSampler:
+  """Stands in for `Sampler`: records prefix + row text of every call, answers by a counter."""
+
+  def __init__(self):
+    self.calls = []
+
+  def prefill_prefix(self, text):
+    return ("PREFIX", text)
+
+  def generate(self, rows, *, max_new_tokens, strategy, key, stop, prefix):
+    n = len(self.calls)
+    self.calls.append({"texts": [prefix[1] + r for r in rows], "stop": tuple(stop),
+                       "max_new_tokens": max_new_tokens})
+    texts = [f" out{n}.{i}" for i in range(len(rows))]
+    return FakeOutput(texts, ["stop"] * len(rows), [3] * len(rows), [False] * len(rows))
+
+
+@pytest.fixture(scope="module")
+def harmless():
+  return load_constitution("harmless")
+
+
+def test_loop_sends_the_documented_contexts(harmless):
+  fake = RecordingSampler()
+  settings = Settings(rounds=2, max_response_tokens=5, max_critique_tokens=6,
+                      max_revision_tokens=7, seed=3)
+  items = [("a", "\n\nHuman: q1\n\nAssistant:"), ("b", "\n\nHuman: q2\n\nAssistant:")]
+  records = CritiqueReviser(fake, harmless, settings, Greedy()).run(items, jax.random.PRNGKey(0))
+  assert len(fake.calls) == 1 + 2 * 2
+  answer, crit1, rev1, crit2, rev2 = fake.calls
+  assert answer["texts"][0] == P.initial_context(harmless, items[0][1])
+  assert answer["stop"] == P.RESPONSE_STOPS and answer["max_new_tokens"] == 5
+  pa = draw_principles(harmless, "a", 2, 3)
+  assert crit1["texts"][0] == P.critique_context(harmless, items[0][1], " out0.0", pa[0])
+  assert crit1["stop"] == P.CRITIQUE_STOPS and crit1["max_new_tokens"] == 6
+  assert rev1["texts"][0] == P.revision_context(harmless, items[0][1], " out0.0", pa[0], " out1.0")
+  assert rev1["stop"] == P.REVISION_STOPS and rev1["max_new_tokens"] == 7
+  # round 2 continues the transcript: previous revision context + revision + next request
+  assert crit2["texts"][0] == rev1["texts"][0] + " out2.0" + pa[1].critique_prompt
+  assert rev2["texts"][0] == crit2["texts"][0] + " out3.0" + pa[1].revision_prompt
+  rec = records[0]
+  assert rec["initial_response"] == " out0.0" and rec["final"] == " out4.0"
+  assert rec["rounds"] == [
+      {"principle_id": pa[0].id, "critique": " out1.0", "revision": " out2.0"},
+      {"principle_id": pa[1].id, "critique": " out3.0", "revision": " out4.0"}]
+  assert rec["flags"] == []
+
+
+def test_fresh_context_and_skip_critique(harmless):
+  fake = RecordingSampler()
+  settings = Settings(rounds=2, continue_transcript=False, skip_critique=True, seed=1)
+  items = [("x", "\n\nHuman: hello\n\nAssistant:")]
+  CritiqueReviser(fake, harmless, settings, Greedy()).run(items, jax.random.PRNGKey(0))
+  assert len(fake.calls) == 3  # answer, revision, revision
+  p = draw_principles(harmless, "x", 2, 1)
+  prefix = P.critique_revision_prefix(harmless)
+  assert fake.calls[1]["texts"][0] == prefix + items[0][1] + " out0.0" + p[0].revision_prompt
+  assert fake.calls[2]["texts"][0] == prefix + items[0][1] + " out1.0" + p[1].revision_prompt
+
+
+def test_principle_draws_are_seeded_per_record_with_replacement(harmless):
+  a = [p.id for p in draw_principles(harmless, "rt-1", 200, 0)]
+  assert a == [p.id for p in draw_principles(harmless, "rt-1", 200, 0)]
+  assert a != [p.id for p in draw_principles(harmless, "rt-2", 200, 0)]
+  assert a != [p.id for p in draw_principles(harmless, "rt-1", 200, 1)]
+  assert len(set(a)) == len(harmless.critique_revision)  # all 16 appear in 200 draws
+  assert any(x == y for x, y in zip(a, a[1:]))  # with replacement
+
+
+def test_degenerate_flags():
+  assert degenerate_flags(" A fine, short answer.", "stop") == []
+  assert degenerate_flags("  \n ", "eos") == ["empty"]
+  assert "repeated_lines" in degenerate_flags("same\nsame\nsame\nsame\nother", "stop")
+  assert "repetitive" in degenerate_flags(" ".join(["I am sorry about that"] * 8), "stop")
+  assert degenerate_flags(" cut off in the", "length") == ["runaway_length"]
+
+
+def job_settings(ckpt, **extra):
+  s = {"model.checkpoint": ckpt, "model.cache_dir": os.path.dirname(ckpt),
+       "sl_generate.limit": 6, "sl_generate.rounds": 2, "sl_generate.batch_size": 2,
+       "sl_generate.max_response_tokens": 6, "sl_generate.max_critique_tokens": 6,
+       "sl_generate.max_revision_tokens": 6, "sl_generate.report_examples": 1,
+       "sl_generate.drop_flagged": False, "sl_generate.helpful_ratio": 0.5}
+  s.update(extra)
+  return s
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+  return tiny_model.write_hf_checkpoint(str(tmp_path_factory.mktemp("slg_tiny") / "hf"),
+                                        flat_logits=True)
+
+
+def ids_in(path):
+  return [obj["id"] for _, obj in read_jsonl(path)]
+
+
+def test_job_writes_records_sl_file_and_report_then_sl_train_runs(tiny_ckpt, tmp_path):
+  report = main.run(load_config("sl_generate", **job_settings(tiny_ckpt)), str(tmp_path))
+  out = tmp_path / "sl_generate"
+  records = [obj for _, obj in read_jsonl(str(out / "records.jsonl"))]
+  assert [r["id"] for r in records] == [f"rt-{i:04d}" for i in range(1, 7)] or len(records) == 6
+  for r in records:
+    assert set(r) >= {"id", "prompt", "category", "initial_response", "rounds", "final", "flags",
+                      "truncated", "provenance"}
+    assert len(r["rounds"]) == 2 and r["final"] == r["rounds"][-1]["revision"]
+    assert r["provenance"]["constitution"]["name"] == "harmless"
+    assert r["provenance"]["settings"]["rounds"] == 2
+  assert len(ids_in(str(out / "helpful.jsonl"))) == 3
+  sl_rows = [obj for _, obj in read_jsonl(str(out / "sl_train.jsonl"))]
+  assert sorted(r["source"] for r in sl_rows) == ["helpful"] * 3 + ["sl_cai"] * 6
+  assert report["records"] == 6 and report["sl_examples"] == 9
+  assert len(report["rounds"]) == 2 and report["tokens_generated_this_run"] > 0
+  assert json.loads((out / "report.json").read_text())["records"] == 6
+  summary = main.run(load_config("sl_train", **{
+      "model.checkpoint": tiny_ckpt, "model.cache_dir": os.path.dirname(tiny_ckpt),
+      "sl_train.data": str(out / "sl_train.jsonl"), "sl_train.batch_size": 2,
+      "sl_train.steps": 3, "sl_train.max_length": 128, "sl_train.progress": False,
+      "optim.warmup_steps": 1}), str(tmp_path))
+  assert summary["steps"] == 3 and os.path.isdir(summary["export_hf"])
+
+
+def test_sigkill_and_restart_lose_and_duplicate_nothing(tiny_ckpt, tmp_path):
+  settings = job_settings(tiny_ckpt, **{"sl_generate.limit": 8})
+  args = [sys.executable, "-m", "cai_jax.main", "--config",
+          os.path.join(ROOT, "configs/sl_generate.py"), "--workdir", str(tmp_path)]
+  args += [f"--config.{k}={v}" for k, v in settings.items()]
+  proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+  records = tmp_path / "sl_generate" / "records.jsonl"
+  deadline = time.time() + 300
+  while not (records.exists() and records.read_text().count("\n") >= 2):
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    assert time.time() < deadline
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  before = ids_in(str(records))
+  assert 2 <= len(before) < 8
+  with open(records, "a") as f:
+    f.write('{"id": "rt-half-writ')  # a crash in the middle of a line
+  main.run(load_config("sl_generate", **settings), str(tmp_path))
+  after = ids_in(str(records))
+  assert len(after) == len(set(after)) == 8
+  assert after[:len(before)] == before  # finished records were not rewritten
+
+
+def test_bad_inputs(tiny_ckpt, tmp_path):
+  bad = tmp_path / "constitution.json"
+  bad.write_text(json.dumps({"format": "cai_jax.constitution", "version": 1}))
+  with pytest.raises(ConstitutionError, match="constitution.json"):
+    main.run(load_config("sl_generate", **job_settings(
+        tiny_ckpt, **{"sl_generate.constitution": str(bad)})), str(tmp_path))
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text('{"id": "p1", "prompt": "\\n\\nHuman: hi\\n\\nAssistant:"}\n{"id": "p2"}\n')
+  with pytest.raises(DataError, match="prompts.jsonl:2"):
+    main.run(load_config("sl_generate", **job_settings(
+        tiny_ckpt, **{"sl_generate.prompts": str(prompts)})), str(tmp_path))
+  long_prompts = tmp_path / "long.jsonl"
+  long_prompts.write_text(
+      json.dumps({"id": "short", "prompt": "\n\nHuman: hi\n\nAssistant:"}) + "\n"
+      + json.dumps({"id": "long", "prompt": "\n\nHuman: " + "why " * 300 + "\n\nAssistant:"}) + "\n")
+  report = main.run(load_config("sl_generate", **job_settings(
+      tiny_ckpt, **{"sl_generate.prompts": str(long_prompts), "sl_generate.helpful_ratio": 0.0,
+                    "sl_generate.max_conversation_tokens": 64})), str(tmp_path / "long"))
+  assert report["skipped_too_long"] == ["long"] and report["records"] == 1
