@@ -24,6 +24,9 @@ JOBS: dict[str, tuple[str, str]] = {
     "generate": ("cai_jax.jobs.generate",
                  "sample completions for a prompts jsonl ({id, prompt}) with the KV-cache "
                  "sampler; appends to the output and skips ids already written"),
+    "red_team_generate": ("cai_jax.jobs.red_team_generate",
+                          "few-shot sample new red-team prompts from the seed set, "
+                          "deduplicated and tagged as generated"),
     "sl_generate": ("cai_jax.jobs.sl_generate",
                     "SL-CAI data: answer red-team prompts, critique and revise them under the "
                     "constitution, write records and the SL training file"),
@@ -40,7 +43,7 @@ __doc__ = (
     "usage: python -m cai_jax.main --config configs/<job>.py [--config.a.b=value ...] "
     "--workdir DIR\n\n"
     "The config's `job` field picks what runs. Jobs:\n"
-    + "".join(f"  {name:10s} {desc}\n" for name, (_, desc) in JOBS.items()))
+    + "".join(f"  {name:18s} {desc}\n" for name, (_, desc) in JOBS.items()))
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "ml_collections config file (configs/<job>.py); override fields with "
