@@ -11,8 +11,10 @@ from cai_jax import config_defaults
 
 def get_config():
   config = config_defaults.base_config("sl_generate")
+  # A name in constitutions/ (harmless, caveats), a constitution .json file, or a folder with
+  # the paper's prompt files (runs the paper's exact constitution).
+  config.constitution = "harmless"
   config.sl_generate = dict(
-      constitution="harmless",    # a name in constitutions/, a .json file, or the paper's folder
       prompts="red_team",         # 'red_team' (ours), or a prompts jsonl {"id", "prompt", ...}
       helpful_prompts="helpful",  # 'helpful' (ours) or a jsonl; '' = no helpful answers
       limit=0,                    # red-team prompts to use (0 = all)

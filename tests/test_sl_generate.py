@@ -189,7 +189,7 @@ def test_bad_inputs(tiny_ckpt, tmp_path):
   bad.write_text(json.dumps({"format": "cai_jax.constitution", "version": 1}))
   with pytest.raises(ConstitutionError, match="constitution.json"):
     main.run(load_config("sl_generate", **job_settings(
-        tiny_ckpt, **{"sl_generate.constitution": str(bad)})), str(tmp_path))
+        tiny_ckpt, **{"constitution": str(bad)})), str(tmp_path))
   prompts = tmp_path / "prompts.jsonl"
   prompts.write_text('{"id": "p1", "prompt": "\\n\\nHuman: hi\\n\\nAssistant:"}\n{"id": "p2"}\n')
   with pytest.raises(DataError, match="prompts.jsonl:2"):

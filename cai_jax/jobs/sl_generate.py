@@ -71,7 +71,7 @@ def run(config, workdir: str) -> dict:
     strategy = from_settings(g.temperature, g.top_k, g.top_p)
   except ValueError as e:
     raise ConfigError(f"sl_generate.temperature/top_k/top_p: {e}") from None
-  constitution = load_constitution(g.constitution)
+  constitution = load_constitution(config.constitution)
   red = sources.load_prompt_set(g.prompts)
   red = red[:g.limit] if g.limit else red
   helpful = sources.load_prompt_set(g.helpful_prompts) if g.helpful_prompts and g.helpful_ratio \
