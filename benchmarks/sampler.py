@@ -128,8 +128,11 @@ def random_model(tokenizer_path: str, dtype: str, seed: int):
   if tok.vocab_size > config.vocab_size:
     raise SystemExit(f"{tokenizer_path}: {tok.vocab_size} pieces, more than the model's "
                      f"{config.vocab_size} vocabulary rows")
-  params = jax.jit(gemma.init_params, static_argnums=0)(config, jax.random.PRNGKey(seed))
-  params = jax.block_until_ready(params)
+  # Initialised on the host CPU backend (an accelerator spent over a minute compiling the
+  # initialisers), then moved to the default device.
+  with jax.default_device(jax.devices("cpu")[0]):
+    params = jax.jit(gemma.init_params, static_argnums=0)(config, jax.random.PRNGKey(seed))
+  params = jax.block_until_ready(jax.device_put(params, jax.devices()[0]))
   return types.SimpleNamespace(config=config, params=params, tokenizer=tok, source=None)
 
 

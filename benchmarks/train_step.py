@@ -145,7 +145,7 @@ def run_ours(args) -> dict:
       args.folder, cache_dir=args.cache_dir, param_dtype=args.dtype, dtype=args.dtype,
       shardings_for=lambda cfg: engine.model_shardings(cfg, mesh)))
   print(f"loaded {args.folder} in {load_s:.1f} s", flush=True)
-  config = model.config.replace(remat=bool(args.remat))
+  config = model.config.replace(remat=args.remat or False)
 
   opt_cfg = config_defaults.optim_config(learning_rate=1e-5, warmup_steps=0)
   with opt_cfg.unlocked():
@@ -183,7 +183,7 @@ def run_ours(args) -> dict:
     print(f"step: {step_times[-1]:.3f} s, loss {losses[-1]:.4f}", flush=True)
   out = {"side": "ours", **summarize_steps(first_s, step_times, B * L),
          "compile_s": first_s - float(np.mean(step_times)), "load_s": load_s,
-         "micro_batches": M, "remat": bool(args.remat), "loss_chunk_tokens": args.loss_chunk_tokens,
+         "micro_batches": M, "remat": args.remat or "", "loss_chunk_tokens": args.loss_chunk_tokens,
          "losses": losses, "loss_first": losses[0], "loss_last": losses[-1],
          "finite": bool(np.all(np.isfinite(losses))),
          "num_params": config.num_params(),
@@ -291,7 +291,7 @@ def run_child(args, side: str, folder: str, extra_env: dict | None = None):
          "--ref-micro-batches", str(args.ref_micro_batches),
          "--loss-chunk-tokens", str(args.loss_chunk_tokens), "--fp32-matmul", args.fp32_matmul]
   if args.remat:
-    cmd.append("--remat")
+    cmd += ["--remat", args.remat]
   if args.tokenizer:
     cmd += ["--tokenizer", args.tokenizer]
   env = {**CHILD_ENV, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
@@ -453,7 +453,9 @@ def main():
   parser.add_argument("--length", type=int, default=512)
   parser.add_argument("--steps", type=int, default=3, help="timed steps after 1 warm-up step")
   parser.add_argument("--micro-batches", type=int, default=1, help="cai_jax's micro-batches")
-  parser.add_argument("--remat", action="store_true", help="cai_jax: rematerialise each block")
+  parser.add_argument("--remat", default="", choices=["", "full", "dots"],
+                      help="cai_jax: recompute each block ('full') or all but its matmul outputs "
+                           "('dots') in the backward pass")
   parser.add_argument("--loss-chunk-tokens", type=int, default=1024,
                       help="cai_jax: tokens per vocabulary-projection chunk of the loss")
   parser.add_argument("--ref-micro-batches", type=int, default=0,

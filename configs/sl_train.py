@@ -25,7 +25,7 @@ def get_config():
       steps=0,                  # optimizer steps; 0 = epochs over the data
       epochs=1,
       loss_chunk_tokens=1024,   # tokens per vocabulary-projection chunk of the loss (1024 x 262,144 f32 logits = 1 GiB)
-      remat=False,              # recompute each block in the backward pass (less memory)
+      remat='',                 # '' | 'dots' (keep matmul outputs, recompute the rest) | 'full'
       checkpoint_every=100,
       keep_checkpoints=3,
       async_checkpoints=True,

@@ -205,3 +205,22 @@ def test_flops_formula():
   assert 260e6 < n < 275e6
   attn = per_token - 6 * n
   assert attn == 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * 512  # window 512 >= L
+
+
+def test_bfloat16_state_keeps_its_types_and_compiles_once():
+  cfg = model_config.preset("tiny", param_dtype="bfloat16", dtype="bfloat16")
+  optimizer = optax.adamw(1e-3)
+  mesh = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  shardings, _ = engine.state_shardings(cfg, mesh, optimizer)
+  state = engine.new_state(gemma.init_params(cfg, jax.random.PRNGKey(0)), optimizer,
+                           jax.random.PRNGKey(1), shardings)
+  step = engine.compile_step(engine.make_train_step(lm.make_lm_loss(cfg), optimizer), shardings,
+                             mesh)
+  rng = np.random.default_rng(0)
+  batch = sl.make_batch([sl.Example(rng.integers(3, 500, 30).astype(np.int32), np.ones(30, bool))
+                         for _ in range(2)], 32)
+  for _ in range(3):
+    state, _ = step(state, parallel.global_batch(batch, mesh))
+  assert state.params["layer_0"]["mlp"]["up"].dtype == jnp.bfloat16
+  assert state.opt_state[0].mu["layer_0"]["mlp"]["up"].dtype == jnp.bfloat16
+  assert step.jitted._cache_size() == 1

@@ -62,7 +62,7 @@ def run(config, workdir: str) -> dict:
   model = loader.load(m.checkpoint, cache_dir=os.path.expanduser(m.cache_dir),
                       param_dtype=m.param_dtype, dtype=m.dtype,
                       shardings_for=lambda cfg: engine.model_shardings(cfg, mesh))
-  model_cfg = model.config.replace(remat=bool(c.remat))
+  model_cfg = model.config.replace(remat=c.remat or False)
   train = sl.read_sl_file(c.data, model.tokenizer, max_length=c.max_length,
                           append_eos=c.append_eos)
   held_out = (sl.read_sl_file(c.eval_data, model.tokenizer, max_length=c.max_length,

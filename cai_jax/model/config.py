@@ -41,8 +41,9 @@ class GemmaConfig:
   # Storage dtype of the parameters and dtype of the matmuls; norms, RoPE and softmax stay float32.
   param_dtype: str = "float32"
   dtype: str = "float32"
-  # Rematerialise each decoder block in the backward pass (training memory vs. compute).
-  remat: bool = False
+  # Recompute in the backward pass: '' (off), 'full' (each block from its input) or 'dots'
+  # (keep matmul outputs, recompute the rest: norms, activations, attention). True = 'full'.
+  remat: bool | str = False
 
   def __post_init__(self):
     if len(self.layer_types) != self.num_layers:

@@ -192,7 +192,13 @@ class Gemma3(nn.Module):
 
   def setup(self):
     c = self.config
-    block = nn.remat(Block) if c.remat else Block
+    block = Block
+    if c.remat:
+      policies = {True: None, "full": None,
+                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+      if c.remat not in policies:
+        raise ValueError(f"remat={c.remat!r}: use False, 'full' or 'dots'")
+      block = nn.remat(Block, policy=policies[c.remat])
     self.embedder = Embedder(c)
     self.layers = [block(c, t == GLOBAL, name=f"layer_{i}") for i, t in enumerate(c.layer_types)]
     self.final_norm = RMSNorm(c.rms_norm_eps, c.param_dtype)

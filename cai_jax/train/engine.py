@@ -105,7 +105,9 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       (grads, loss_sum, sums), _ = jax.lax.scan(accumulate, zeros, (micro, rngs))
     weight = sums["weight"]
     denom = jnp.maximum(weight, 1e-9)
-    grads = jax.tree.map(lambda g: g / denom, grads)
+    # Gradients in each parameter's dtype: dividing bf16 sums by the f32 weight would otherwise
+    # promote them, and with them the optimizer moments, changing the state's types each step.
+    grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"step": state.step + 1, "loss": loss_sum / denom,
@@ -115,9 +117,20 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     for k, v in sums.items():
       metrics[k[len("sum_"):] if k.startswith("sum_") else k] = v
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
+    _check_same_types(state, new_state)
     return new_state, metrics
 
   return step
+
+
+def _check_same_types(old: TrainState, new: TrainState) -> None:
+  """At trace time: a step must return the state with the types it got (else every call would
+  retrace and recompile, and a bf16 state would silently drift to f32)."""
+  def check(path, a, b):
+    if a.dtype != b.dtype or a.shape != b.shape:
+      raise TypeError(f"train step changes {jax.tree_util.keystr(path)} from {a.dtype}{a.shape} "
+                      f"to {b.dtype}{b.shape}")
+  jax.tree_util.tree_map_with_path(check, old, new)
 
 
 def make_eval_step(loss_fn: LossFn):
