@@ -30,6 +30,12 @@ JOBS: dict[str, tuple[str, str]] = {
     "sl_generate": ("cai_jax.jobs.sl_generate",
                     "SL-CAI data: answer red-team prompts, critique and revise them under the "
                     "constitution, write records and the SL training file"),
+    "sample_pairs": ("cai_jax.jobs.sample_pairs",
+                     "RLAIF pairs: two sampled answers per prompt from the policy (default the "
+                     "SL-CAI export WORKDIR/sl_train/export_hf); flags empty/identical pairs"),
+    "feedback": ("cai_jax.jobs.feedback",
+                 "AI preference labels for answer pairs: multiple-choice or chain-of-thought "
+                 "questions under sampled principles, both orders, position bias report"),
     "sl_train": ("cai_jax.jobs.sl_train",
                  "finetune config.model.checkpoint on an SL jsonl ({prompt, completion}) with "
                  "the sharded training engine; resumes from WORKDIR/sl_train/checkpoints"),

@@ -1,0 +1,143 @@
+"""Job `feedback`: AI preference labels for answer pairs (RLAIF), see `cai_jax.cai.feedback`.
+
+Reads the pairs jsonl of `sample_pairs` (default WORKDIR/sample_pairs/pairs.jsonl), asks the
+feedback model (`config.model.checkpoint`, default the base model 'gemma3-270m') the paper's
+multiple-choice question under `num_principles` principles per pair, in both orders unless
+`both_orders=False`, directly (`mode='mc'`) or after its own chain of thought (`mode='cot'`,
+probabilities clamped to [clamp_low, clamp_high]), and writes under WORKDIR/feedback/:
+  labels.jsonl  (or `output`) one record per pair: {"id", "prompt", "responses",
+                "p_first_better", "per_principle": [{"principle_id", "p_first_better",
+                "p_a_orig", "p_a_swapped", ("reasoning")}], "mode", "provenance"};
+                appended batch by batch, read back with `feedback.read_feedback_file`
+  report.json   pairs labelled, flagged pairs skipped (ids and reasons), position bias,
+                mean |p - 0.5|, wall time, pairs/s and questions/s
+Every pairs line is validated before the model loads (DataError file:line); flagged pairs are
+skipped and counted, never dropped silently. A restart skips ids already labelled (a line cut
+off by a crash is redone); when nothing is left to label the model is not loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from cai_jax.cai import feedback as F
+from cai_jax.config_defaults import ConfigError
+from cai_jax.constitution.schema import load_constitution
+from cai_jax.data.jsonl import finished_ids, write_json_atomic
+from cai_jax.eval.mc import MCScorer
+from cai_jax.jobs.common import load_model, progress
+from cai_jax.jobs.sample_pairs import batch_key
+from cai_jax.sampling.sampler import Sampler
+from cai_jax.sampling.strategies import from_settings
+
+
+def settings_from_config(config) -> F.FeedbackSettings:
+  f = config.feedback
+  for field in ("batch_size", "max_length", "tokens_per_batch", "max_prompt_length",
+                "chunk_size", "sampler_batch"):
+    if f[field] < 1:
+      raise ConfigError(f"feedback.{field} must be >= 1, got {f[field]}")
+  if f.limit < 0:
+    raise ConfigError(f"feedback.limit must be >= 0, got {f.limit}")
+  try:
+    return F.FeedbackSettings(
+        mode=f.mode, num_principles=f.num_principles, both_orders=bool(f.both_orders),
+        clamp_low=float(f.clamp_low), clamp_high=float(f.clamp_high),
+        max_reasoning_tokens=f.max_reasoning_tokens, seed=config.seed)
+  except ValueError as e:
+    raise ConfigError(f"feedback: {e}") from None
+
+
+def run(config, workdir: str) -> dict:
+  f = config.feedback
+  settings = settings_from_config(config)
+  strategy = None
+  if settings.mode == "cot":
+    try:
+      strategy = from_settings(f.cot_temperature, f.cot_top_k, f.cot_top_p)
+    except ValueError as e:
+      raise ConfigError(f"feedback.cot_temperature/cot_top_k/cot_top_p: {e}") from None
+  constitution = load_constitution(config.constitution)
+  if settings.num_principles > len(constitution.mc_principles):
+    raise ConfigError(f"feedback.num_principles={settings.num_principles}, but constitution "
+                      f"{constitution.name!r} has {len(constitution.mc_principles)} "
+                      "multiple-choice principles")
+  pairs_path = f.pairs or os.path.join(workdir, "sample_pairs", "pairs.jsonl")
+  pairs, skipped = F.read_pairs_file(pairs_path)  # validated before the model loads
+  if f.limit:
+    pairs = pairs[:f.limit]
+  out_dir = os.path.join(workdir, "feedback")
+  os.makedirs(out_dir, exist_ok=True)
+  output = f.output or os.path.join(out_dir, "labels.jsonl")
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  done = finished_ids(output)
+  todo = [p for p in pairs if p.id not in done]
+  print(f"{len(pairs)} pairs ({len(pairs) - len(todo)} labelled, {len(todo)} to label), "
+        f"{len(skipped)} flagged and skipped; mode {settings.mode}, {settings.num_principles} "
+        f"principles, both_orders={settings.both_orders}; constitution {constitution.name!r}",
+        flush=True)
+
+  start = time.perf_counter()
+  labeller = None
+  if todo:
+    model = load_model(config)
+    scorer = MCScorer(model.config, model.params, model.tokenizer, max_length=f.max_length,
+                      tokens_per_batch=f.tokens_per_batch)
+    sampler = None
+    if settings.mode == "cot":
+      sampler = Sampler(model.config, model.params, model.tokenizer,
+                        max_prompt_length=f.max_prompt_length, max_batch=f.sampler_batch,
+                        chunk_size=f.chunk_size)
+    labeller = F.FeedbackLabeller(constitution, scorer, settings, tokenizer=model.tokenizer,
+                                  sampler=sampler, strategy=strategy)
+    provenance = {
+        "model": config.model.checkpoint, "model_source": model.source, "pairs": pairs_path,
+        "constitution": {"name": constitution.name, "version": constitution.version,
+                         "source": constitution.source, "digest": constitution.digest()},
+        "seed": config.seed,
+        "settings": {k: getattr(settings, k) for k in F.FeedbackSettings.__dataclass_fields__}}
+    if settings.mode == "cot":
+      provenance["cot_sampling"] = {"temperature": f.cot_temperature, "top_k": f.cot_top_k,
+                                    "top_p": f.cot_top_p}
+    with progress(len(todo), "feedback", "pair") as bar:
+      for b in range(0, len(todo), f.batch_size):
+        batch = todo[b:b + f.batch_size]
+        records = labeller.label(batch, batch_key(config.seed, batch[0].id))
+        F.append_records(output, [{**r, "provenance": provenance} for r in records])
+        bar.update(len(batch))
+        bar.set_postfix(q_s=f"{labeller.questions_scored / (time.perf_counter() - start):.2f}")
+  wall = time.perf_counter() - start
+
+  wanted = {p.id for p in pairs}
+  labels = [x for x in F.read_feedback_file(output, allow_empty=True) if x.id in wanted] \
+      if os.path.exists(output) else []
+  reasons: dict[str, int] = {}
+  for s in skipped:
+    for flag in s["flags"]:
+      reasons[flag] = reasons.get(flag, 0) + 1
+  questions = labeller.questions_scored if labeller else 0
+  report = {
+      "pairs_file": pairs_path, "output": output, "mode": settings.mode,
+      "num_principles": settings.num_principles, "both_orders": settings.both_orders,
+      "clamp": [settings.clamp_low, settings.clamp_high] if settings.mode == "cot" else None,
+      **F.summarize(labels),
+      "skipped_flagged": {"count": len(skipped), "by_reason": reasons,
+                          "pairs": [{"id": s["id"], "line": s["line"], "flags": s["flags"]}
+                                    for s in skipped]},
+      "labelled_this_run": len(todo), "questions_this_run": questions,
+      "truncated_contexts_this_run": labeller.num_truncated if labeller else 0,
+      "cot_truncated_this_run": labeller.cot_truncated if labeller else 0,
+      "tokens_generated_this_run": labeller.tokens_generated if labeller else 0,
+      "wall_s_this_run": wall,
+      "pairs_per_s_this_run": len(todo) / wall if todo and wall > 0 else 0.0,
+      "questions_per_s_this_run": questions / wall if questions and wall > 0 else 0.0,
+  }
+  write_json_atomic(os.path.join(out_dir, "report.json"), report)
+  summary = {k: v for k, v in report.items()
+             if k not in ("skipped_flagged", "pairs_file", "output")}
+  summary["skipped_flagged"] = {"count": len(skipped), "by_reason": reasons}
+  print(json.dumps(summary, indent=1), flush=True)
+  print(f"wrote {output}", flush=True)
+  return report

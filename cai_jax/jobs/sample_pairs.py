@@ -1,0 +1,170 @@
+"""Job `sample_pairs`: two answers per prompt from the policy, the input of AI feedback (RLAIF).
+
+For each prompt of a prompt set ('red_team', 'helpful' or a prompts jsonl, see
+`sources.load_prompt_set`) the policy (`config.model.checkpoint`; by default the SL-CAI model
+that `sl_train` exported in the same workdir, WORKDIR/sl_train/export_hf) samples two answers at
+`temperature` after the constitution's helpful exchanges (`prompts.initial_prefix`, prefilled once
+and reused), stopped at `prompts.RESPONSE_STOPS`. Both answers come from one sampler call: each
+prompt is passed twice with one key, so the two rows draw independent tokens.
+
+Writes WORKDIR/sample_pairs/pairs.jsonl (or `output`), one line per prompt:
+  {"id", "prompt", "category", "responses": [a, b], "finish_reasons": [ra, rb],
+   "num_tokens": [na, nb], "flags": [...], "truncated", "provenance"}
+Responses are kept as sampled (leading space included). `flags` (`feedback.pair_flags`) says why
+a pair cannot be labelled: `empty:first|second` (blank answer), `delimiter:first|second` (holds
+"[[[" or "]]]", which delimit the feedback question's options), `identical` (equal after strip).
+Flagged pairs are written, never dropped: they are counted in report.json and the `feedback` job
+skips and counts them. Prompts longer than `max_conversation_tokens` are skipped and listed in
+the report (never sent cut). A restart skips ids already written (a line cut off by a crash is
+redone), so a killed run loses and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+
+import jax
+
+from cai_jax.cai.feedback import pair_flags
+from cai_jax.checkpoints import loader
+from cai_jax.config_defaults import ConfigError
+from cai_jax.constitution import prompts as P
+from cai_jax.constitution.schema import load_constitution
+from cai_jax.data import sources
+from cai_jax.data.jsonl import finished_ids, read_jsonl, write_json_atomic
+from cai_jax.jobs.common import progress
+from cai_jax.sampling.sampler import Sampler
+from cai_jax.sampling.strategies import from_settings
+from cai_jax.tokenizer import Tokenizer
+
+SL_EXPORT = os.path.join("sl_train", "export_hf")
+
+
+def check(g) -> None:
+  for field in ("max_response_tokens", "max_conversation_tokens", "max_prompt_length",
+                "batch_size", "chunk_size"):
+    if g[field] < 1:
+      raise ConfigError(f"sample_pairs.{field} must be >= 1, got {g[field]}")
+  if g.limit < 0:
+    raise ConfigError(f"sample_pairs.limit must be >= 0, got {g.limit}")
+  if g.temperature <= 0:
+    raise ConfigError(f"sample_pairs.temperature must be > 0, got {g.temperature} (greedy "
+                      "decoding would give two identical answers)")
+
+
+def policy_checkpoint(config, workdir: str) -> str:
+  """config.model.checkpoint, or '' -> WORKDIR/sl_train/export_hf (the SL-CAI model)."""
+  if config.model.checkpoint:
+    return config.model.checkpoint
+  path = os.path.join(workdir, SL_EXPORT)
+  if not os.path.isdir(path):
+    raise ConfigError(f"no policy: {path} does not exist. Run sl_train in this workdir first, "
+                      "or set --config.model.checkpoint=... (an HF folder such as "
+                      "RUN/sl_train/export_hf, 'gemma3-270m', a .gguf or an orbax folder)")
+  return path
+
+
+def append(path: str, records) -> None:
+  with open(path, "a", encoding="utf-8") as f:
+    for r in records:
+      f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def batch_key(seed: int, first_id: str) -> jax.Array:
+  """One key per batch, derived from its first id: a restart re-derives the same keys."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed),
+                            int(hashlib.sha256(first_id.encode()).hexdigest()[:7], 16))
+
+
+def run(config, workdir: str) -> dict:
+  g = config.sample_pairs
+  check(g)
+  try:
+    strategy = from_settings(g.temperature, g.top_k, g.top_p)
+  except ValueError as e:
+    raise ConfigError(f"sample_pairs.temperature/top_k/top_p: {e}") from None
+  constitution = load_constitution(config.constitution)
+  prompts = sources.load_prompt_set(g.prompts)
+  prompts = prompts[:g.limit] if g.limit else prompts
+  out_dir = os.path.join(workdir, "sample_pairs")
+  os.makedirs(out_dir, exist_ok=True)
+  output = g.output or os.path.join(out_dir, "pairs.jsonl")
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  checkpoint = policy_checkpoint(config, workdir)
+  done = finished_ids(output)
+  todo = [r for r in prompts if r.id not in done]
+  cache_dir = os.path.expanduser(config.model.cache_dir)
+  skipped = []
+  if todo:  # the tokenizer alone says which prompts are too long; the model loads only if needed
+    folder = loader.resolve(checkpoint, cache_dir)
+    tokenizer = Tokenizer.from_file(os.path.join(folder, "tokenizer.model"))
+    lengths = tokenizer.encode_batch([r.prompt for r in todo], add_bos=False)
+    skipped = [r.id for r, ids in zip(todo, lengths) if len(ids) > g.max_conversation_tokens]
+    todo = [r for r, ids in zip(todo, lengths) if len(ids) <= g.max_conversation_tokens]
+  print(f"{len(prompts)} prompts ({len(done)} done, {len(skipped)} too long, {len(todo)} to "
+        f"sample); policy {checkpoint}; constitution {constitution.name!r}", flush=True)
+  provenance = {"model": checkpoint, "constitution": {"name": constitution.name,
+                                                      "version": constitution.version,
+                                                      "source": constitution.source},
+                "prompts": g.prompts, "seed": config.seed,
+                "sampling": {"temperature": g.temperature, "top_k": g.top_k, "top_p": g.top_p,
+                             "max_response_tokens": g.max_response_tokens}}
+  start, tokens = time.perf_counter(), 0
+  if todo:
+    model = loader.load(checkpoint, cache_dir=cache_dir, param_dtype=config.model.param_dtype,
+                        dtype=config.model.dtype)
+    provenance["model_source"] = model.source
+    sampler = Sampler(model.config, model.params, model.tokenizer,
+                      max_prompt_length=g.max_prompt_length, max_batch=2 * g.batch_size,
+                      chunk_size=g.chunk_size)
+    prefix_text = P.initial_prefix(constitution)
+    prefix = sampler.prefill_prefix(prefix_text) if prefix_text else None
+    with progress(len(todo), "sample_pairs", "prompt") as bar:
+      for b in range(0, len(todo), g.batch_size):
+        batch = todo[b:b + g.batch_size]
+        rows = [r.prompt for r in batch for _ in range(2)]  # each prompt twice, one key
+        out = sampler.generate(rows, max_new_tokens=g.max_response_tokens, strategy=strategy,
+                               key=batch_key(config.seed, batch[0].id), stop=P.RESPONSE_STOPS,
+                               prefix=prefix)
+        records = []
+        for i, r in enumerate(batch):
+          a, b_ = out.texts[2 * i], out.texts[2 * i + 1]
+          records.append({
+              "id": r.id, "prompt": r.prompt, "category": r.category, "responses": [a, b_],
+              "finish_reasons": out.finish_reasons[2 * i:2 * i + 2],
+              "num_tokens": [int(n) for n in out.num_tokens[2 * i:2 * i + 2]],
+              "flags": pair_flags(a, b_),
+              "truncated": bool(out.truncated[2 * i] or out.truncated[2 * i + 1]),
+              "provenance": provenance})
+        append(output, records)
+        tokens += int(sum(out.num_tokens))
+        bar.update(len(batch))
+        bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.1f}")
+  wall = time.perf_counter() - start
+
+  wanted = {r.id for r in prompts}
+  records = [obj for _, obj in read_jsonl(output) if obj["id"] in wanted] \
+      if os.path.exists(output) else []
+  by_flag: dict[str, int] = {}
+  for r in records:
+    for f in r["flags"]:
+      by_flag[f] = by_flag.get(f, 0) + 1
+  report = {
+      "pairs": len(records), "flagged_pairs": sum(bool(r["flags"]) for r in records),
+      "flags": by_flag, "truncated": sum(bool(r["truncated"]) for r in records),
+      "skipped_too_long": skipped,
+      "missing": sorted(wanted - {r["id"] for r in records} - set(skipped)),
+      "sampled_this_run": len(todo), "wall_s_this_run": wall,
+      "tokens_generated_this_run": tokens,
+      "tokens_per_s_this_run": tokens / wall if wall > 0 and tokens else 0.0,
+      "output": output,
+  }
+  write_json_atomic(os.path.join(out_dir, "report.json"), report)
+  print(json.dumps({k: v for k, v in report.items() if k != "output"}, indent=1), flush=True)
+  print(f"wrote {output}", flush=True)
+  return report

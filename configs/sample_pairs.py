@@ -1,0 +1,33 @@
+"""RLAIF step 1: two answers per prompt from the policy (the pairs the feedback model labels).
+
+python -m cai_jax.main --config configs/sample_pairs.py --workdir runs/slcai \
+    --config.sample_pairs.prompts=red_team --config.sample_pairs.limit=64
+With the workdir of an sl_train run the policy is its SL-CAI export (WORKDIR/sl_train/export_hf);
+elsewhere set --config.model.checkpoint=RUN/sl_train/export_hf (or any checkpoint).
+Outputs in WORKDIR/sample_pairs/: pairs.jsonl, report.json.
+"""
+
+from cai_jax import config_defaults
+
+
+def get_config():
+  config = config_defaults.base_config("sample_pairs")
+  # '' = the SL-CAI model exported by sl_train in this workdir: WORKDIR/sl_train/export_hf.
+  config.model.checkpoint = ""
+  # The helpful exchanges shown before each prompt come from this constitution (initial_prefix):
+  # a name in constitutions/, a constitution .json file, or the paper's prompt folder.
+  config.constitution = "harmless"
+  config.sample_pairs = dict(
+      prompts="red_team",         # 'red_team', 'helpful' (ours) or a prompts jsonl {"id", "prompt"}
+      limit=0,                    # prompts to use (0 = all)
+      temperature=1.0,            # must be > 0: the two answers are independent samples
+      top_k=0,
+      top_p=1.0,
+      max_response_tokens=128,
+      max_conversation_tokens=512,  # longer prompts are skipped and listed in the report
+      max_prompt_length=4096,     # sampler budget per row after the cached prefix
+      batch_size=8,               # prompts per sampler call (2 rows each)
+      chunk_size=16,              # decode steps between stop-string checks
+      output="",                  # pairs jsonl; default WORKDIR/sample_pairs/pairs.jsonl
+  )
+  return config
