@@ -197,3 +197,27 @@ def test_eval_mc_job_fails_before_work_on_a_bad_file(model_cache_dir, tmp_path):
   with pytest.raises(DataError, match="bad.jsonl:8: missing field 'incorrects'"):
     main.run(config, str(tmp_path))
   assert not (tmp_path / "eval_mc" / "mc_paper_format.json").exists()
+
+
+def test_scores_after_a_cached_prefix_equal_full_scores():
+  """MCScorer.score_after (shared prefix computed once, then question + options reading its
+  cache) gives the scores of scoring each full prompt; the tiny preset's 8-token sliding window
+  is far shorter than the prefix, so local layers' windows over cached slots are exercised."""
+  import jax
+  import tiny_model
+  from cai_jax.eval.mc import MCItem, MCScorer
+  from cai_jax.model import gemma
+
+  tok = tiny_model.small_tokenizer()
+  cfg = tiny_model.tiny_config(tok)
+  params = gemma.init_params(cfg, jax.random.PRNGKey(4))
+  scorer = MCScorer(cfg, params, tok, max_length=512, tokens_per_batch=512)
+  prefix = "Examples of careful answers. Q: is fire hot? A: yes.\n\n"
+  items = [MCItem(prefix + q, (" (A)", " (B)", " maybe"), (True, False, False)) for q in
+           ["Q: is ice cold? A:", "Q: which is larger, 3 or 30? The answer is:", "x"]]
+  full = scorer.score(items)
+  cached = scorer.score_after(items, scorer.prefill(prefix))
+  np.testing.assert_allclose(np.asarray(cached.scores), np.asarray(full.scores), atol=1e-4)
+  assert cached.correct == full.correct
+  with pytest.raises(ValueError, match="does not start with the prefix"):
+    scorer.score_after([MCItem("other", (" a", " b"), (True, False))], scorer.prefill(prefix))

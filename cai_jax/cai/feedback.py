@@ -278,6 +278,7 @@ class FeedbackLabeller:
       strategy = Greedy()
     self.strategy = strategy
     self._cot_prefixes: dict[str, tuple[str, Any]] = {}  # principle id -> (text, PrefixCache)
+    self._score_prefixes: dict[str, Any] = {}  # principle id -> the scorer's ScoringPrefix
     self.questions_scored = 0
     self.tokens_generated = 0
     self.num_truncated = 0      # scorer contexts that lost tokens on the left
@@ -340,6 +341,38 @@ class FeedbackLabeller:
 
   # -------------------------------------------------------------- labels
 
+  def _few_shot_prefix(self, principle) -> str:
+    if self.settings.mode == "cot":
+      return P.cot_few_shot_prefix(self.c, principle)
+    return P.mc_few_shot_prefix(self.c, principle)
+
+  def _score(self, questions, items) -> list[list[float]]:
+    """Option scores. A scorer with `prefill`/`score_after` (MCScorer) computes each
+    principle's few-shot prefix once and scores only the questions after it; any other scorer
+    gets the full contexts."""
+    if not hasattr(self.scorer, "score_after"):
+      result = self.scorer.score(items)
+      self.num_truncated += int(getattr(result, "num_truncated", 0))
+      return result.scores
+    scores: list = [None] * len(items)
+    groups: dict[str, list[int]] = {}
+    for i, q in enumerate(questions):
+      groups.setdefault(q.principle.id, []).append(i)
+    for idx in groups.values():
+      principle = questions[idx[0]].principle
+      text = self._few_shot_prefix(principle)
+      group = [items[i] for i in idx]
+      if text and all(it.prompt.startswith(text) and len(it.prompt) > len(text) for it in group):
+        if principle.id not in self._score_prefixes:
+          self._score_prefixes[principle.id] = self.scorer.prefill(text)
+        result = self.scorer.score_after(group, self._score_prefixes[principle.id])
+      else:
+        result = self.scorer.score(group)
+      self.num_truncated += int(getattr(result, "num_truncated", 0))
+      for i, sc in zip(idx, result.scores):
+        scores[i] = sc
+    return scores
+
   def label(self, pairs: Sequence[Pair], key=None) -> list[dict]:
     """One record body per pair (without provenance): see the module docstring."""
     if not pairs:
@@ -354,10 +387,9 @@ class FeedbackLabeller:
                f"{q.principle.id!r}, order {q.order}" for q in questions]
       check_option_tokenisation(self.tokenizer, [q.context for q in questions], names)
     items = [MCItem(q.context, P.MC_OPTIONS, (True, False)) for q in questions]
-    result = self.scorer.score(items)
+    scores = self._score(questions, items)
     self.questions_scored += len(items)
-    self.num_truncated += int(getattr(result, "num_truncated", 0))
-    p_a = [normalised_choice_prob(sc[0], sc[1]) for sc in result.scores]
+    p_a = [normalised_choice_prob(sc[0], sc[1]) for sc in scores]
 
     per_pair: list[dict[str, dict]] = [dict() for _ in pairs]  # principle id -> entry
     for q, p in zip(questions, p_a):

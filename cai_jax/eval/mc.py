@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cai_jax.data.jsonl import DataError, read_jsonl, require
-from cai_jax.model import gemma
+from cai_jax.model import gemma, kv_cache
 from cai_jax.model.config import GemmaConfig
 from cai_jax.shapes import pow2_bucket, truncate_left
 
@@ -140,6 +140,44 @@ def option_scores(model: gemma.Gemma3, params, batch, num_options: int) -> jax.A
   return jnp.einsum("BT,BTO->BO", token_logp, one_hot)
 
 
+def option_scores_after_prefix(model: gemma.Gemma3, params, batch, cache, prefix_slots: int,
+                               num_options: int) -> jax.Array:
+  """`option_scores` for rows that continue a cached prefix: `cache` holds the prefix in slots
+  [0, prefix_slots) of every row and room for the row after it; the row's tokens read every
+  prefix token and, as in `packed_mask`, the question and their own option."""
+  zero = jnp.zeros((), jnp.int32)
+  kv_positions = jax.lax.dynamic_update_slice(cache[0].positions_BS, batch["positions"],
+                                              (zero, jnp.asarray(prefix_slots, jnp.int32)))
+  prefix_visible = ((kv_positions[:, None, :prefix_slots] >= 0)
+                    & (batch["positions"][:, :, None] >= 0))
+  mask = jnp.concatenate([prefix_visible, packed_mask(batch["positions"], batch["branch"])],
+                         axis=-1)
+  hidden, _ = model.apply({"params": params}, batch["tokens"], batch["positions"], mask,
+                          cache=cache, cache_index=prefix_slots, return_hidden=True)
+  h = jnp.take_along_axis(hidden, batch["pred_index"][..., None], axis=1)
+  logits = model.apply({"params": params}, h, method=gemma.Gemma3.logits).astype(jnp.float32)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  token_logp = jnp.take_along_axis(logp, batch["target"][..., None], axis=-1)[..., 0]
+  one_hot = jax.nn.one_hot(batch["option"], num_options, dtype=jnp.float32)
+  return jnp.einsum("BT,BTO->BO", token_logp, one_hot)
+
+
+def _prefill(model: gemma.Gemma3, params, tokens_BL, positions_BL, cache):
+  mask = gemma.causal_mask(positions_BL, positions_BL) & (positions_BL >= 0)[:, :, None]
+  _, cache = model.apply({"params": params}, tokens_BL, positions_BL, mask, cache=cache,
+                         cache_index=0, return_hidden=True)
+  return cache
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringPrefix:
+  """A shared context (e.g. a few-shot prefix) run once: its text, token count and cache."""
+  text: str
+  length: int
+  slots: int
+  cache: list
+
+
 @dataclasses.dataclass
 class MCResult:
   scores: list[list[float]]  # per item, per option (corrects first, as read)
@@ -160,8 +198,14 @@ class MCScorer:
     self.tokenizer = tokenizer
     self.max_length = max_length
     self.tokens_per_batch = tokens_per_batch
+    self.config = config
     self._score = jax.jit(functools.partial(option_scores, gemma.Gemma3(config)),
                           static_argnames="num_options")
+    self._score_after = jax.jit(functools.partial(option_scores_after_prefix,
+                                                  gemma.Gemma3(config)),
+                                static_argnames=("prefix_slots", "num_options"))
+    self._prefill = jax.jit(functools.partial(_prefill, gemma.Gemma3(config)),
+                            donate_argnums=(3,))
 
   def rows_for(self, length: int) -> int:
     rows = max(1, self.tokens_per_batch // length)
@@ -197,4 +241,65 @@ class MCScorer:
     scores = self.score_packed(packed, progress)
     correct = [bool(it.is_correct[int(np.argmax(s))]) for it, s in zip(items, scores)]
     return MCResult(scores=[[float(x) for x in s] for s in scores], correct=correct,
+                    num_truncated=sum(p.truncated for p in packed))
+
+  # ---------------------------------------------------------------- shared prefixes
+
+  def prefill(self, text: str) -> ScoringPrefix:
+    """Runs a shared context once (BOS first); `score(items, prefix=...)` reuses it."""
+    ids = self.tokenizer.encode(text, add_bos=True)
+    slots = pow2_bucket(len(ids), 64)
+    tokens = np.zeros((1, slots), np.int32)
+    positions = np.full((1, slots), -1, np.int32)
+    tokens[0, :len(ids)] = ids
+    positions[0, :len(ids)] = np.arange(len(ids))
+    cache = self._prefill(self.params, tokens, positions,
+                          kv_cache.init_cache(self.config, 1, slots))
+    return ScoringPrefix(text=text, length=len(ids), slots=slots, cache=cache)
+
+  def score_after(self, items: Sequence[MCItem], prefix: ScoringPrefix, progress=None) -> MCResult:
+    """Like `score`, for items whose prompts all start with `prefix.text`: only the rest of each
+    prompt (encoded on its own, no BOS) and the options are computed, reading the cached prefix.
+    Truncation applies to that rest: max_length - prefix tokens."""
+    rests = []
+    for it in items:
+      if not it.prompt.startswith(prefix.text):
+        raise ValueError("score_after: an item's prompt does not start with the prefix")
+      rests.append(it.prompt[len(prefix.text):])
+      if not rests[-1]:
+        raise ValueError("score_after: an item's prompt is the prefix alone")
+    budget = self.max_length - prefix.length
+    encoded = self.tokenizer.encode_batch(rests, add_bos=False)
+    packed = []
+    for it, ids in zip(items, encoded):
+      options = self.tokenizer.encode_batch(list(it.options), add_bos=False)
+      item = pack([0] + ids, options, budget)  # a placeholder first token keeps pack's BOS rule
+      keep = np.arange(1, len(item.tokens))  # drop the placeholder; positions follow the prefix
+      packed.append(dataclasses.replace(
+          item, tokens=item.tokens[keep], positions=item.positions[keep] - 1 + prefix.length,
+          branch=item.branch[keep], pred_index=item.pred_index - 1))
+    order = sorted(range(len(packed)), key=lambda i: -len(packed[i].tokens))
+    results: list[np.ndarray | None] = [None] * len(packed)
+    start = 0
+    while start < len(order):
+      length = length_bucket(len(packed[order[start]].tokens), self.max_length)
+      rows = min(self.rows_for(length + prefix.slots), pow2_bucket(len(order) - start, 1))
+      chunk = order[start:start + rows]
+      batch = make_batch([packed[i] for i in chunk], rows, length)
+      num_options = pow2_bucket(max(packed[i].num_options for i in chunk), 2)
+      cache = [kv_cache.LayerCache(
+          k_BSKH=c.k_BSKH.at[:, :prefix.slots].set(p.k_BSKH),
+          v_BSKH=c.v_BSKH.at[:, :prefix.slots].set(p.v_BSKH),
+          positions_BS=c.positions_BS.at[:, :prefix.slots].set(p.positions_BS))
+          for c, p in zip(kv_cache.init_cache(self.config, rows, prefix.slots + length),
+                          prefix.cache)]
+      scores = np.asarray(self._score_after(self.params, batch, cache, prefix_slots=prefix.slots,
+                                            num_options=num_options))
+      for r, i in enumerate(chunk):
+        results[i] = scores[r, :packed[i].num_options]
+      start += len(chunk)
+      if progress is not None:
+        progress.update(len(chunk))
+    correct = [bool(it.is_correct[int(np.argmax(s))]) for it, s in zip(items, results)]
+    return MCResult(scores=[[float(x) for x in s] for s in results], correct=correct,
                     num_truncated=sum(p.truncated for p in packed))
