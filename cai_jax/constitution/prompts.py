@@ -67,8 +67,10 @@ if TYPE_CHECKING:
 RESPONSE_STOPS: tuple[str, ...] = ("\n\nHuman:", "\n\nAssistant:", "\n\nCritiqueRequest:")
 CRITIQUE_STOPS: tuple[str, ...] = ("\n\nRevisionRequest:", "\n\nCritiqueRequest:",
                                    "\n\nHuman:", "\n\nAssistant:", "\n\nRevision:")
+# A revision ends where the model starts any further block of the layout, including a second
+# "Revision:" or "Critique:" of its own (a small model often writes one).
 REVISION_STOPS: tuple[str, ...] = ("\n\nCritiqueRequest:", "\n\nHuman:", "\n\nAssistant:",
-                                   "\n\nRevisionRequest:")
+                                   "\n\nRevisionRequest:", "\n\nRevision:", "\n\nCritique:")
 COT_STOPS: tuple[str, ...] = ("\n\nHuman:", "\n\nAssistant:")
 
 MC_OPTIONS = (" (A)", " (B)")
