@@ -21,6 +21,8 @@ setup(
         "numpy>=1.26",
         "ml_dtypes>=0.4",
         "tqdm>=4.66",
+        # Reliability diagrams of the eval job (drawn off-screen with the Agg renderer).
+        "matplotlib>=3.7",
         # Prompt datasets (cai_jax/data/tfds_builders): TFDS writes and reads array_record files
         # without TensorFlow from 4.9.8 on (4.9.7 still needs TensorFlow to build a dataset).
         # TFDS 4.9.x imports importlib_resources but declares it only for Python < 3.9.

@@ -39,6 +39,13 @@ JOBS: dict[str, tuple[str, str]] = {
     "sl_train": ("cai_jax.jobs.sl_train",
                  "finetune config.model.checkpoint on an SL jsonl ({prompt, completion}) with "
                  "the sharded training engine; resumes from WORKDIR/sl_train/checkpoints"),
+    "pm_train": ("cai_jax.jobs.pm_train",
+                 "preference model: a decoder + scalar head trained with the soft-label "
+                 "Bradley-Terry loss on AI labels mixed with human chosen/rejected pairs; "
+                 "resumes from WORKDIR/pm_train/checkpoints, exports WORKDIR/pm_train/pm"),
+    "eval": ("cai_jax.jobs.eval",
+             "evaluation: PM accuracy and calibration (ECE, reliability PNGs) on chosen/rejected "
+             "and HHH files, AI labeller vs human labels, MC accuracy; WORKDIR/eval/report.json"),
     "convert": ("cai_jax.jobs.convert",
                 "export config.model.checkpoint as an HF folder and/or a cai_jax orbax "
                 "checkpoint under WORKDIR/convert/"),

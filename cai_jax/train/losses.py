@@ -57,3 +57,36 @@ def weighted_nll(logp_BL: jax.Array, weights_BL: jax.Array) -> tuple[jax.Array, 
   """(sum of -log p * weight, sum of weights): the token-weighted cross-entropy's parts."""
   w = weights_BL.astype(jnp.float32)
   return -jnp.sum(logp_BL * w), jnp.sum(w)
+
+
+# ---------------------------------------------------------------------------------------------
+# Preference models: the soft-label Bradley-Terry loss.
+
+
+def soft_bt_loss(r_a: jax.Array, r_b: jax.Array, p: jax.Array) -> jax.Array:
+  """-(p log sigmoid(r_a - r_b) + (1 - p) log sigmoid(r_b - r_a)), elementwise, float32.
+
+  `p` is the (soft) probability that `a` is the better answer. Written with softplus
+  (-log sigmoid(d) = softplus(-d)), so it is finite for reward gaps of any size; its gradient
+  with respect to r_a is sigmoid(r_a - r_b) - p (and the opposite for r_b)."""
+  d = r_a.astype(jnp.float32) - r_b.astype(jnp.float32)
+  p = jnp.asarray(p, jnp.float32)
+  return p * jax.nn.softplus(-d) + (1.0 - p) * jax.nn.softplus(d)
+
+
+def bt_loss_sums(r_a: jax.Array, r_b: jax.Array, p: jax.Array, weight: jax.Array
+                 ) -> tuple[jax.Array, dict]:
+  """(sum of weight * soft BT loss, sums) over pairs, for the engine's exact averaging.
+
+  sums: `weight` (sum of weights: the number of real pairs), `sum_correct` (weighted count of
+  decisive pairs, p != 1/2, whose reward gap has the label's sign), `sum_decisive` (weighted
+  count of decisive pairs) and `sum_abs_prob_error` (weighted sum of |sigmoid(r_a - r_b) - p|)."""
+  w = weight.astype(jnp.float32)
+  p = jnp.asarray(p, jnp.float32)
+  d = r_a.astype(jnp.float32) - r_b.astype(jnp.float32)
+  decisive = (p != 0.5).astype(jnp.float32) * w
+  correct = jnp.where(p > 0.5, d > 0, d < 0).astype(jnp.float32) * decisive
+  loss = jnp.sum(soft_bt_loss(r_a, r_b, p) * w)
+  return loss, {"weight": jnp.sum(w), "sum_correct": jnp.sum(correct),
+                "sum_decisive": jnp.sum(decisive),
+                "sum_abs_prob_error": jnp.sum(jnp.abs(jax.nn.sigmoid(d) - p) * w)}

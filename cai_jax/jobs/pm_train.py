@@ -1,0 +1,238 @@
+"""Job `pm_train`: a preference model (decoder + scalar head) trained with the soft-label
+Bradley-Terry loss through the sharded training engine.
+
+Data (see `cai_jax.data.preferences`): AI-labelled pairs (the `feedback` job's labels.jsonl,
+p = p_first_better) mixed with human comparisons (HH-RLHF chosen/rejected, p = 1 for chosen,
+side drawn per pair from the seed) at a fixed number of rows per batch
+(`pm_train.human_fraction`).
+
+Initialisation: `config.model.checkpoint` is the decoder (any checkpoint `loader.load` reads),
+its parameters placed straight into their shards; the head is drawn from `config.seed`. A
+saved preference model (a folder with pm.json) is loaded whole, head included, to continue
+training it.
+
+Outputs under WORKDIR/pm_train/: checkpoints/ (orbax, every `checkpoint_every` steps and at the
+end; a rerun resumes from the latest, data position included), metrics.jsonl and tb/ (loss,
+accuracy, |sigmoid(gap) - p|, lr, grad norm, tokens/s, MFU, memory; held-out loss and accuracy
+every `eval_every` steps), summary.json, and pm/ (the exported preference model, read by
+`heads.load_pm` and the `eval` job).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import numpy as np
+
+from cai_jax import parallel
+from cai_jax.checkpoints import loader
+from cai_jax.config_defaults import ConfigError
+from cai_jax.data import preferences as prefs
+from cai_jax.data.jsonl import write_json_atomic
+from cai_jax.jobs.common import progress
+from cai_jax.jobs.sl_train import memory_metrics
+from cai_jax.metrics import MetricsWriter
+from cai_jax.model import heads
+from cai_jax.train import engine, flops, optim, pm
+from cai_jax.train.checkpointing import TrainCheckpoints
+
+
+def check_config(c, mesh) -> None:
+  for field in ("batch_size", "micro_batches", "max_length", "min_length", "eval_batch_size"):
+    if c[field] <= 0:
+      raise ConfigError(f"pm_train.{field} must be > 0, got {c[field]}")
+  if c.batch_size % c.micro_batches:
+    raise ConfigError(f"pm_train.batch_size={c.batch_size} is not divisible by "
+                      f"micro_batches={c.micro_batches}")
+  parallel.check_batch(c.batch_size // c.micro_batches, mesh, "pm_train.batch_size / micro_batches")
+  parallel.check_batch(c.eval_batch_size, mesh, "pm_train.eval_batch_size")
+  parallel.process_rows(c.batch_size)
+
+
+def read_sources(c, seed: int) -> dict[str, list[prefs.Preference]]:
+  """Every configured file, read and validated (DataError file:line) before the model loads."""
+  out = {"train": {prefs.AI: [], prefs.HUMAN: []}, "eval": {}}
+  if c.ai_labels:
+    out["train"][prefs.AI] = prefs.read_ai_labels(c.ai_labels)
+  if c.human_comparisons:
+    out["train"][prefs.HUMAN] = prefs.read_human_comparisons(c.human_comparisons, seed)
+  if c.eval_ai_labels:
+    out["eval"]["ai"] = prefs.read_ai_labels(c.eval_ai_labels)
+  if c.eval_comparisons:
+    out["eval"]["human"] = prefs.read_human_comparisons(c.eval_comparisons, seed)
+  return out
+
+
+def load_initial(config, mesh, head_scale: float):
+  """(decoder config, tokenizer, params {"decoder", "head"} placed in their shards): a saved
+  preference model whole, or a decoder checkpoint with a fresh head drawn from seed + 1."""
+  m = config.model
+  shardings = {}
+
+  def for_config(cfg):
+    shardings.update(pm.param_shardings(cfg, mesh))
+    return shardings
+
+  path = os.path.expanduser(m.checkpoint)
+  if os.path.isdir(path) and heads.is_pm_folder(path):
+    loaded = heads.load_pm(path, param_dtype=m.param_dtype, dtype=m.dtype, shardings_for=for_config)
+    return loaded.config, loaded.tokenizer, loaded.params
+  model = loader.load(m.checkpoint, cache_dir=os.path.expanduser(m.cache_dir),
+                      param_dtype=m.param_dtype, dtype=m.dtype,
+                      shardings_for=lambda cfg: for_config(cfg)["decoder"])
+  head = heads.init_head(model.config, jax.random.PRNGKey(config.seed + 1), head_scale)
+  head = parallel.shard_host_tree(head, shardings["head"])
+  return model.config, model.tokenizer, {"decoder": model.params, "head": head}
+
+
+def run(config, workdir: str) -> dict:
+  c = config.pm_train
+  if not c.ai_labels and not c.human_comparisons:
+    raise ConfigError("no training data: set --config.pm_train.ai_labels=LABELS.jsonl and/or "
+                      "--config.pm_train.human_comparisons=HH.jsonl(.gz)")
+  parallel.maybe_initialize_distributed(config.distributed)
+  mesh = parallel.make_mesh(dict(config.mesh))
+  check_config(c, mesh)
+  data = read_sources(c, config.seed)
+  train_sets = data["train"]
+  rows_per = prefs.mix_rows(c.batch_size, len(train_sets[prefs.AI]),
+                            len(train_sets[prefs.HUMAN]), c.human_fraction)
+  out_dir = os.path.join(workdir, "pm_train")
+  ckpts = TrainCheckpoints(os.path.join(out_dir, "checkpoints"), save_every=c.checkpoint_every,
+                           keep=c.keep_checkpoints, async_save=c.async_checkpoints)
+  resuming = ckpts.latest_step() is not None
+
+  base_cfg, tokenizer, params = load_initial(config, mesh, c.head_init_scale)
+  model_cfg = base_cfg.replace(remat=c.remat or False)
+  tok = lambda xs: prefs.tokenize(xs, tokenizer, max_length=c.max_length,  # noqa: E731
+                                  append_eos=c.append_eos)
+  train = {s: tok(xs) for s, xs in train_sets.items() if rows_per.get(s)}
+  held_out = {s: tok(xs) for s, xs in data["eval"].items()}
+  sizes = {s: len(xs) for s, xs in train.items()}
+  steps = c.steps or prefs.steps_for_epochs(sizes, rows_per, c.epochs)
+  opt_cfg = config.optim.copy_and_resolve_references()
+  with opt_cfg.unlocked():
+    opt_cfg.total_steps = steps
+  optimizer = optim.make_optimizer(opt_cfg)
+  shardings, abstract = pm.state_shardings(model_cfg, mesh, optimizer)
+  meta = {"model_config": model_cfg.to_dict(), "job": "pm_train",
+          "ai_labels": os.path.abspath(c.ai_labels) if c.ai_labels else "",
+          "human_comparisons": os.path.abspath(c.human_comparisons) if c.human_comparisons else "",
+          "rows_per_batch": rows_per}
+
+  batches = prefs.PreferenceBatches(train, rows_per, seed=config.seed, max_length=c.max_length,
+                                    min_length=c.min_length,
+                                    rows=parallel.process_rows(c.batch_size),
+                                    pad_id=tokenizer.pad_id)
+  if resuming:
+    del params  # the checkpoint holds newer parameters
+    state, position, step = ckpts.restore(abstract, meta)
+    batches.restore(position)
+    print(f"resuming from step {step} (data position {position})", flush=True)
+  else:
+    state = engine.new_state(params, optimizer, jax.random.PRNGKey(config.seed), shardings)
+
+  loss_fn = pm.make_pm_loss(model_cfg)
+  step_fn = engine.compile_step(
+      engine.make_train_step(loss_fn, optimizer, micro_batches=c.micro_batches, mesh=mesh,
+                             learning_rate_fn=optim.schedule(opt_cfg)),
+      shardings, mesh)
+  eval_fn = engine.compile_eval_step(engine.make_eval_step(loss_fn), shardings.params, mesh)
+  peak = c.peak_flops or flops.measure_matmul_peak() * jax.device_count()
+  truncated = {s: sum(e.truncated for e in xs) for s, xs in train.items()}
+  for s, n in truncated.items():
+    if n:
+      print(f"{n} of {sizes[s]} {s} pairs were longer than max_length={c.max_length} and lost "
+            "tokens from the left (prompt first)", flush=True)
+
+  def global_batches():
+    for local, position in batches:
+      yield parallel.global_batch(local, mesh), position
+
+  last_len = [c.max_length]
+
+  def host_metrics(metrics, seconds):
+    tokens = metrics["tokens"]
+    out = {"tokens_per_s": tokens / seconds,
+           "mfu": tokens * flops.train_flops_per_token(model_cfg, last_len[0]) / seconds / peak,
+           "accuracy": metrics["correct"] / max(metrics["decisive"], 1e-9),
+           "abs_prob_error": metrics["abs_prob_error"] / max(metrics["weight"], 1e-9),
+           "truncated_pairs": float(sum(truncated.values()))}
+    out.update(memory_metrics())
+    return out
+
+  def evaluate(step, st):
+    result = {}
+    for name, examples in held_out.items():
+      total = {}
+      for _, local in prefs.eval_batches(examples, c.eval_batch_size, max_length=c.max_length,
+                                         min_length=c.min_length,
+                                         rows=parallel.process_rows(c.eval_batch_size),
+                                         pad_id=tokenizer.pad_id):
+        sums = jax.device_get(eval_fn(st.params, parallel.global_batch(local, mesh)))
+        for k, v in sums.items():
+          total[k] = total.get(k, 0.0) + float(v)
+      result[f"eval_{name}_loss"] = total["loss_sum"] / max(total["weight"], 1e-9)
+      result[f"eval_{name}_accuracy"] = total["sum_correct"] / max(total["sum_decisive"], 1e-9)
+    return result
+
+  writer = MetricsWriter(out_dir)
+  start_step = int(jax.device_get(state.step))
+  bar = progress(steps, "pm_train", "step") if c.progress and jax.process_index() == 0 else None
+  if bar is not None:
+    bar.update(start_step)
+  logged = {}
+
+  def log(step, metrics):
+    logged.update(metrics)
+    writer.write(step, metrics)
+
+  hooks = engine.LoopHooks(
+      save=lambda step, st, pos, force: ckpts.save(step, st, pos, meta, force=force),
+      should_save=ckpts.should_save, reached_preemption=ckpts.reached_preemption,
+      log=log, evaluate=evaluate if held_out else None, eval_every=c.eval_every, progress=bar)
+
+  def tracking_length(it):  # the MFU's attention term needs the padded length
+    for batch, pos in it:
+      last_len[0] = batch["tokens"].shape[2]
+      yield batch, pos
+
+  try:
+    state = engine.train_loop(state, step_fn, tracking_length(global_batches()), steps, hooks,
+                              host_metrics=host_metrics)
+  finally:
+    if bar is not None:
+      bar.close()
+    ckpts.close()
+    writer.close()
+  final_eval = evaluate(steps, state) if held_out else {}
+  logged.update(final_eval)
+  summary = {"steps": steps, "start_step": start_step, "pairs": sizes,
+             "rows_per_batch": rows_per, "truncated_pairs": truncated, "final": logged,
+             "checkpoints": ckpts.directory}
+  if c.export:
+    params = _gather(state.params)
+    if jax.process_index() == 0:
+      export = os.path.join(out_dir, "pm")
+      heads.save_pm(export, model_cfg.replace(remat=False), params, tokenizer,
+                    {"append_eos": bool(c.append_eos), "max_length": int(c.max_length),
+                     "steps": steps, "trained_from": config.model.checkpoint})
+      summary["export"] = export
+  if jax.process_index() == 0:
+    write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
+    msg = (f"pm_train: {steps} steps, final loss {logged.get('loss', math.nan):.4f}, "
+           f"accuracy {logged.get('accuracy', math.nan):.3f}")
+    for k, v in final_eval.items():
+      msg += f", {k} {v:.4f}"
+    print(msg, flush=True)
+  return summary
+
+
+def _gather(params):
+  """Full parameters on the host of every process (for export)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(params, tiled=True)
+  return jax.tree.map(np.asarray, jax.device_get(params))
