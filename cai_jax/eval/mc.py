@@ -127,17 +127,23 @@ def packed_mask(positions_BL, branch_BL):
   return same_branch & (bk != PAD_BRANCH) & gemma.causal_mask(positions_BL, positions_BL)
 
 
-def option_scores(model: gemma.Gemma3, params, batch, num_options: int) -> jax.Array:
-  """[rows, options] summed log-probabilities (float32) of each option's tokens."""
-  mask = packed_mask(batch["positions"], batch["branch"])
-  hidden, _ = model.apply({"params": params}, batch["tokens"], batch["positions"], mask,
-                          return_hidden=True)
-  h = jnp.take_along_axis(hidden, batch["pred_index"][..., None], axis=1)
+def _summed_option_logprobs(model: gemma.Gemma3, params, hidden_BLD, batch,
+                            num_options: int) -> jax.Array:
+  """Logits only where option tokens are predicted, summed per option: [rows, options]."""
+  h = jnp.take_along_axis(hidden_BLD, batch["pred_index"][..., None], axis=1)
   logits = model.apply({"params": params}, h, method=gemma.Gemma3.logits).astype(jnp.float32)
   logp = jax.nn.log_softmax(logits, axis=-1)
   token_logp = jnp.take_along_axis(logp, batch["target"][..., None], axis=-1)[..., 0]
   one_hot = jax.nn.one_hot(batch["option"], num_options, dtype=jnp.float32)
   return jnp.einsum("BT,BTO->BO", token_logp, one_hot)
+
+
+def option_scores(model: gemma.Gemma3, params, batch, num_options: int) -> jax.Array:
+  """[rows, options] summed log-probabilities (float32) of each option's tokens."""
+  mask = packed_mask(batch["positions"], batch["branch"])
+  hidden, _ = model.apply({"params": params}, batch["tokens"], batch["positions"], mask,
+                          return_hidden=True)
+  return _summed_option_logprobs(model, params, hidden, batch, num_options)
 
 
 def option_scores_after_prefix(model: gemma.Gemma3, params, batch, cache, prefix_slots: int,
@@ -154,12 +160,7 @@ def option_scores_after_prefix(model: gemma.Gemma3, params, batch, cache, prefix
                          axis=-1)
   hidden, _ = model.apply({"params": params}, batch["tokens"], batch["positions"], mask,
                           cache=cache, cache_index=prefix_slots, return_hidden=True)
-  h = jnp.take_along_axis(hidden, batch["pred_index"][..., None], axis=1)
-  logits = model.apply({"params": params}, h, method=gemma.Gemma3.logits).astype(jnp.float32)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  token_logp = jnp.take_along_axis(logp, batch["target"][..., None], axis=-1)[..., 0]
-  one_hot = jax.nn.one_hot(batch["option"], num_options, dtype=jnp.float32)
-  return jnp.einsum("BT,BTO->BO", token_logp, one_hot)
+  return _summed_option_logprobs(model, params, hidden, batch, num_options)
 
 
 def _prefill(model: gemma.Gemma3, params, tokens_BL, positions_BL, cache):

@@ -24,18 +24,14 @@ import math
 import os
 
 import jax
-import numpy as np
 
 from cai_jax import parallel
 from cai_jax.checkpoints import loader
 from cai_jax.config_defaults import ConfigError
 from cai_jax.data import preferences as prefs
 from cai_jax.data.jsonl import write_json_atomic
-from cai_jax.jobs.common import progress
-from cai_jax.jobs.sl_train import memory_metrics
-from cai_jax.metrics import MetricsWriter
 from cai_jax.model import heads
-from cai_jax.train import engine, flops, optim, pm
+from cai_jax.train import engine, optim, pm, runner
 from cai_jax.train.checkpointing import TrainCheckpoints
 
 
@@ -140,28 +136,11 @@ def run(config, workdir: str) -> dict:
                              learning_rate_fn=optim.schedule(opt_cfg)),
       shardings, mesh)
   eval_fn = engine.compile_eval_step(engine.make_eval_step(loss_fn), shardings.params, mesh)
-  peak = c.peak_flops or flops.measure_matmul_peak() * jax.device_count()
   truncated = {s: sum(e.truncated for e in xs) for s, xs in train.items()}
   for s, n in truncated.items():
     if n:
       print(f"{n} of {sizes[s]} {s} pairs were longer than max_length={c.max_length} and lost "
             "tokens from the left (prompt first)", flush=True)
-
-  def global_batches():
-    for local, position in batches:
-      yield parallel.global_batch(local, mesh), position
-
-  last_len = [c.max_length]
-
-  def host_metrics(metrics, seconds):
-    tokens = metrics["tokens"]
-    out = {"tokens_per_s": tokens / seconds,
-           "mfu": tokens * flops.train_flops_per_token(model_cfg, last_len[0]) / seconds / peak,
-           "accuracy": metrics["correct"] / max(metrics["decisive"], 1e-9),
-           "abs_prob_error": metrics["abs_prob_error"] / max(metrics["weight"], 1e-9),
-           "truncated_pairs": float(sum(truncated.values()))}
-    out.update(memory_metrics())
-    return out
 
   def evaluate(step, st):
     result = {}
@@ -178,42 +157,22 @@ def run(config, workdir: str) -> dict:
       result[f"eval_{name}_accuracy"] = total["sum_correct"] / max(total["sum_decisive"], 1e-9)
     return result
 
-  writer = MetricsWriter(out_dir)
-  start_step = int(jax.device_get(state.step))
-  bar = progress(steps, "pm_train", "step") if c.progress and jax.process_index() == 0 else None
-  if bar is not None:
-    bar.update(start_step)
-  logged = {}
-
-  def log(step, metrics):
-    logged.update(metrics)
-    writer.write(step, metrics)
-
-  hooks = engine.LoopHooks(
-      save=lambda step, st, pos, force: ckpts.save(step, st, pos, meta, force=force),
-      should_save=ckpts.should_save, reached_preemption=ckpts.reached_preemption,
-      log=log, evaluate=evaluate if held_out else None, eval_every=c.eval_every, progress=bar)
-
-  def tracking_length(it):  # the MFU's attention term needs the padded length
-    for batch, pos in it:
-      last_len[0] = batch["tokens"].shape[2]
-      yield batch, pos
-
-  try:
-    state = engine.train_loop(state, step_fn, tracking_length(global_batches()), steps, hooks,
-                              host_metrics=host_metrics)
-  finally:
-    if bar is not None:
-      bar.close()
-    ckpts.close()
-    writer.close()
+  state, logged, start_step = runner.run_loop(
+      name="pm_train", out_dir=out_dir, state=state, step_fn=step_fn, local_batches=batches,
+      mesh=mesh, steps=steps, ckpts=ckpts, meta=meta, model_config=model_cfg,
+      peak_flops=c.peak_flops, show_progress=c.progress,
+      extra_metrics=lambda m: {
+          "accuracy": m["correct"] / max(m["decisive"], 1e-9),
+          "abs_prob_error": m["abs_prob_error"] / max(m["weight"], 1e-9),
+          "truncated_pairs": float(sum(truncated.values()))},
+      evaluate=evaluate if held_out else None, eval_every=c.eval_every)
   final_eval = evaluate(steps, state) if held_out else {}
   logged.update(final_eval)
   summary = {"steps": steps, "start_step": start_step, "pairs": sizes,
              "rows_per_batch": rows_per, "truncated_pairs": truncated, "final": logged,
              "checkpoints": ckpts.directory}
   if c.export:
-    params = _gather(state.params)
+    params = runner.gather_params(state.params)
     if jax.process_index() == 0:
       export = os.path.join(out_dir, "pm")
       heads.save_pm(export, model_cfg.replace(remat=False), params, tokenizer,
@@ -229,10 +188,3 @@ def run(config, workdir: str) -> dict:
     print(msg, flush=True)
   return summary
 
-
-def _gather(params):
-  """Full parameters on the host of every process (for export)."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    return multihost_utils.process_allgather(params, tiled=True)
-  return jax.tree.map(np.asarray, jax.device_get(params))

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import math
 import os
-import resource
 
 import jax
-import numpy as np
 
 from cai_jax import parallel
 from cai_jax.checkpoints import hf, loader
 from cai_jax.config_defaults import ConfigError
 from cai_jax.data import sl
 from cai_jax.data.jsonl import write_json_atomic
-from cai_jax.jobs.common import progress
-from cai_jax.metrics import MetricsWriter
-from cai_jax.train import engine, flops, lm, optim
+from cai_jax.train import engine, lm, optim, runner
+from cai_jax.train.runner import memory_metrics  # noqa: F401  (TEMP: rl_train imports it here)
 from cai_jax.train.checkpointing import TrainCheckpoints
 
 
@@ -36,14 +33,6 @@ def check_config(c, mesh) -> None:
   parallel.check_batch(c.batch_size // c.micro_batches, mesh, "sl_train.batch_size / micro_batches")
   parallel.check_batch(c.eval_batch_size, mesh, "sl_train.eval_batch_size")
   parallel.process_rows(c.batch_size)
-
-
-def memory_metrics() -> dict:
-  out = {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
-  stats = jax.local_devices()[0].memory_stats() or {}
-  if "peak_bytes_in_use" in stats:
-    out["device_peak_gb"] = stats["peak_bytes_in_use"] / 2**30
-  return out
 
 
 def run(config, workdir: str) -> dict:
@@ -93,25 +82,10 @@ def run(config, workdir: str) -> dict:
                              learning_rate_fn=optim.schedule(opt_cfg)),
       shardings, mesh)
   eval_fn = engine.compile_eval_step(engine.make_eval_step(loss_fn), shardings.params, mesh)
-  peak = c.peak_flops or flops.measure_matmul_peak() * jax.device_count()
   truncated = sum(e.truncated for e in train)
   if truncated:
     print(f"{truncated} of {len(train)} training examples were longer than max_length="
           f"{c.max_length} and were truncated (prompt from the left first)", flush=True)
-
-  def global_batches():
-    for local, position in batches:
-      yield parallel.global_batch(local, mesh), position
-
-  last_len = [c.max_length]
-
-  def host_metrics(metrics, seconds):
-    tokens = metrics["tokens"]
-    out = {"tokens_per_s": tokens / seconds,
-           "mfu": tokens * flops.train_flops_per_token(model_cfg, last_len[0]) / seconds / peak,
-           "truncated_examples": float(truncated)}
-    out.update(memory_metrics())
-    return out
 
   def evaluate(step, st):
     if not held_out:
@@ -126,36 +100,12 @@ def run(config, workdir: str) -> dict:
     return {"eval_loss": total["loss_sum"] / max(total["weight"], 1e-9),
             "eval_tokens": total["weight"]}
 
-  writer = MetricsWriter(out_dir)
-  start_step = int(jax.device_get(state.step))
-  bar = progress(steps, "sl_train", "step") if c.progress and jax.process_index() == 0 else None
-  if bar is not None:
-    bar.update(start_step)
-  logged = {}
-
-  def log(step, metrics):
-    logged.update(metrics)
-    writer.write(step, metrics)
-
-  hooks = engine.LoopHooks(
-      save=lambda step, st, pos, force: ckpts.save(step, st, pos, meta, force=force),
-      should_save=ckpts.should_save, reached_preemption=ckpts.reached_preemption,
-      log=log, evaluate=evaluate if held_out else None,
-      eval_every=c.eval_every, progress=bar)
-
-  def tracking_length(it):  # the MFU's attention term needs the padded length
-    for batch, pos in it:
-      last_len[0] = batch["tokens"].shape[1]
-      yield batch, pos
-
-  try:
-    state = engine.train_loop(state, step_fn, tracking_length(global_batches()), steps, hooks,
-                              host_metrics=host_metrics)
-  finally:
-    if bar is not None:
-      bar.close()
-    ckpts.close()
-    writer.close()
+  state, logged, start_step = runner.run_loop(
+      name="sl_train", out_dir=out_dir, state=state, step_fn=step_fn, local_batches=batches,
+      mesh=mesh, steps=steps, ckpts=ckpts, meta=meta, model_config=model_cfg,
+      peak_flops=c.peak_flops, show_progress=c.progress,
+      extra_metrics=lambda m: {"truncated_examples": float(truncated)},
+      evaluate=evaluate if held_out else None, eval_every=c.eval_every)
   final_eval = evaluate(steps, state) if held_out else {}
   if final_eval:
     logged.update(final_eval)
@@ -163,7 +113,7 @@ def run(config, workdir: str) -> dict:
              "truncated_examples": truncated, "final": logged,
              "checkpoints": ckpts.directory}
   if c.export_hf:
-    params = _gather(state.params)
+    params = runner.gather_params(state.params)
     if jax.process_index() == 0:
       export = os.path.join(out_dir, "export_hf")
       hf.save_hf_folder(export, model_cfg.replace(remat=False), params, model.tokenizer)
@@ -174,10 +124,3 @@ def run(config, workdir: str) -> dict:
           + (f", eval loss {final_eval['eval_loss']:.4f}" if final_eval else ""), flush=True)
   return summary
 
-
-def _gather(params):
-  """Full parameters on the host of every process (for export)."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    return multihost_utils.process_allgather(params, tiled=True)
-  return jax.tree.map(np.asarray, jax.device_get(params))

@@ -1,0 +1,88 @@
+"""The glue every training job shares around `engine.train_loop`: global batches from each
+process's rows, host metrics (tokens/s, MFU, memory), the metrics writer, the progress bar,
+checkpoint hooks, and gathering parameters for export. Jobs keep only what is theirs: data,
+objective, evaluation and export format."""
+
+from __future__ import annotations
+
+import resource
+from typing import Callable, Iterator
+
+import jax
+import numpy as np
+
+from cai_jax import parallel
+from cai_jax.jobs.common import progress
+from cai_jax.metrics import MetricsWriter
+from cai_jax.train import engine, flops
+from cai_jax.train.checkpointing import TrainCheckpoints
+
+
+def memory_metrics() -> dict:
+  out = {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    out["device_peak_gb"] = stats["peak_bytes_in_use"] / 2**30
+  return out
+
+
+def gather_params(params):
+  """Full parameters as host arrays on every process (for export)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(params, tiled=True)
+  return jax.tree.map(np.asarray, jax.device_get(params))
+
+
+def run_loop(*, name: str, out_dir: str, state: engine.TrainState, step_fn,
+             local_batches: Iterator[tuple[dict, dict]], mesh, steps: int,
+             ckpts: TrainCheckpoints, meta: dict, model_config, peak_flops: float,
+             show_progress: bool = True, extra_metrics: Callable[[dict], dict] | None = None,
+             evaluate: Callable | None = None, eval_every: int = 0,
+             length_of: Callable[[dict], int] = lambda b: b["tokens"].shape[-1],
+             ) -> tuple[engine.TrainState, dict, int]:
+  """Trains until `steps`; returns (state, the last logged metrics, the step it started from).
+
+  `local_batches` yields (this process's rows, data position after them); the step's metrics
+  must include `tokens` (real tokens, for tokens/s and MFU). `peak_flops` = 0 measures a float32
+  matmul at start."""
+  peak = peak_flops or flops.measure_matmul_peak() * jax.device_count()
+  writer = MetricsWriter(out_dir)
+  start_step = int(jax.device_get(state.step))
+  bar = progress(steps, name, "step") if show_progress and jax.process_index() == 0 else None
+  if bar is not None:
+    bar.update(start_step)
+  length = [1]
+  logged: dict = {}
+
+  def global_batches():
+    for local, position in local_batches:
+      length[0] = length_of(local)  # the MFU's attention term needs the padded length
+      yield parallel.global_batch(local, mesh), position
+
+  def host_metrics(metrics, seconds):
+    tokens = metrics["tokens"]
+    out = {"tokens_per_s": tokens / seconds,
+           "mfu": tokens * flops.train_flops_per_token(model_config, length[0]) / seconds / peak}
+    if extra_metrics is not None:
+      out.update(extra_metrics(metrics))
+    out.update(memory_metrics())
+    return out
+
+  def log(step, metrics):
+    logged.update(metrics)
+    writer.write(step, metrics)
+
+  hooks = engine.LoopHooks(
+      save=lambda step, st, pos, force: ckpts.save(step, st, pos, meta, force=force),
+      should_save=ckpts.should_save, reached_preemption=ckpts.reached_preemption,
+      log=log, evaluate=evaluate, eval_every=eval_every, progress=bar)
+  try:
+    state = engine.train_loop(state, step_fn, global_batches(), steps, hooks,
+                              host_metrics=host_metrics)
+  finally:
+    if bar is not None:
+      bar.close()
+    ckpts.close()
+    writer.close()
+  return state, logged, start_step
