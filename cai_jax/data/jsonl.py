@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
@@ -12,23 +13,47 @@ class DataError(ValueError):
   """Malformed input data; the message starts with `file:line:`."""
 
 
-def read_jsonl(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
-  """(line number, object) for every non-blank line; a line that is not a JSON object fails."""
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def is_gzip(path: str) -> bool:
+  """Gzip is recognised by its magic bytes, not by the file name."""
   try:
-    f = open(path, encoding="utf-8")
+    with open(path, "rb") as f:
+      return f.read(2) == GZIP_MAGIC
   except OSError as e:
     raise DataError(f"{path}: cannot open ({e.strerror})") from e
-  with f:
-    for lineno, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-      if not isinstance(obj, dict):
-        raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-      yield lineno, obj
+
+
+def open_text(path: str):
+  """The file as UTF-8 text, gunzipped when it is gzip."""
+  if is_gzip(path):
+    return gzip.open(path, "rt", encoding="utf-8")
+  return open(path, encoding="utf-8")
+
+
+def read_jsonl(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+  """(line number, object) for every non-blank line of a plain or gzip jsonl file; a line that
+  is not a JSON object, text that is not UTF-8 or a damaged gzip stream fails with file:line."""
+  kind = "gzip text" if is_gzip(path) else "text"
+  f = open_text(path)
+  lineno = 0
+  try:
+    with f:
+      for lineno, line in enumerate(f, start=1):
+        if not line.strip():
+          continue
+        try:
+          obj = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+          raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
+  except UnicodeDecodeError as e:
+    raise DataError(f"{path}:{lineno + 1}: not UTF-8 text ({e.reason})") from None
+  except (OSError, EOFError) as e:
+    raise DataError(f"{path}:{lineno + 1}: cannot read {kind} ({e})") from None
 
 
 def require(obj: dict, field: str, kind, path: str, lineno: int):

@@ -23,7 +23,6 @@ Formats
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import os
 import re
@@ -31,10 +30,9 @@ from importlib import resources
 from typing import Any, Iterable, Iterator
 
 from cai_jax.data.conversation import ASSISTANT, HUMAN, parse
-from cai_jax.data.jsonl import DataError, read_jsonl, require
+from cai_jax.data.jsonl import DataError, open_text, read_jsonl, require
 
 PROMPT_SETS = ("red_team", "helpful")
-_GZIP_MAGIC = b"\x1f\x8b"
 _WS = re.compile(r"[ \t\r\n]*")
 
 
@@ -63,46 +61,10 @@ class Comparison:
 # low-level reading
 
 
-def _is_gzip(path: str) -> bool:
-  try:
-    with open(path, "rb") as f:
-      return f.read(2) == _GZIP_MAGIC
-  except OSError as e:
-    raise DataError(f"{path}: cannot open ({e.strerror})") from e
-
-
-def _iter_jsonl(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
-  """read_jsonl for plain files, the same checks for gzip files; non-UTF-8 text fails too."""
-  if not _is_gzip(path):
-    try:
-      yield from read_jsonl(path)
-    except UnicodeDecodeError as e:
-      raise DataError(f"{path}: not UTF-8 text ({e.reason})") from None
-    return
-  lineno = 0
-  try:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-      for lineno, line in enumerate(f, start=1):
-        if not line.strip():
-          continue
-        try:
-          obj = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-          raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        yield lineno, obj
-  except (OSError, EOFError, UnicodeDecodeError) as e:
-    raise DataError(f"{path}:{lineno + 1}: cannot read gzip text ({e})") from None
-
-
 def _read_text(path: str, limit: int = -1) -> str:
   """The file's text (gunzipped when gzip), or its first `limit` characters."""
   try:
-    if _is_gzip(path):
-      with gzip.open(path, "rt", encoding="utf-8") as f:
-        return f.read(limit)
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
       return f.read(limit)
   except (OSError, EOFError, UnicodeDecodeError) as e:
     raise DataError(f"{path}: cannot read ({e})") from None
@@ -116,7 +78,7 @@ def _starts_with_array(path: str) -> bool:
 def _iter_json_records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
   """(line where the record starts, object) from a JSON array file or a jsonl file."""
   if not _starts_with_array(path):
-    yield from _iter_jsonl(path)
+    yield from read_jsonl(path)
     return
   text = _read_text(path)
   pos = _WS.match(text, 0).end()
@@ -208,7 +170,7 @@ def check_hh_prompt(prompt: str) -> None:
 def _read_prompt_file(path: str, *, source: str) -> list[PromptRecord]:
   records: list[PromptRecord] = []
   first_line: dict[str, int] = {}
-  for lineno, obj in _iter_jsonl(path):
+  for lineno, obj in read_jsonl(path):
     rid = _record_id(obj, path, lineno)
     if rid in first_line:
       raise DataError(f"{path}:{lineno}: duplicate id {rid!r} (first on line {first_line[rid]})")
@@ -256,7 +218,7 @@ def read_hh_comparisons(path: str | os.PathLike, *, id_prefix: str | None = None
   prefix = _default_prefix(path) if id_prefix is None else id_prefix
   out: list[Comparison] = []
   seen_any = False
-  for lineno, obj in _iter_jsonl(path):
+  for lineno, obj in read_jsonl(path):
     seen_any = True
     texts = {field: require(obj, field, str, path, lineno) for field in ("chosen", "rejected")}
     parts = {}
