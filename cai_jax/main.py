@@ -43,6 +43,10 @@ JOBS: dict[str, tuple[str, str]] = {
                  "preference model: a decoder + scalar head trained with the soft-label "
                  "Bradley-Terry loss on AI labels mixed with human chosen/rejected pairs; "
                  "resumes from WORKDIR/pm_train/checkpoints, exports WORKDIR/pm_train/pm"),
+    "rl_train": ("cai_jax.jobs.rl_train",
+                 "RL-CAI: PPO on the policy (default WORKDIR/sl_train/export_hf) against the "
+                 "preference model (default WORKDIR/pm_train/pm) with a KL penalty to the "
+                 "initial policy; resumes from WORKDIR/rl_train/checkpoints"),
     "eval": ("cai_jax.jobs.eval",
              "evaluation: PM accuracy and calibration (ECE, reliability PNGs) on chosen/rejected "
              "and HHH files, AI labeller vs human labels, MC accuracy; WORKDIR/eval/report.json"),

@@ -18,7 +18,6 @@ from cai_jax.config_defaults import ConfigError
 from cai_jax.data import sl
 from cai_jax.data.jsonl import write_json_atomic
 from cai_jax.train import engine, lm, optim, runner
-from cai_jax.train.runner import memory_metrics  # noqa: F401  (TEMP: rl_train imports it here)
 from cai_jax.train.checkpointing import TrainCheckpoints
 
 

@@ -1,0 +1,568 @@
+"""Job `rl_train`: RL-CAI, PPO on the policy against the preference model with a KL penalty to
+the frozen initial policy (Bai et al., 2022, section 4; the PPO of Ziegler et al., 2019).
+
+Models (four):
+- policy: `config.model.checkpoint` ('' = WORKDIR/sl_train/export_hf), trained;
+- value model: a decoder + ScalarHead applied at every position, trained; initialised from the
+  PM (`value_init='pm'`: its decoder and head) or from the policy (`'policy'`: head zeros);
+- reference: the initial policy again, frozen, read from the checkpoint a second time so it
+  owns its buffers (the train state is donated every step), stored in `frozen_dtype`;
+- preference model: `rl_train.pm` ('' = WORKDIR/pm_train/pm), frozen, in `frozen_dtype`.
+  Its tokenizer and vocabulary must be the policy's (CheckpointError before any compute).
+The trainable parameters are one TrainState, params {"policy": decoder, "value": {"decoder",
+"head"}}, under one optax optimizer (config.optim) and the engine's shardings.
+Memory for Gemma 3 270M in float32: policy and value with AdamW 3.2 GB each (+1.1 GB of
+gradients each during a step), reference and PM 1.1 GB each (0.54 GB in bfloat16); about 10 GB
+in all before activations, within a 24 GB CPU machine.
+
+One iteration:
+1. rollout: `batch_size` prompts in a deterministic order (position checkpointed), sampled by
+   one Sampler holding the current policy parameters, from the raw distribution (temperature 1,
+   no top-k/top-p by default), stopped at `stop` strings / EOS after at most `max_new_tokens`;
+2. scoring (jitted, lengths bucketed to powers of two): old log-probs, reference log-probs,
+   values and entropy on the prediction grid (cai_jax.cai.rollout), recomputed with the
+   training graph (the gap to the sampler's own log-probs is logged, `sampler_logprob_gap`:
+   a cheap mismatch guard); the PM score of BOS +
+   prompt + trimmed response text at its explicit last index (or the programmatic
+   `target_token` reward); the missing-end penalty for rows cut at the token budget; optional
+   running normalisation; per-token KL (k1/k2/k3) and token rewards; GAE; advantages whitened
+   over the whole batch;
+3. update: `ppo_epochs` passes over shuffled minibatches of `minibatch_size` rows, one engine
+   step each (clipped policy loss + vf_coef x clipped value loss - ent_coef x entropy, sums over
+   tokens divided once by the token count);
+4. KL coefficient update (fixed or adaptive), metrics, samples, checkpoint.
+
+Reward terms, in this order: the raw score (PM or programmatic; metric `score`), running
+normalisation when `normalize_reward` (statistics of every score seen so far, this batch
+included, so iteration 1 is normalised by its own batch; saved in checkpoints), then the
+missing-end penalty added to rows that hit `max_new_tokens` (in normalised units when
+normalising; metric `reward_norm`; `reward_raw` is the raw score plus the penalty), then
+-kl_coef x KL on every response token (`reward_total` = the per-sequence sum PPO sees).
+`kl` is the mean per-sequence sum of the chosen estimator; `kl_k1` and `kl_k3` are logged too.
+The entropy bonus (ent_coef > 0) uses the same chunked projection as the log-probs (one chunk
+of [B, c, V] logits at a time), so it is affordable for a 262k vocabulary.
+
+Bad input stops before any weights load: a batch that does not divide into minibatches (or
+minibatches into micro-batches), a missing or unreadable PM folder when the reward or the value
+init needs one, a PM whose tokenizer or vocabulary differs from the policy's (model vocab_size,
+tokenizer size and special ids, a probe string's ids, 64 pieces spread over the vocabulary),
+prompts longer than `max_prompt_tokens` (DataError listing them; `long_prompts='skip'` drops
+and lists them instead: prompts are never cut), and max_prompt_tokens + max_new_tokens beyond
+the model's max_seq_len.
+
+Guards (each stops the run with a message naming the iteration, exit status 3 from the CLI):
+non-finite scores, log-probs, values, advantages, losses, gradients or parameters; the mean
+per-sequence KL above `kl_ceiling`; the mean answer length (the trimmed answer text re-encoded)
+below `min_response_tokens` for `collapse_patience` iterations in a row. The rollout of
+iteration i judges the policy that iteration i - 1 produced, so a scheduled checkpoint is
+written only once the next rollout has passed the guards (the final checkpoint and one written
+on SIGTERM are not judged): a guard stop never leaves the bad state as the latest checkpoint.
+A restart resumes from the latest checkpoint: state, iteration,
+prompt position, KL coefficient, reward statistics and the collapse counter.
+
+Outputs under WORKDIR/rl_train/: checkpoints/, metrics.jsonl and tb/ (one record per
+iteration), samples.jsonl (a sample table every `sample_every` iterations, also printed),
+summary.json and export_hf/ (the final policy).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import textwrap
+import time
+
+import jax
+import numpy as np
+
+from cai_jax import parallel
+from cai_jax.cai import ppo
+from cai_jax.cai import rollout as ro
+from cai_jax.checkpoints import hf, loader, orbax_io
+from cai_jax.checkpoints.hf import CheckpointError
+from cai_jax.config_defaults import ConfigError
+from cai_jax.data import sources
+from cai_jax.data.jsonl import write_json_atomic
+from cai_jax.jobs.common import progress
+from cai_jax.metrics import MetricsWriter
+from cai_jax.model import heads
+from cai_jax.sampling.sampler import FINISH_LENGTH, Sampler
+from cai_jax.sampling.strategies import Sampling
+from cai_jax.tokenizer import Tokenizer
+from cai_jax.train import engine, optim, runner
+from cai_jax.train import pm as pm_lib
+from cai_jax.train.checkpointing import TrainCheckpoints
+
+SL_EXPORT = os.path.join("sl_train", "export_hf")
+PM_EXPORT = os.path.join("pm_train", "pm")
+REWARDS = ("pm", "target_token")
+VALUE_INITS = ("pm", "policy")
+FROZEN_DTYPES = ("float32", "bfloat16")
+
+
+class GuardStop(engine.NonFiniteLoss):
+  """A guard stopped the run (KL ceiling, collapse). A NonFiniteLoss so that the CLI prints it
+  without a traceback and exits with status 3, as for a non-finite loss."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration and inputs, checked before anything is computed
+
+
+def check_config(c, mesh) -> None:
+  for field in ("iterations", "batch_size", "minibatch_size", "micro_batches", "ppo_epochs",
+                "max_prompt_tokens", "max_new_tokens", "sampler_batch", "chunk_size",
+                "min_length", "loss_chunk_tokens", "num_samples"):
+    if c[field] <= 0:
+      raise ConfigError(f"rl_train.{field} must be > 0, got {c[field]}")
+  for field in ("checkpoint_every", "sample_every", "kl_ceiling", "min_response_tokens",
+                "collapse_patience"):
+    if c[field] < 0:
+      raise ConfigError(f"rl_train.{field} must be >= 0, got {c[field]}")
+  if c.batch_size % c.minibatch_size:
+    raise ConfigError(f"rl_train.batch_size={c.batch_size} is not divisible by "
+                      f"minibatch_size={c.minibatch_size}")
+  if c.minibatch_size % c.micro_batches:
+    raise ConfigError(f"rl_train.minibatch_size={c.minibatch_size} is not divisible by "
+                      f"micro_batches={c.micro_batches}")
+  if c.reward not in REWARDS:
+    raise ConfigError(f"rl_train.reward must be one of {REWARDS}, got {c.reward!r}")
+  if c.value_init not in VALUE_INITS:
+    raise ConfigError(f"rl_train.value_init must be one of {VALUE_INITS}, got {c.value_init!r}")
+  if c.frozen_dtype not in FROZEN_DTYPES:
+    raise ConfigError(f"rl_train.frozen_dtype must be one of {FROZEN_DTYPES}, got "
+                      f"{c.frozen_dtype!r}")
+  if c.kl_estimator not in ("k1", "k2", "k3"):
+    raise ConfigError(f"rl_train.kl_estimator must be 'k1', 'k2' or 'k3', got {c.kl_estimator!r}")
+  if c.long_prompts not in ("error", "skip"):
+    raise ConfigError(f"rl_train.long_prompts must be 'error' or 'skip', got {c.long_prompts!r}")
+  if c.kl_coef < 0:
+    raise ConfigError(f"rl_train.kl_coef must be >= 0, got {c.kl_coef}")
+  if c.adaptive_kl and (c.target_kl <= 0 or c.kl_horizon <= 0):
+    raise ConfigError("rl_train.adaptive_kl needs target_kl > 0 and kl_horizon > 0")
+  if not 0 <= c.gamma <= 1 or not 0 <= c.lam <= 1:
+    raise ConfigError(f"rl_train.gamma and lam must be in [0, 1], got {c.gamma}, {c.lam}")
+  if c.temperature <= 0:
+    raise ConfigError(f"rl_train.temperature must be > 0, got {c.temperature} (PPO needs "
+                      "samples from the policy, not greedy decoding)")
+  if c.reward == "target_token" and c.target_token_id < 0:
+    raise ConfigError("rl_train.reward='target_token' needs rl_train.target_token_id >= 0")
+  if isinstance(c.stop, str) or any(not isinstance(s, str) or not s for s in c.stop):
+    raise ConfigError(f"rl_train.stop must be a tuple of non-empty strings, got {c.stop!r}")
+  parallel.check_batch(c.batch_size, mesh, "rl_train.batch_size")
+  parallel.check_batch(c.minibatch_size // c.micro_batches, mesh,
+                       "rl_train.minibatch_size / micro_batches")
+  parallel.process_rows(c.batch_size)
+  parallel.process_rows(c.minibatch_size)
+
+
+def policy_checkpoint(config, workdir: str) -> str:
+  if config.model.checkpoint:
+    return config.model.checkpoint
+  path = os.path.join(workdir, SL_EXPORT)
+  if not os.path.isdir(path):
+    raise ConfigError(f"no policy: {path} does not exist. Run sl_train in this workdir first, "
+                      "or set --config.model.checkpoint=... (the SL-CAI export, an HF folder, "
+                      "'gemma3-270m', a .gguf or an orbax folder)")
+  return path
+
+
+def pm_folder(c, workdir: str) -> str | None:
+  """The preference model's folder when one is needed (reward or value init), else None."""
+  if c.reward != "pm" and c.value_init != "pm":
+    return None
+  path = os.path.expanduser(c.pm) if c.pm else os.path.join(workdir, PM_EXPORT)
+  why = "rl_train.reward='pm'" if c.reward == "pm" else "rl_train.value_init='pm'"
+  if not os.path.isdir(path):
+    raise CheckpointError(f"{path}: no preference model there ({why} needs one). Run pm_train "
+                          "first or set --config.rl_train.pm=RUN/pm_train/pm"
+                          + ("" if c.reward == "pm" else ", or use value_init='policy'"))
+  heads.read_pm_meta(path)  # a folder without pm.json, or another format: CheckpointError
+  return path
+
+
+def read_model_config(folder: str):
+  if orbax_io.is_orbax_folder(folder):
+    return orbax_io.read_config(folder)
+  path = os.path.join(folder, "config.json")
+  try:
+    with open(path) as f:
+      return hf.config_from_hf(json.load(f), path)
+  except (OSError, json.JSONDecodeError) as e:
+    raise CheckpointError(f"{path}: cannot read config ({e})") from e
+
+
+def read_tokenizer(folder: str) -> Tokenizer:
+  try:
+    return Tokenizer.from_file(os.path.join(folder, "tokenizer.model"))
+  except ValueError as e:
+    raise CheckpointError(str(e)) from e
+
+
+# ---------------------------------------------------------------------------------------------
+# Small host helpers
+
+
+def _host(tree):
+  """Host copies of (replicated) device outputs."""
+  return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def _local_rows(batch: dict, n: int) -> dict:
+  rows = parallel.process_rows(n)
+  return {k: v[rows] for k, v in batch.items()}
+
+
+def _last_human_turn(prompt: str) -> str:
+  cut = prompt.rfind("\n\nHuman:")
+  text = prompt[cut + len("\n\nHuman:"):] if cut >= 0 else prompt
+  return text.replace("\n\nAssistant:", "").strip()
+
+
+def _clip(text: str, n: int) -> str:
+  text = " ".join(text.split())
+  return text if len(text) <= n else text[:n - 3] + "..."
+
+
+def sample_table(iteration: int, rows: list[dict]) -> str:
+  lines = [f"--- iteration {iteration}: samples (prompt | response | score -> reward) ---"]
+  for r in rows:
+    lines.append(f"* {_clip(_last_human_turn(r['prompt']), 60)}")
+    lines.append(textwrap.indent(f"-> {_clip(r['response'], 100)!r}", "  "))
+    lines.append(f"   score {r['score']:+.3f}  reward {r['reward']:+.3f}  "
+                 f"[{r['finish_reason']}, {r['num_tokens']} tokens]")
+  return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The job
+
+
+def run(config, workdir: str) -> dict:
+  c = config.rl_train
+  m = config.model
+  parallel.maybe_initialize_distributed(config.distributed)
+  mesh = parallel.make_mesh(dict(config.mesh))
+  check_config(c, mesh)
+  cache_dir = os.path.expanduser(m.cache_dir)
+
+  # ---- inputs: everything that can be wrong is checked before any weights load
+  policy_spec = policy_checkpoint(config, workdir)
+  policy_folder = loader.resolve(policy_spec, cache_dir)
+  tokenizer = read_tokenizer(policy_folder)
+  policy_model_cfg = read_model_config(policy_folder)
+  policy_vocab = policy_model_cfg.vocab_size
+  pm_path = pm_folder(c, workdir)
+  pm_meta = {}
+  if pm_path is not None:
+    pm_meta = heads.read_pm_meta(pm_path).get("settings", {})
+    pm_decoder = os.path.join(pm_path, "decoder")
+    ro.check_same_tokenizer(tokenizer, read_tokenizer(pm_decoder), policy_vocab=policy_vocab,
+                            pm_vocab=read_model_config(pm_decoder).vocab_size, where=pm_path)
+  if c.max_prompt_tokens + c.max_new_tokens > policy_model_cfg.max_seq_len:
+    raise ConfigError(f"rl_train.max_prompt_tokens + max_new_tokens = "
+                      f"{c.max_prompt_tokens + c.max_new_tokens} exceeds the model's "
+                      f"max_seq_len={policy_model_cfg.max_seq_len}")
+  if c.reward == "target_token" and c.target_token_id >= policy_vocab:
+    raise ConfigError(f"rl_train.target_token_id={c.target_token_id} is outside the vocabulary "
+                      f"(size {policy_vocab})")
+  records = sources.load_prompt_set(c.prompts)
+  records, prompt_ids, skipped = ro.prompt_ids(records, tokenizer, c.max_prompt_tokens,
+                                               skip_long=c.long_prompts == "skip")
+  if skipped:
+    print(f"rl_train: skipped {len(skipped)} prompts longer than max_prompt_tokens="
+          f"{c.max_prompt_tokens}: {', '.join(skipped[:10])}" + (" ..." if len(skipped) > 10
+                                                                  else ""), flush=True)
+  prompt_ids_no_bos = [ids[1:] for ids in prompt_ids]
+  strategy = Sampling(temperature=float(c.temperature), top_k=int(c.top_k), top_p=float(c.top_p))
+  if strategy != Sampling():
+    print(f"warning: rollouts sample from a modified distribution ({strategy}); the KL "
+          "estimate and the policy gradient assume samples from the raw policy", flush=True)
+
+  out_dir = os.path.join(workdir, "rl_train")
+  ckpts = TrainCheckpoints(os.path.join(out_dir, "checkpoints"), save_every=c.checkpoint_every,
+                           keep=c.keep_checkpoints, async_save=c.async_checkpoints)
+  resuming = ckpts.latest_step() is not None
+
+  # ---- models (configs from the folders: a resumed run reads no trainable weights)
+  remat = c.remat or False
+  policy_cfg = policy_model_cfg.replace(param_dtype=m.param_dtype, dtype=m.dtype, remat=remat)
+  value_cfg = (read_model_config(os.path.join(pm_path, "decoder")) if c.value_init == "pm"
+               else policy_model_cfg).replace(param_dtype=m.param_dtype, dtype=m.dtype,
+                                              remat=remat)
+  decoder_shardings = lambda cfg: engine.model_shardings(cfg, mesh)  # noqa: E731
+  pm_shardings = lambda cfg: pm_lib.param_shardings(cfg, mesh)  # noqa: E731
+
+  steps_per_iteration = c.ppo_epochs * (c.batch_size // c.minibatch_size)
+  opt_cfg = config.optim.copy_and_resolve_references()
+  with opt_cfg.unlocked():
+    opt_cfg.total_steps = c.iterations * steps_per_iteration
+  optimizer = optim.make_optimizer(opt_cfg)
+  boxed = ro.boxed_trainable(policy_cfg, value_cfg)
+  abstract_params = parallel.unbox(boxed)
+  shardings = parallel.named(mesh, engine.state_specs(parallel.param_specs(boxed, mesh),
+                                                      optimizer, abstract_params))
+  abstract = engine.abstract_state(shardings, optimizer, abstract_params)
+  meta = {"model_config": policy_cfg.to_dict(), "value_config": value_cfg.to_dict(),
+          "job": "rl_train", "policy": policy_spec, "pm": pm_path or "", "reward": c.reward}
+
+  order = ro.PromptOrder(len(records), config.seed)
+  host = {"iteration": 0, "kl_coef": float(c.kl_coef), "collapse_count": 0,
+          "norm": ro.RunningMoments().to_dict(), "prompts": order.position()}
+  if resuming:
+    state, host, step = ckpts.restore(abstract, meta)
+    order.restore(host["prompts"])
+    print(f"rl_train: resuming after iteration {host['iteration']} (checkpoint {step}, kl_coef "
+          f"{host['kl_coef']:.4g}, prompt epoch {host['prompts']['epoch']} index "
+          f"{host['prompts']['index']})", flush=True)
+  else:
+    load = lambda dtype: loader.load(  # noqa: E731
+        policy_spec, cache_dir=cache_dir, param_dtype=dtype, dtype=m.dtype,
+        shardings_for=decoder_shardings).params
+    if c.value_init == "pm":
+      value_params = heads.load_pm(pm_path, param_dtype=m.param_dtype, dtype=m.dtype,
+                                   shardings_for=pm_shardings).params
+    else:  # the policy's decoder (a copy of its own) and a head that starts at 0
+      value_params = {"decoder": load(m.param_dtype), "head": parallel.shard_host_tree(
+          ro.zero_head(value_cfg), pm_shardings(value_cfg)["head"])}
+    state = engine.new_state({"policy": load(m.param_dtype), "value": value_params}, optimizer,
+                             jax.random.PRNGKey(config.seed), shardings)
+    del value_params
+  norm = ro.RunningMoments.from_dict(host["norm"])
+
+  # The frozen models: read again, so that their buffers are never the donated state's.
+  ref_cfg = policy_cfg.replace(param_dtype=c.frozen_dtype, remat=False)
+  ref_params = loader.load(policy_spec, cache_dir=cache_dir, param_dtype=c.frozen_dtype,
+                           dtype=m.dtype, shardings_for=decoder_shardings).params
+  pm_model = None
+  if c.reward == "pm":
+    pm_model = heads.load_pm(pm_path, param_dtype=c.frozen_dtype, dtype=m.dtype,
+                             shardings_for=pm_shardings)
+  pm_append_eos = bool(pm_meta.get("append_eos", True))
+  pm_max_length = int(pm_meta.get("max_length", 0)
+                      or c.max_prompt_tokens + c.max_new_tokens + 2)
+
+  # ---- compiled pieces
+  replicated = parallel.replicated(mesh)
+  score_fn = parallel.run_under(mesh, jax.jit(
+      ro.make_score_fn(policy_cfg.replace(remat=False), ref_cfg,
+                       value_cfg.replace(remat=False), chunk_tokens=c.loss_chunk_tokens),
+      out_shardings=replicated))
+  pm_fn = (parallel.run_under(mesh, jax.jit(ro.make_pm_fn(pm_model.config),
+                                            out_shardings=replicated))
+           if pm_model is not None else None)
+  loss_fn = ro.make_ppo_loss(policy_cfg, value_cfg, clip_eps=c.clip_eps,
+                             clip_eps_value=c.clip_eps_value, vf_coef=c.vf_coef,
+                             ent_coef=c.ent_coef, chunk_tokens=c.loss_chunk_tokens)
+  step_fn = engine.compile_step(
+      engine.make_train_step(loss_fn, optimizer, micro_batches=c.micro_batches, mesh=mesh,
+                             learning_rate_fn=optim.schedule(opt_cfg)),
+      shardings, mesh)
+  finite_fn = parallel.run_under(mesh, jax.jit(ro.all_finite, out_shardings=replicated))
+  per_shard = parallel.batch_size_per_shard(mesh)
+  sampler = Sampler(policy_cfg.replace(remat=False), state.params["policy"], tokenizer,
+                    max_prompt_length=c.max_prompt_tokens,
+                    max_batch=-(-c.sampler_batch // per_shard) * per_shard,
+                    chunk_size=c.chunk_size, mesh=mesh)
+  controller = (ppo.AdaptiveKLController(float(c.target_kl), float(c.kl_horizon))
+                if c.adaptive_kl else ppo.FixedKLController())
+
+  writer = MetricsWriter(out_dir)
+  main_process = jax.process_index() == 0
+  start_iteration = int(host["iteration"])
+  bar = (progress(c.iterations, "rl_train", "it") if c.progress and main_process else None)
+  if bar is not None:
+    bar.update(start_iteration)
+  logged: dict = {}
+  pending = None  # (iteration, host snapshot): a scheduled checkpoint awaiting the next rollout
+
+  def save(iteration: int, snapshot: dict, force: bool) -> None:
+    ckpts.save(iteration, state, snapshot, meta, force=force)
+
+  def snapshot() -> dict:
+    return json.loads(json.dumps(host))
+
+  def stop_message(iteration: int, what: str) -> str:
+    latest = ckpts.latest_step()
+    kept = (f"the latest checkpoint (iteration {latest}) is the last good one" if latest
+            is not None else "no checkpoint was written")
+    return f"iteration {iteration}: {what}; stopped without saving this state; {kept}"
+
+  try:
+    with engine.StopFlag() as flag:
+      for it in range(start_iteration + 1, c.iterations + 1):
+        # ---------------------------------------------------------------- 1. rollout
+        t0 = time.perf_counter()
+        idx = order.take(c.batch_size)
+        sampler.params = state.params["policy"]
+        out = sampler.generate([records[i].prompt for i in idx], max_new_tokens=c.max_new_tokens,
+                               strategy=strategy,
+                               key=jax.random.fold_in(jax.random.PRNGKey(config.seed), it),
+                               stop=tuple(c.stop))
+        t1 = time.perf_counter()
+
+        # ---------------------------------------------------------------- 2. scoring
+        grid = ro.grid_batch([prompt_ids[i] for i in idx], out.tokens, out.logprobs,
+                             pad_id=tokenizer.pad_id, min_length=c.min_length)
+        model_in = {k: grid[k] for k in ("tokens", "valid", "targets")}
+        scored = _host(score_fn(state.params["policy"], ref_params, state.params["value"],
+                                  parallel.global_batch(_local_rows(model_in, c.batch_size),
+                                                        mesh)))
+        pm_truncated = 0
+        if c.reward == "pm":
+          pm_in, pm_truncated = ro.pm_batch([prompt_ids_no_bos[i] for i in idx], out.texts,
+                                            tokenizer, append_eos=pm_append_eos,
+                                            max_length=pm_max_length, min_length=c.min_length)
+          raw = np.asarray(_host(pm_fn(pm_model.params, parallel.global_batch(
+              _local_rows(pm_in, c.batch_size), mesh))), np.float32)
+        else:
+          raw = ro.target_token_scores(out.tokens, c.target_token_id)
+        finished = np.asarray([r != FINISH_LENGTH for r in out.finish_reasons])
+        if c.normalize_reward:
+          norm.update(raw)
+          normed = norm.normalize(raw)
+        else:
+          normed = raw
+        score = np.asarray(ppo.missing_end_penalty(normed, finished, c.missing_end_penalty))
+        kl_coef = float(host["kl_coef"])
+        adv = _host(ro.advantages(score, scored["logp"], scored["ref_logp"], scored["values"],
+                                    grid["mask"], grid["end_index"], kl_coef, c.gamma, c.lam,
+                                    estimator=c.kl_estimator))
+        t2 = time.perf_counter()
+
+        mask = grid["mask"]
+        n_tok = float(mask.sum())
+        ev = float(adv["explained_variance"])
+        answer_tokens = np.asarray([len(x) for x in
+                                    tokenizer.encode_batch(out.texts, add_bos=False)])
+        roll = {
+            "score": float(raw.mean()), "score_std": float(raw.std()),
+            "reward_raw": float(np.mean(np.asarray(ppo.missing_end_penalty(
+                raw, finished, c.missing_end_penalty)))),
+            "reward_norm": float(score.mean()),
+            "reward_total": float(adv["reward_seq"].mean()),
+            "kl": float(adv["kl_seq"].mean()), "kl_k1": float(adv["kl_k1_seq"].mean()),
+            "kl_k3": float(adv["kl_k3_seq"].mean()), "kl_coef": kl_coef,
+            "entropy": float((scored["entropy"] * mask).sum() / n_tok),
+            "value_mean": float((scored["values"] * mask).sum() / n_tok),
+            "return_mean": float((adv["returns"] * mask).sum() / n_tok),
+            "response_length": float(grid["response_len"].mean()),
+            "answer_tokens": float(answer_tokens.mean()),
+            "missing_end_rate": float(1.0 - finished.mean()),
+            "sampler_logprob_gap": float((np.abs(grid["sampler_logp"] - scored["logp"])
+                                          * mask).sum() / n_tok),
+            "pm_truncated": float(pm_truncated),
+            "time_rollout_s": t1 - t0, "time_scoring_s": t2 - t1,
+        }
+        if math.isfinite(ev):  # undefined (NaN) when every return is equal
+          roll["explained_variance"] = ev
+
+        # ---------------------------------------------------------------- guards on the rollout
+        guard = ro.rollout_guards(
+            {"scores": raw, "log-probs": scored["logp"], "reference log-probs":
+             scored["ref_logp"], "values": scored["values"], "advantages": adv["advantages"],
+             "returns": adv["returns"]},
+            kl=roll["kl"], kl_ceiling=c.kl_ceiling, answer_tokens=roll["answer_tokens"],
+            min_response_tokens=c.min_response_tokens,
+            collapse_count=int(host["collapse_count"]), collapse_patience=c.collapse_patience)
+        if guard.kind == "nonfinite":
+          raise engine.NonFiniteLoss(stop_message(it, guard.message))
+        if guard.kind is not None:
+          raise GuardStop(stop_message(it, guard.message))
+        collapse_count = guard.collapse_count
+        if pending is not None:  # the policy it judged passed: its checkpoint may be written
+          save(*pending, force=False)
+          pending = None
+
+        # ---------------------------------------------------------------- 3. update
+        train_rows = {"tokens": grid["tokens"], "valid": grid["valid"],
+                      "targets": grid["targets"], "mask": mask,
+                      "old_logp": scored["logp"].astype(np.float32),
+                      "old_values": scored["values"].astype(np.float32),
+                      "advantages": adv["advantages"].astype(np.float32),
+                      "returns": adv["returns"].astype(np.float32)}
+        step_metrics = []
+        for epoch in range(c.ppo_epochs):
+          perm = np.random.default_rng([config.seed, it, epoch]).permutation(c.batch_size)
+          for s in range(0, c.batch_size, c.minibatch_size):
+            rows = perm[s:s + c.minibatch_size]
+            mb = {k: v[rows] for k, v in train_rows.items()}
+            state, metrics = step_fn(state, parallel.global_batch(
+                _local_rows(mb, c.minibatch_size), mesh))
+            step_metrics.append(metrics)
+        step_metrics = [{k: float(np.asarray(v)) for k, v in jax.device_get(sm).items()}
+                        for sm in step_metrics]
+        params_ok = bool(np.asarray(jax.device_get(finite_fn(state.params))))
+        t3 = time.perf_counter()
+        for n, sm in enumerate(step_metrics):
+          if not (math.isfinite(sm["loss"]) and math.isfinite(sm["grad_norm"])):
+            raise engine.NonFiniteLoss(stop_message(
+                it, f"update step {n + 1} of {len(step_metrics)}: loss {sm['loss']}, grad norm "
+                    f"{sm['grad_norm']} (not finite)"))
+        if not params_ok:
+          raise engine.NonFiniteLoss(stop_message(it, "non-finite parameters after the update"))
+
+        tot = {k: sum(sm[k] for sm in step_metrics) for k in step_metrics[0]}
+        w = max(tot["weight"], 1e-9)
+        upd = {"policy_loss": tot["pg_loss"] / w, "value_loss": tot["vf_loss"] / w,
+               "clipfrac": tot["clipfrac"] / w, "approx_kl": tot["approx_kl"] / w,
+               "approx_kl_k3": tot["approx_kl_k3"] / w, "ratio": tot["ratio"] / w,
+               "loss": tot["loss"] / len(step_metrics),
+               "grad_norm": tot["grad_norm"] / len(step_metrics),
+               "lr": step_metrics[-1].get("lr", float("nan")),
+               "optimizer_steps": step_metrics[-1]["step"], "time_update_s": t3 - t2}
+        if "entropy" in tot:
+          upd["entropy_update"] = tot["entropy"] / w
+
+        # ---------------------------------------------------------------- 4. bookkeeping
+        new_coef = float(controller.update(kl_coef, roll["kl"], c.batch_size))
+        host.update({"iteration": it, "kl_coef": new_coef, "collapse_count": collapse_count,
+                     "norm": norm.to_dict(), "prompts": order.position()})
+        metrics = {**roll, **upd, "kl_coef_next": new_coef, **runner.memory_metrics()}
+        logged = metrics
+        writer.write(it, metrics)
+        if bar is not None:
+          bar.update(1)
+          bar.set_postfix(reward=f"{roll['score']:.3f}", kl=f"{roll['kl']:.3f}", refresh=False)
+        if c.sample_every and (it % c.sample_every == 0 or it == start_iteration + 1) \
+            and main_process:
+          rows = [{"iteration": it, "id": records[i].id, "prompt": records[i].prompt,
+                   "response": out.texts[b], "score": float(raw[b]),
+                   "reward": float(adv["reward_seq"][b]),
+                   "finish_reason": out.finish_reasons[b], "num_tokens": int(out.num_tokens[b])}
+                  for b, i in enumerate(idx[:c.num_samples])]
+          with open(os.path.join(out_dir, "samples.jsonl"), "a", encoding="utf-8") as f:
+            for r in rows:
+              f.write(json.dumps(r, ensure_ascii=False) + "\n")
+          print(("\n" if bar is not None else "") + sample_table(it, rows), flush=True)
+
+        preempt = flag.raised if jax.process_count() == 1 else ckpts.reached_preemption(it)
+        if it == c.iterations or preempt:
+          save(it, snapshot(), force=True)
+          pending = None
+        elif ckpts.should_save(it):
+          pending = (it, snapshot())
+        if preempt:
+          raise engine.Preempted(it)
+  finally:
+    if bar is not None:
+      bar.close()
+    ckpts.close()
+    writer.close()
+
+  summary = {"iterations": c.iterations, "start_iteration": start_iteration,
+             "prompts": len(records), "skipped_prompts": skipped, "reward": c.reward,
+             "final": logged, "kl_coef": host["kl_coef"], "checkpoints": ckpts.directory}
+  if c.export_hf:
+    params = runner.gather_params(state.params["policy"])
+    if main_process:
+      export = os.path.join(out_dir, "export_hf")
+      hf.save_hf_folder(export, policy_cfg.replace(remat=False), params, tokenizer)
+      summary["export_hf"] = export
+  if main_process:
+    write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
+    if logged:
+      print(f"rl_train: {c.iterations} iterations, score {logged['score']:.4f}, kl "
+            f"{logged['kl']:.4f}, kl_coef {host['kl_coef']:.4g}", flush=True)
+  return summary

@@ -1,0 +1,303 @@
+"""RL-CAI (`rl_train`): the rollout grid, chunked log-probs + entropy, running statistics, prompt
+order and guards as small units; the job end to end on the tiny preset with a tiny preference
+model (metrics, samples, checkpoints, resume continuing the iteration count, export); the
+programmatic target-token reward with the non-finite guard (the bad state is never saved); the
+KL ceiling; and bad inputs stopping before any compute. That PPO learns is shown by
+experiments/ppo_learns.py (minutes, not a unit test)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cai_jax import main
+from cai_jax.cai import rollout as ro
+from cai_jax.checkpoints import loader
+from cai_jax.checkpoints.hf import CheckpointError
+from cai_jax.config_defaults import ConfigError
+from cai_jax.data.jsonl import DataError
+from cai_jax.metrics import read_metrics
+from cai_jax.model import heads
+from cai_jax.tokenizer import Tokenizer
+from cai_jax.train import losses
+from cai_jax.train.checkpointing import TrainCheckpoints
+from cai_jax.train.engine import NonFiniteLoss
+from configs_loader import load_config
+from fake_gguf import FakeReader
+import tiny_model
+
+TOPICS = ["cats", "dogs", "the sea", "the sun", "trees", "the moon", "rain", "stones"]
+
+
+# ------------------------------------------------------------------------------ units
+
+
+def test_grid_batch_layout():
+  prompts = [[2, 10, 11], [2, 12]]
+  responses = [[20, 21], [30, 31, 32, 1]]
+  slogp = [np.asarray([-0.5, -0.25]), np.asarray([-1.0, -2.0, -3.0, -4.0])]
+  g = ro.grid_batch(prompts, responses, slogp, pad_id=0, min_length=8)
+  assert g["tokens"].shape == (2, 8)
+  np.testing.assert_array_equal(g["tokens"][0], [2, 10, 11, 20, 21, 0, 0, 0])
+  np.testing.assert_array_equal(g["targets"][0], [10, 11, 20, 21, 0, 0, 0, 0])
+  # position p predicts tokens[p + 1]: the response is predicted at p = P-1 .. P+R-2
+  np.testing.assert_array_equal(g["mask"][0], [0, 0, 1, 1, 0, 0, 0, 0])
+  np.testing.assert_array_equal(g["mask"][1], [0, 1, 1, 1, 1, 0, 0, 0])
+  np.testing.assert_array_equal(g["end_index"], [3, 4])
+  np.testing.assert_array_equal(g["targets"][1][g["mask"][1] > 0], responses[1])
+  np.testing.assert_allclose(g["sampler_logp"][1][g["mask"][1] > 0], slogp[1])
+  np.testing.assert_array_equal(g["valid"].sum(1), [5, 6])
+  # the end index is the last real position of the mask: the score lands on the last token
+  np.testing.assert_array_equal(np.asarray(jax.device_get(
+      jnp.asarray(ro.ppo.last_index_from_mask(g["mask"])))), g["end_index"])
+
+
+def test_logprobs_and_entropy_match_full_logits():
+  rng = np.random.default_rng(0)
+  B, L, D, V = 2, 12, 8, 50
+  h = jnp.asarray(rng.normal(size=(B, L, D)), jnp.float32)
+  emb = jnp.asarray(rng.normal(size=(V, D)), jnp.float32)
+  t = jnp.asarray(rng.integers(0, V, (B, L)), jnp.int32)
+  logp, ent = ro.token_logprobs_entropy(h, emb, t, chunk_tokens=8)  # chunks of 4 positions
+  np.testing.assert_allclose(logp, losses.naive_token_logprobs(h, emb, t), atol=1e-5)
+  full = jax.nn.log_softmax(jnp.einsum("BLD,VD->BLV", h, emb), axis=-1)
+  np.testing.assert_allclose(ent, -jnp.sum(jnp.exp(full) * full, -1), atol=1e-5)
+  # and its gradient equals the unchunked one
+  g1 = jax.grad(lambda e: jnp.sum(ro.token_logprobs_entropy(h, e, t, chunk_tokens=8)[1]))(emb)
+  g2 = jax.grad(lambda e: jnp.sum(-jnp.sum(jax.nn.softmax(jnp.einsum("BLD,VD->BLV", h, e), -1)
+                                           * jax.nn.log_softmax(jnp.einsum("BLD,VD->BLV", h, e),
+                                                                -1), -1)))(emb)
+  np.testing.assert_allclose(g1, g2, atol=1e-4)
+
+
+def test_running_moments_prompt_order_and_target_reward():
+  rng = np.random.default_rng(1)
+  parts = [rng.normal(3, 2, n) for n in (5, 1, 17)]
+  m = ro.RunningMoments()
+  for p in parts:
+    m.update(p)
+  allx = np.concatenate(parts)
+  assert m.count == len(allx)
+  assert m.mean == pytest.approx(allx.mean()) and m.std == pytest.approx(allx.std())
+  m2 = ro.RunningMoments.from_dict(json.loads(json.dumps(m.to_dict())))
+  np.testing.assert_allclose(m2.normalize(allx), (allx - allx.mean()) / allx.std(), rtol=1e-5)
+
+  order = ro.PromptOrder(5, seed=3)
+  first = order.take(3) + order.take(4)         # crosses into epoch 1
+  assert sorted(first[:5]) == list(range(5)) and order.position() == {"epoch": 1, "index": 2}
+  again = ro.PromptOrder(5, seed=3)
+  again.take(3)
+  resumed = ro.PromptOrder(5, seed=3)
+  resumed.restore(again.position())
+  assert resumed.take(4) == first[3:]
+
+  np.testing.assert_allclose(ro.target_token_scores([[7, 1, 7, 7], [3], [7]], 7),
+                             [0.75, 0.0, 1.0])
+
+
+def test_rollout_guards():
+  ok = {"scores": np.zeros(3)}
+  kw = dict(kl=1.0, kl_ceiling=5.0, answer_tokens=10.0, min_response_tokens=2,
+            collapse_count=0, collapse_patience=3)
+  assert ro.rollout_guards(ok, **kw).kind is None
+  bad = ro.rollout_guards({"scores": np.zeros(3), "values": np.asarray([0.0, np.nan])}, **kw)
+  assert bad.kind == "nonfinite" and bad.message == "non-finite values in the rollout"
+  assert ro.rollout_guards(ok, **{**kw, "kl": 5.5}).kind == "kl"
+  assert ro.rollout_guards(ok, **{**kw, "kl": 5.5, "kl_ceiling": 0}).kind is None
+  count = 0
+  kinds = []
+  for length in (1.0, 1.5, 3.0, 0.0, 0.5, 1.0):  # below 2 twice, reset, then three times
+    g = ro.rollout_guards(ok, **{**kw, "answer_tokens": length, "collapse_count": count})
+    kinds.append(g.kind)
+    count = g.collapse_count
+  assert kinds == [None, None, None, None, None, "collapse"]
+
+
+# ------------------------------------------------------------------------------ the job
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("rl_assets")
+  ckpt = tiny_model.write_hf_checkpoint(str(folder / "hf"), flat_logits=True)
+  model = loader.load(ckpt, cache_dir=str(folder))
+  params = {"decoder": model.params,
+            "head": heads.init_head(model.config, jax.random.PRNGKey(3), scale=1.0)}
+  heads.save_pm(str(folder / "pm"), model.config, params, model.tokenizer,
+                {"append_eos": True, "max_length": 128})
+  prompts = folder / "prompts.jsonl"
+  with open(prompts, "w") as f:
+    for i, t in enumerate(TOPICS):
+      f.write(json.dumps({"id": f"p{i}", "prompt": f"\n\nHuman: tell me about {t}\n\n"
+                                                   "Assistant:"}) + "\n")
+  return {"folder": folder, "ckpt": ckpt, "pm": str(folder / "pm"), "prompts": str(prompts),
+          "model": model}
+
+
+def settings(assets, **extra):
+  s = {"model.checkpoint": assets["ckpt"], "model.cache_dir": str(assets["folder"]),
+       "rl_train.pm": assets["pm"], "rl_train.prompts": assets["prompts"],
+       "rl_train.iterations": 2, "rl_train.batch_size": 4, "rl_train.minibatch_size": 2,
+       "rl_train.ppo_epochs": 1, "rl_train.max_prompt_tokens": 48,
+       "rl_train.max_new_tokens": 8, "rl_train.checkpoint_every": 1,
+       "rl_train.sample_every": 1, "rl_train.num_samples": 2, "rl_train.progress": False,
+       "optim.learning_rate": 1e-3}
+  s.update(extra)
+  return s
+
+
+def run(assets, workdir, **extra):
+  return main.run(load_config("rl_train", **settings(assets, **extra)), str(workdir))
+
+
+def latest(workdir):
+  return TrainCheckpoints(str(workdir / "rl_train" / "checkpoints"), save_every=1,
+                          keep=3).latest_step()
+
+
+ROLLOUT_KEYS = ("score", "reward_raw", "reward_norm", "reward_total", "kl", "kl_k3", "kl_coef",
+                "entropy", "response_length", "answer_tokens", "missing_end_rate",
+                "sampler_logprob_gap", "time_rollout_s", "time_scoring_s", "peak_rss_gb")
+UPDATE_KEYS = ("policy_loss", "value_loss", "clipfrac", "approx_kl", "loss", "grad_norm", "lr",
+               "time_update_s")
+
+
+def test_end_to_end_with_pm_then_resume(assets, tmp_path):
+  extra = {"rl_train.frozen_dtype": "bfloat16", "rl_train.normalize_reward": True,
+           "rl_train.adaptive_kl": True, "rl_train.target_kl": 1.0, "rl_train.kl_horizon": 100}
+  summary = run(assets, tmp_path, **extra)
+  out = tmp_path / "rl_train"
+  records = read_metrics(out / "metrics.jsonl")
+  assert [r["step"] for r in records] == [1, 2]
+  for r in records:
+    for key in ROLLOUT_KEYS + UPDATE_KEYS:
+      assert key in r and np.isfinite(r[key]), key
+    assert r["missing_end_rate"] == 1.0  # random text: every row runs into max_new_tokens
+    assert r["reward_raw"] == pytest.approx(r["score"] - 1.0, abs=1e-5)  # missing-end -1
+    assert r["sampler_logprob_gap"] < 1e-4
+    assert r["optimizer_steps"] == 2 * r["step"]
+  # running normalisation: iteration 1's scores are normalised by their own statistics
+  assert records[0]["reward_norm"] == pytest.approx(-1.0, abs=1e-5)
+  # adaptive KL: KL far below target_kl lowers the coefficient, carried to the next iteration
+  assert records[0]["kl_coef"] == pytest.approx(0.05)
+  assert records[1]["kl_coef"] == pytest.approx(records[0]["kl_coef_next"])
+  assert records[1]["kl_coef"] < 0.05
+  # iteration 1: the policy is the reference, up to the reference's bfloat16 rounding
+  assert abs(records[0]["kl"]) < 0.05 and records[1]["kl"] != 0
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(out / "tb"))
+  samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+  assert [s["iteration"] for s in samples] == [1, 1, 2, 2]
+  assert set(samples[0]) >= {"prompt", "response", "score", "reward", "finish_reason"}
+  assert sorted(os.listdir(out / "checkpoints"), key=int) == ["1", "2"]
+  assert summary["start_iteration"] == 0
+  exported = loader.load(summary["export_hf"], cache_dir=str(tmp_path))
+  assert exported.config == assets["model"].config
+  assert not np.allclose(exported.params["layer_0"]["mlp"]["up"],
+                         assets["model"].params["layer_0"]["mlp"]["up"])
+
+  # resume: the same command with more iterations continues after iteration 2
+  summary = run(assets, tmp_path, **{**extra, "rl_train.iterations": 3})
+  assert summary["start_iteration"] == 2
+  records = read_metrics(out / "metrics.jsonl")
+  assert [r["step"] for r in records] == [1, 2, 3]
+  assert records[2]["optimizer_steps"] == 6
+  assert records[2]["kl_coef"] == pytest.approx(records[1]["kl_coef_next"])  # restored
+  assert latest(tmp_path) == 3
+
+
+def test_target_token_reward_and_non_finite_guard(assets, tmp_path):
+  """Learning rate 0 for the first step (warmup), then 1e30: iteration 1 is fine, iteration 2's
+  update blows the parameters up (still finite), iteration 3's rollout is non-finite. The run
+  stops naming iteration 3; checkpoint 1 (judged good by iteration 2's rollout) is the latest,
+  and the state after iteration 2 was never saved."""
+  target = tiny_model.small_tokenizer().piece_to_id(":")
+  with pytest.raises(NonFiniteLoss, match=r"^iteration 3: non-finite .* in the rollout; stopped "
+                                          r"without saving this state; the latest checkpoint "
+                                          r"\(iteration 1\) is the last good one"):
+    run(assets, tmp_path, **{"rl_train.reward": "target_token",
+                             "rl_train.target_token_id": target, "rl_train.value_init": "policy",
+                             "rl_train.pm": "", "rl_train.iterations": 3,
+                             "rl_train.minibatch_size": 4, "optim.learning_rate": 1e30,
+                             "optim.warmup_steps": 1})
+  assert latest(tmp_path) == 1
+  assert sorted(os.listdir(tmp_path / "rl_train" / "checkpoints")) == ["1"]
+  records = read_metrics(tmp_path / "rl_train" / "metrics.jsonl")
+  assert [r["step"] for r in records] == [1, 2]
+  samples = [json.loads(x) for x in
+             (tmp_path / "rl_train" / "samples.jsonl").read_text().splitlines()]
+  # the score is the fraction of ':' among the generated tokens (all 8, none stopped)
+  for s in samples:
+    assert s["score"] * 8 == pytest.approx(round(s["score"] * 8))
+  assert 0 <= records[0]["score"] <= 1 and records[0]["kl"] == 0.0
+  assert not (tmp_path / "rl_train" / "summary.json").exists()
+
+
+def test_kl_ceiling_stops_before_the_update(assets, tmp_path):
+  # a bfloat16 reference differs from the float32 policy: k3 KL > 0 already at iteration 1
+  from cai_jax.jobs.rl_train import GuardStop
+  with pytest.raises(GuardStop, match=r"^iteration 1: KL to the reference .* exceeds "
+                                      r"kl_ceiling=1e-09.*no checkpoint was written"):
+    run(assets, tmp_path, **{"rl_train.frozen_dtype": "bfloat16", "rl_train.kl_estimator": "k3",
+                             "rl_train.kl_ceiling": 1e-9})
+  assert latest(tmp_path) is None
+
+
+def other_tokenizer() -> Tokenizer:
+  """Same size and specials as tiny_model.small_tokenizer, printable pieces in reverse order."""
+  chars = ["\u2581" if c == " " else c for c in map(chr, range(33, 127))] + ["\u2581", "\n"]
+  chars = list(dict.fromkeys(chars))[::-1]
+  tokens = ["<pad>", "<eos>", "<bos>", "<unk>"] + [f"<0x{b:02X}>" for b in range(256)] + chars
+  return Tokenizer.from_gguf_reader(FakeReader({
+      "tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens,
+      "tokenizer.ggml.scores": [0.0] * 260 + [-1.0] * len(chars),
+      "tokenizer.ggml.token_type": [3, 3, 3, 3] + [6] * 256 + [1] * len(chars),
+      "tokenizer.ggml.bos_token_id": 2, "tokenizer.ggml.eos_token_id": 1,
+      "tokenizer.ggml.unknown_token_id": 3, "tokenizer.ggml.padding_token_id": 0,
+      "tokenizer.ggml.add_space_prefix": False}), "other-vocab")
+
+
+def test_bad_inputs_fail_before_compute(assets, tmp_path):
+  w = tmp_path / "w"
+
+  def bad(**extra):
+    run(assets, w, **extra)
+
+  with pytest.raises(ConfigError, match="batch_size=6 is not divisible by minibatch_size=4"):
+    bad(**{"rl_train.batch_size": 6, "rl_train.minibatch_size": 4})
+  with pytest.raises(ConfigError, match="needs rl_train.target_token_id"):
+    bad(**{"rl_train.reward": "target_token"})
+  with pytest.raises(CheckpointError, match="no preference model there .*reward='pm'"):
+    bad(**{"rl_train.pm": str(tmp_path / "missing")})
+  with pytest.raises(CheckpointError, match="no preference model there"):
+    bad(**{"rl_train.pm": ""})  # '' = WORKDIR/pm_train/pm, absent here
+  not_pm = tmp_path / "not_pm"
+  not_pm.mkdir()
+  with pytest.raises(CheckpointError, match="pm.json"):
+    bad(**{"rl_train.pm": str(not_pm)})
+
+  # a PM whose tokenizer has the same size and special ids but other pieces
+  model = assets["model"]
+  params = {"decoder": model.params, "head": heads.init_head(model.config, jax.random.PRNGKey(0))}
+  heads.save_pm(str(tmp_path / "pm_other"), model.config, params, other_tokenizer(),
+                {"append_eos": True, "max_length": 128})
+  with pytest.raises(CheckpointError, match="tokenizer/vocabulary differs from the policy's: "
+                                            "probe text encodes"):
+    bad(**{"rl_train.pm": str(tmp_path / "pm_other")})
+  # ... and one with another vocabulary size
+  big_cfg = model.config.replace(vocab_size=model.config.vocab_size + 8)
+  heads.save_pm(str(tmp_path / "pm_big"), big_cfg,
+                heads.init_params(big_cfg, jax.random.PRNGKey(0)), model.tokenizer,
+                {"append_eos": True, "max_length": 128})
+  with pytest.raises(CheckpointError, match=rf"model vocab_size {big_cfg.vocab_size} \(policy "
+                                            rf"{model.config.vocab_size}\)"):
+    bad(**{"rl_train.pm": str(tmp_path / "pm_big")})
+
+  with pytest.raises(DataError, match=r"8 of 8 prompts are longer than max_prompt_tokens=10 "
+                                      r"\(BOS included\): p0 \(\d+ tokens\)"):
+    bad(**{"rl_train.max_prompt_tokens": 10})
+  assert not (w / "rl_train" / "checkpoints").exists()  # nothing was set up, let alone computed
