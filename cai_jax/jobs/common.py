@@ -1,4 +1,5 @@
-"""Small pieces every job uses: load the configured model, open a progress bar."""
+"""Small pieces every job uses: load the configured model, find the SL-CAI policy, read the
+sampling settings, open a progress bar."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import sys
 
 from cai_jax.checkpoints import loader
+from cai_jax.config_defaults import ConfigError
 
 
 def load_model(config) -> loader.LoadedModel:
@@ -18,3 +20,31 @@ def progress(total: int, desc: str, unit: str):
   from tqdm import tqdm
   return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr,
               mininterval=1.0)
+
+
+SL_EXPORT = os.path.join("sl_train", "export_hf")
+
+
+def policy_checkpoint(config, workdir: str) -> str:
+  """config.model.checkpoint, or '' -> WORKDIR/sl_train/export_hf (the SL-CAI model)."""
+  if config.model.checkpoint:
+    return config.model.checkpoint
+  path = os.path.join(workdir, SL_EXPORT)
+  if not os.path.isdir(path):
+    raise ConfigError(f"no policy: {path} does not exist. Run sl_train in this workdir first, "
+                      "or set --config.model.checkpoint=... (an HF folder such as "
+                      "RUN/sl_train/export_hf, 'gemma3-270m', a .gguf or an orbax folder)")
+  return path
+
+
+def sampling_strategy(section, name: str, temperature="temperature", top_k="top_k",
+                      top_p="top_p"):
+  """The Greedy/Sampling strategy a config section's fields describe; bad values -> ConfigError
+  naming the fields."""
+  from cai_jax.sampling.strategies import from_settings
+  k = section[top_k] if top_k else 0
+  try:
+    return from_settings(section[temperature], k, section[top_p])
+  except ValueError as e:
+    fields = "/".join(f for f in (temperature, top_k, top_p) if f)
+    raise ConfigError(f"{name}.{fields}: {e}") from None

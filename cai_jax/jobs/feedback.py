@@ -27,10 +27,9 @@ from cai_jax.config_defaults import ConfigError
 from cai_jax.constitution.schema import load_constitution
 from cai_jax.data.jsonl import finished_ids, write_json_atomic
 from cai_jax.eval.mc import MCScorer
-from cai_jax.jobs.common import load_model, progress
+from cai_jax.jobs.common import load_model, progress, sampling_strategy
 from cai_jax.jobs.sample_pairs import batch_key
 from cai_jax.sampling.sampler import Sampler
-from cai_jax.sampling.strategies import from_settings
 
 
 def settings_from_config(config) -> F.FeedbackSettings:
@@ -55,10 +54,7 @@ def run(config, workdir: str) -> dict:
   settings = settings_from_config(config)
   strategy = None
   if settings.mode == "cot":
-    try:
-      strategy = from_settings(f.cot_temperature, f.cot_top_k, f.cot_top_p)
-    except ValueError as e:
-      raise ConfigError(f"feedback.cot_temperature/cot_top_k/cot_top_p: {e}") from None
+    strategy = sampling_strategy(f, "feedback", "cot_temperature", "cot_top_k", "cot_top_p")
   constitution = load_constitution(config.constitution)
   if settings.num_principles > len(constitution.mc_principles):
     raise ConfigError(f"feedback.num_principles={settings.num_principles}, but constitution "

@@ -15,9 +15,8 @@ import jax
 
 from cai_jax.config_defaults import ConfigError
 from cai_jax.data.jsonl import DataError, finished_ids, read_jsonl, require
-from cai_jax.jobs.common import load_model, progress
+from cai_jax.jobs.common import load_model, progress, sampling_strategy
 from cai_jax.sampling.sampler import Sampler
-from cai_jax.sampling.strategies import from_settings
 
 
 def read_prompts(path: str) -> list[tuple[str, str]]:
@@ -40,10 +39,7 @@ def run(config, workdir: str) -> str:
   g = config.generate
   if not g.prompts:
     raise DataError("no prompts: set --config.generate.prompts=IN.jsonl")
-  try:
-    strategy = from_settings(g.temperature, g.top_k, g.top_p)
-  except ValueError as e:
-    raise ConfigError(f"generate.temperature/top_k/top_p: {e}") from None
+  strategy = sampling_strategy(g, "generate")
   for field in ("max_new_tokens", "batch_size", "write_every", "chunk_size", "max_prompt_length"):
     if g[field] <= 0:
       raise ConfigError(f"generate.{field} must be > 0, got {g[field]}")

@@ -17,9 +17,8 @@ from cai_jax.cai import red_team
 from cai_jax.config_defaults import ConfigError
 from cai_jax.data import sources
 from cai_jax.data.jsonl import finished_ids, read_jsonl
-from cai_jax.jobs.common import load_model, progress
+from cai_jax.jobs.common import load_model, progress, sampling_strategy
 from cai_jax.sampling.sampler import Sampler
-from cai_jax.sampling.strategies import from_settings
 
 
 def run(config, workdir: str) -> dict:
@@ -27,10 +26,7 @@ def run(config, workdir: str) -> dict:
   for field in ("num_prompts", "shots", "max_new_tokens", "batch_size", "min_words"):
     if g[field] <= 0:
       raise ConfigError(f"red_team_generate.{field} must be > 0, got {g[field]}")
-  try:
-    strategy = from_settings(g.temperature, 0, g.top_p)
-  except ValueError as e:
-    raise ConfigError(f"red_team_generate.temperature/top_p: {e}") from None
+  strategy = sampling_strategy(g, "red_team_generate", top_k=None)
   seeds = sources.load_prompt_set(g.seeds)
   by_category: dict[str, list[str]] = {}
   for r in seeds:

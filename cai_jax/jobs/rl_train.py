@@ -84,7 +84,7 @@ from cai_jax.checkpoints.hf import CheckpointError
 from cai_jax.config_defaults import ConfigError
 from cai_jax.data import sources
 from cai_jax.data.jsonl import write_json_atomic
-from cai_jax.jobs.common import progress
+from cai_jax.jobs.common import policy_checkpoint, progress
 from cai_jax.metrics import MetricsWriter
 from cai_jax.model import heads
 from cai_jax.sampling.sampler import FINISH_LENGTH, Sampler
@@ -94,7 +94,6 @@ from cai_jax.train import engine, optim, runner
 from cai_jax.train import pm as pm_lib
 from cai_jax.train.checkpointing import TrainCheckpoints
 
-SL_EXPORT = os.path.join("sl_train", "export_hf")
 PM_EXPORT = os.path.join("pm_train", "pm")
 REWARDS = ("pm", "target_token")
 VALUE_INITS = ("pm", "policy")
@@ -155,17 +154,6 @@ def check_config(c, mesh) -> None:
                        "rl_train.minibatch_size / micro_batches")
   parallel.process_rows(c.batch_size)
   parallel.process_rows(c.minibatch_size)
-
-
-def policy_checkpoint(config, workdir: str) -> str:
-  if config.model.checkpoint:
-    return config.model.checkpoint
-  path = os.path.join(workdir, SL_EXPORT)
-  if not os.path.isdir(path):
-    raise ConfigError(f"no policy: {path} does not exist. Run sl_train in this workdir first, "
-                      "or set --config.model.checkpoint=... (the SL-CAI export, an HF folder, "
-                      "'gemma3-270m', a .gguf or an orbax folder)")
-  return path
 
 
 def pm_folder(c, workdir: str) -> str | None:

@@ -35,12 +35,10 @@ from cai_jax.constitution import prompts as P
 from cai_jax.constitution.schema import load_constitution
 from cai_jax.data import sources
 from cai_jax.data.jsonl import finished_ids, read_jsonl, write_json_atomic
-from cai_jax.jobs.common import progress
+from cai_jax.jobs.common import policy_checkpoint, progress, sampling_strategy
 from cai_jax.sampling.sampler import Sampler
-from cai_jax.sampling.strategies import from_settings
 from cai_jax.tokenizer import Tokenizer
 
-SL_EXPORT = os.path.join("sl_train", "export_hf")
 
 
 def check(g) -> None:
@@ -53,18 +51,6 @@ def check(g) -> None:
   if g.temperature <= 0:
     raise ConfigError(f"sample_pairs.temperature must be > 0, got {g.temperature} (greedy "
                       "decoding would give two identical answers)")
-
-
-def policy_checkpoint(config, workdir: str) -> str:
-  """config.model.checkpoint, or '' -> WORKDIR/sl_train/export_hf (the SL-CAI model)."""
-  if config.model.checkpoint:
-    return config.model.checkpoint
-  path = os.path.join(workdir, SL_EXPORT)
-  if not os.path.isdir(path):
-    raise ConfigError(f"no policy: {path} does not exist. Run sl_train in this workdir first, "
-                      "or set --config.model.checkpoint=... (an HF folder such as "
-                      "RUN/sl_train/export_hf, 'gemma3-270m', a .gguf or an orbax folder)")
-  return path
 
 
 def append(path: str, records) -> None:
@@ -84,10 +70,7 @@ def batch_key(seed: int, first_id: str) -> jax.Array:
 def run(config, workdir: str) -> dict:
   g = config.sample_pairs
   check(g)
-  try:
-    strategy = from_settings(g.temperature, g.top_k, g.top_p)
-  except ValueError as e:
-    raise ConfigError(f"sample_pairs.temperature/top_k/top_p: {e}") from None
+  strategy = sampling_strategy(g, "sample_pairs")
   constitution = load_constitution(config.constitution)
   prompts = sources.load_prompt_set(g.prompts)
   prompts = prompts[:g.limit] if g.limit else prompts

@@ -29,9 +29,8 @@ from cai_jax.constitution import prompts as P
 from cai_jax.constitution.schema import load_constitution
 from cai_jax.data import sources
 from cai_jax.data.jsonl import finished_ids, read_jsonl, write_json_atomic
-from cai_jax.jobs.common import load_model, progress
+from cai_jax.jobs.common import load_model, progress, sampling_strategy
 from cai_jax.sampling.sampler import Sampler
-from cai_jax.sampling.strategies import from_settings
 
 
 def check(g) -> None:
@@ -67,10 +66,7 @@ def split_by_length(tokenizer, items, limit: int):
 def run(config, workdir: str) -> dict:
   g = config.sl_generate
   check(g)
-  try:
-    strategy = from_settings(g.temperature, g.top_k, g.top_p)
-  except ValueError as e:
-    raise ConfigError(f"sl_generate.temperature/top_k/top_p: {e}") from None
+  strategy = sampling_strategy(g, "sl_generate")
   constitution = load_constitution(config.constitution)
   red = sources.load_prompt_set(g.prompts)
   red = red[:g.limit] if g.limit else red
