@@ -287,11 +287,8 @@ def run(config, workdir: str) -> dict:
   with opt_cfg.unlocked():
     opt_cfg.total_steps = c.iterations * steps_per_iteration
   optimizer = optim.make_optimizer(opt_cfg)
-  boxed = ro.boxed_trainable(policy_cfg, value_cfg)
-  abstract_params = parallel.unbox(boxed)
-  shardings = parallel.named(mesh, engine.state_specs(parallel.param_specs(boxed, mesh),
-                                                      optimizer, abstract_params))
-  abstract = engine.abstract_state(shardings, optimizer, abstract_params)
+  shardings, abstract = engine.state_shardings_for(ro.boxed_trainable(policy_cfg, value_cfg),
+                                                   mesh, optimizer)
   meta = {"model_config": policy_cfg.to_dict(), "value_config": value_cfg.to_dict(),
           "job": "rl_train", "policy": policy_spec, "pm": pm_path or "", "reward": c.reward}
 

@@ -276,14 +276,19 @@ def model_shardings(config, mesh: Mesh):
   return parallel.named(mesh, parallel.param_specs(gemma.abstract_params(config), mesh))
 
 
-def state_shardings(config, mesh: Mesh, optimizer) -> tuple[TrainState, TrainState]:
-  """(NamedShardings of the TrainState, its abstract restore target)."""
-  from cai_jax.model import gemma
-  boxed = gemma.abstract_params(config)
-  abstract_params = parallel.unbox(boxed)
-  specs = state_specs(parallel.param_specs(boxed, mesh), optimizer, abstract_params)
+def state_shardings_for(boxed_params, mesh: Mesh, optimizer) -> tuple[TrainState, TrainState]:
+  """(NamedShardings of a TrainState, its abstract restore target) for any parameter tree with
+  logical-partitioning boxes (a decoder, a reward model, PPO's policy + value)."""
+  abstract_params = parallel.unbox(boxed_params)
+  specs = state_specs(parallel.param_specs(boxed_params, mesh), optimizer, abstract_params)
   shardings = parallel.named(mesh, specs)
   return shardings, abstract_state(shardings, optimizer, abstract_params)
+
+
+def state_shardings(config, mesh: Mesh, optimizer) -> tuple[TrainState, TrainState]:
+  """`state_shardings_for` the decoder's parameters."""
+  from cai_jax.model import gemma
+  return state_shardings_for(gemma.abstract_params(config), mesh, optimizer)
 
 
 def new_state(params, optimizer, rng, shardings: TrainState) -> TrainState:

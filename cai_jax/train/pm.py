@@ -57,8 +57,4 @@ def param_shardings(config: GemmaConfig, mesh: Mesh):
 def state_shardings(config: GemmaConfig, mesh: Mesh, optimizer
                     ) -> tuple[engine.TrainState, engine.TrainState]:
   """(NamedShardings of the reward model's TrainState, its abstract restore target)."""
-  boxed = heads.abstract_params(config)
-  abstract_params = parallel.unbox(boxed)
-  specs = engine.state_specs(parallel.param_specs(boxed, mesh), optimizer, abstract_params)
-  shardings = parallel.named(mesh, specs)
-  return shardings, engine.abstract_state(shardings, optimizer, abstract_params)
+  return engine.state_shardings_for(heads.abstract_params(config), mesh, optimizer)
