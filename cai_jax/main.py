@@ -50,6 +50,10 @@ JOBS: dict[str, tuple[str, str]] = {
     "eval": ("cai_jax.jobs.eval",
              "evaluation: PM accuracy and calibration (ECE, reliability PNGs) on chosen/rejected "
              "and HHH files, AI labeller vs human labels, MC accuracy; WORKDIR/eval/report.json"),
+    "pipeline": ("cai_jax.jobs.pipeline",
+                 "the whole run in one workdir: sl_generate, sl_train, sample_pairs, feedback, "
+                 "pm_train, rl_train, eval; skips stages whose finished output exists; "
+                 "status in WORKDIR/pipeline/status.json"),
     "convert": ("cai_jax.jobs.convert",
                 "export config.model.checkpoint as an HF folder and/or a cai_jax orbax "
                 "checkpoint under WORKDIR/convert/"),

@@ -113,6 +113,15 @@ def test_outputs_metrics_and_export(reference_run, tiny_ckpt):
   assert json.loads((out / "summary.json").read_text())["export_hf"].endswith("export_hf")
 
 
+def test_rerunning_a_finished_run_trains_nothing_and_reports_its_last_metrics(
+    reference_run, tiny_ckpt, sl_files):
+  workdir, first = reference_run
+  summary = main.run(load_config("sl_train", **overrides(tiny_ckpt, sl_files)), str(workdir))
+  assert summary["start_step"] == 40
+  assert summary["final"]["loss"] == first["final"]["loss"]
+  assert summary["final"]["eval_loss"] == pytest.approx(first["final"]["eval_loss"], rel=1e-6)
+
+
 def test_sigkill_then_resume_is_bitwise_equal(reference_run, tiny_ckpt, sl_files, tmp_path):
   ref_dir, _ = reference_run
   settings = overrides(tiny_ckpt, sl_files)

@@ -5,6 +5,7 @@ objective, evaluation and export format."""
 
 from __future__ import annotations
 
+import os
 import resource
 from typing import Callable, Iterator
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from cai_jax import parallel
 from cai_jax.jobs.common import progress
-from cai_jax.metrics import MetricsWriter
+from cai_jax.metrics import MetricsWriter, read_metrics
 from cai_jax.train import engine, flops
 from cai_jax.train.checkpointing import TrainCheckpoints
 
@@ -85,4 +86,15 @@ def run_loop(*, name: str, out_dir: str, state: engine.TrainState, step_fn,
       bar.close()
     ckpts.close()
     writer.close()
+  if not logged:  # a finished run resumed: report its last recorded training metrics
+    logged.update(_last_training_metrics(os.path.join(out_dir, "metrics.jsonl")))
   return state, logged, start_step
+
+
+def _last_training_metrics(path: str) -> dict:
+  if not os.path.exists(path):
+    return {}
+  last: dict = {}
+  for record in read_metrics(path):
+    last.update({k: v for k, v in record.items() if k not in ("step", "time")})
+  return last

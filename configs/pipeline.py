@@ -1,0 +1,53 @@
+"""The whole Constitutional AI run in one workdir: sl_generate -> sl_train -> sample_pairs ->
+feedback -> pm_train -> rl_train -> eval, each stage skipped when its finished output exists.
+
+python -m cai_jax.main --config configs/pipeline.py --workdir runs/cai \
+    --config.sl_generate.limit=16 --config.sl_train.steps=50 --config.rl_train.iterations=20 \
+    [--config.pipeline.stages=sl_generate,sl_train] [--config.pipeline.rerun_from=pm_train]
+
+Layout: the shared fields (seed, model = the base model, constitution, mesh, distributed) plus,
+per stage, that stage's own section with the defaults of configs/<stage>.py
+(--config.<stage>.<field>=...), and config.optim.<stage> for the three trainers. The pipeline
+wires the stages' paths itself (sl_train.data, the policies, the PM, the labels) unless a path is
+set explicitly. Each stage's full config is recorded in WORKDIR/<stage>/config.json; the run's
+status in WORKDIR/pipeline/status.json.
+"""
+
+import importlib.util
+import os
+
+from cai_jax import config_defaults
+
+STAGES = ("sl_generate", "sl_train", "sample_pairs", "feedback", "pm_train", "rl_train", "eval")
+TRAINERS = ("sl_train", "pm_train", "rl_train")
+
+
+def stage_config(stage: str):
+  """configs/<stage>.py's get_config(), loaded from the folder this file is in."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{stage}.py")
+  spec = importlib.util.spec_from_file_location(f"cai_jax_configs_{stage}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_config():
+  config = config_defaults.base_config("pipeline")  # model: the base model (every stage's start)
+  config.constitution = "harmless"
+  config.mesh = config_defaults.mesh_config()
+  config.distributed = config_defaults.distributed_config()
+  config.pipeline = dict(
+      stages="",          # comma-separated subset of the stages to consider ('' = all, in order)
+      stop_after="",      # stage after which the run stops ('' = run to the end)
+      rerun_from="",      # stage whose folder WORKDIR/<stage> and every later stage's folder
+                          # are deleted before running, so they run again from scratch
+      pm_init="",         # decoder the preference model starts from ('' = config.model.checkpoint)
+  )
+  optim = {}
+  for stage in STAGES:
+    c = stage_config(stage)
+    config[stage] = c[stage]  # the stage's own section, with its defaults
+    if stage in TRAINERS:
+      optim[stage] = c.optim
+  config.optim = optim
+  return config

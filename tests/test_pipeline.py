@@ -1,0 +1,156 @@
+"""The `pipeline` job on a tiny checkpoint: every stage runs in order and leaves its outputs; a
+second run skips every stage; a missing finished output reruns only that stage;
+pipeline.rerun_from reruns a stage and every later one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from cai_jax import main
+from cai_jax.config_defaults import ConfigError
+from cai_jax.jobs import pipeline
+from configs_loader import load_config
+import tiny_model
+
+
+STAGES = list(pipeline.STAGES)
+WORDS = ["apples", "rivers", "quiet", "music", "paper", "stone", "green", "light"]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("pipeline_assets")
+  ckpt = tiny_model.write_hf_checkpoint(str(folder / "hf"), flat_logits=True)
+  comps = folder / "human.jsonl"
+  with open(comps, "w") as f:
+    for i in range(4):
+      p = f"\n\nHuman: what about {WORDS[i]}?\n\nAssistant:"
+      f.write(json.dumps({"chosen": f"{p} {WORDS[i + 1]} {WORDS[i + 2]}.",
+                          "rejected": f"{p} {WORDS[i + 3]} no."}) + "\n")
+  prompts = folder / "prompts.jsonl"
+  with open(prompts, "w") as f:
+    for i in range(4):
+      f.write(json.dumps({"id": f"p{i}", "prompt": f"\n\nHuman: tell me about {WORDS[i]}"
+                                                   "\n\nAssistant:"}) + "\n")
+  return {"folder": str(folder), "ckpt": ckpt, "comparisons": str(comps),
+          "prompts": str(prompts)}
+
+
+def settings(assets, **extra):
+  s = {"model.checkpoint": assets["ckpt"], "model.cache_dir": assets["folder"],
+       "sl_generate.limit": 4, "sl_generate.rounds": 1, "sl_generate.batch_size": 4,
+       "sl_generate.max_response_tokens": 4, "sl_generate.max_critique_tokens": 4,
+       "sl_generate.max_revision_tokens": 4, "sl_generate.report_examples": 0,
+       "sl_generate.drop_flagged": False, "sl_generate.helpful_ratio": 0.5,
+       "sl_train.batch_size": 2, "sl_train.steps": 2, "sl_train.max_length": 128,
+       "sl_train.progress": False, "sl_train.async_checkpoints": False,
+       "optim.sl_train.warmup_steps": 1,
+       "sample_pairs.limit": 4, "sample_pairs.temperature": 1.0, "sample_pairs.batch_size": 4,
+       "sample_pairs.max_response_tokens": 4,
+       "feedback.num_principles": 1, "feedback.batch_size": 4,
+       "pm_train.human_comparisons": assets["comparisons"], "pm_train.batch_size": 2,
+       "pm_train.steps": 2, "pm_train.max_length": 128, "pm_train.progress": False,
+       "pm_train.async_checkpoints": False, "optim.pm_train.warmup_steps": 1,
+       "rl_train.prompts": assets["prompts"], "rl_train.iterations": 1,
+       "rl_train.batch_size": 4, "rl_train.minibatch_size": 2, "rl_train.ppo_epochs": 1,
+       "rl_train.max_prompt_tokens": 48, "rl_train.max_new_tokens": 4,
+       "rl_train.sample_every": 0, "rl_train.progress": False,
+       "rl_train.async_checkpoints": False,
+       "eval.comparisons": assets["comparisons"], "eval.batch_size": 2, "eval.progress": False}
+  s.update(extra)
+  return s
+
+
+def run(assets, workdir, **extra):
+  return main.run(load_config("pipeline", **settings(assets, **extra)), str(workdir))
+
+
+def states(status):
+  return {s: status["stages"][s]["status"] for s in STAGES}
+
+
+def test_stage_configs_match_the_stage_config_files(tmp_path):
+  config = load_config("pipeline")
+  for stage in STAGES:
+    own = load_config(stage)
+    if stage == "pm_train":  # needs labels or comparisons to build
+      config.pm_train.human_comparisons = "h.jsonl"
+    built = pipeline.stage_config(config, stage, str(tmp_path))
+    assert set(built.keys()) == set(own.keys()), stage
+    assert set(built[stage].keys()) == set(own[stage].keys()), stage
+    assert built.job == stage
+  w = str(tmp_path)
+  assert pipeline.stage_config(config, "sl_train", w).sl_train.data == os.path.join(
+      w, "sl_generate", "sl_train.jsonl")
+  rl = pipeline.stage_config(config, "rl_train", w)
+  assert rl.model.checkpoint == os.path.join(w, "sl_train", "export_hf")
+  assert rl.rl_train.pm == os.path.join(w, "pm_train", "pm")
+  assert rl.optim.learning_rate == 1e-6 and rl.optim.end_factor == 1.0
+  assert pipeline.stage_config(config, "feedback", w).model.checkpoint == "gemma3-270m"
+  config.pm_train.human_comparisons = ""
+  with pytest.raises(ConfigError, match="no AI labels"):
+    pipeline.stage_config(config, "pm_train", w)
+  with pytest.raises(ConfigError, match="unknown stage"):
+    pipeline.selected_stages(load_config("pipeline", **{"pipeline.stages": "sl_gen"}).pipeline)
+  assert pipeline.selected_stages(load_config("pipeline", **{
+      "pipeline.stages": "eval,sl_train,feedback", "pipeline.stop_after": "feedback"}
+  ).pipeline) == ["sl_train", "feedback"]
+
+
+def test_whole_pipeline_then_skip_then_partial_rerun(assets, tmp_path, monkeypatch):
+  status = run(assets, tmp_path)
+  assert states(status) == {s: "ran" for s in STAGES}
+  w = tmp_path
+  for rel in ("sl_generate/records.jsonl", "sl_generate/sl_train.jsonl",
+              "sl_generate/report.json", "sl_train/summary.json", "sl_train/export_hf",
+              "sample_pairs/pairs.jsonl", "sample_pairs/report.json", "feedback/report.json",
+              "pm_train/pm/pm.json", "pm_train/summary.json", "rl_train/summary.json",
+              "rl_train/export_hf", "eval/report.json", "pipeline/config.json"):
+    assert (w / rel).exists(), rel
+  for stage in STAGES:  # every stage's config recorded next to its output
+    recorded = json.loads((w / stage / "config.json").read_text())
+    assert recorded["job"] == stage
+  assert json.loads((w / "sl_train/config.json").read_text())["sl_train"]["data"] == str(
+      w / "sl_generate" / "sl_train.jsonl")
+  assert json.loads((w / "rl_train/config.json").read_text())["model"]["checkpoint"] == str(
+      w / "sl_train" / "export_hf")
+  on_disk = json.loads((w / "pipeline" / "status.json").read_text())
+  assert states(on_disk) == {s: "ran" for s in STAGES}
+  assert "pm" in on_disk["stages"]["pm_train"]["outputs"]
+
+  # Second run: every stage skipped without running any job (so no model is loaded).
+  calls = []
+  real_run = main.run
+
+  def recording_run(config, workdir):
+    if config.job != "pipeline":
+      calls.append(config.job)
+    return real_run(config, workdir)
+
+  monkeypatch.setattr(main, "run", recording_run)
+  status = run(assets, tmp_path)
+  assert states(status) == {s: "skipped" for s in STAGES} and calls == []
+
+  # A missing finished output: only that stage runs (later ones are not invalidated).
+  shutil.rmtree(w / "pm_train" / "pm")
+  status = run(assets, tmp_path)
+  assert states(status) == {**{s: "skipped" for s in STAGES}, "pm_train": "ran"}
+  assert calls == ["pm_train"] and (w / "pm_train/pm/pm.json").exists()
+
+  # rerun_from: that stage and every later one run again, earlier ones are skipped.
+  calls.clear()
+  stamp = (w / "rl_train/summary.json").stat().st_mtime_ns
+  status = run(assets, tmp_path, **{"pipeline.rerun_from": "rl_train"})
+  assert states(status) == {**{s: "skipped" for s in STAGES}, "rl_train": "ran", "eval": "ran"}
+  assert calls == ["rl_train", "eval"]
+  assert (w / "rl_train/summary.json").stat().st_mtime_ns != stamp
+
+  # stages / stop_after select a subset; the rest is listed as not selected.
+  status = run(assets, tmp_path, **{"pipeline.stages": "sl_train,pm_train,eval",
+                                    "pipeline.stop_after": "pm_train"})
+  assert states(status) == {**{s: "not_selected" for s in STAGES}, "sl_train": "skipped",
+                            "pm_train": "skipped"}
