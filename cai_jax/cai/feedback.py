@@ -53,15 +53,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
-import os
 from typing import Any, Sequence
 
 import numpy as np
 
 from cai_jax.constitution import prompts as P
-from cai_jax.data.jsonl import DataError, read_jsonl, require
+from cai_jax.data.jsonl import DataError, append_jsonl, read_jsonl, require
 from cai_jax.eval.mc import MCItem
 
 MODES = ("mc", "cot")
@@ -535,11 +533,7 @@ def append_records(path: str, records: Sequence[dict]) -> None:
   """Appends label records (each validated first: probabilities in [0, 1]) and fsyncs."""
   for r in records:
     validate_record(r, f"{path}: record for pair {r.get('id')!r} (not written)")
-  with open(path, "a", encoding="utf-8") as f:
-    for r in records:
-      f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
+  append_jsonl(path, records)
 
 
 def summarize(labels: Sequence[FeedbackLabel | dict]) -> dict:

@@ -101,3 +101,13 @@ def finished_ids(path: str) -> set[str]:
       except (json.JSONDecodeError, KeyError, TypeError):
         raise DataError(f"{path}:{lineno}: not a record with an 'id'; refusing to append") from None
   return ids
+
+
+def append_jsonl(path: str, records) -> None:
+  """Appends one JSON line per record and fsyncs: a crash loses at most the line being written
+  (which `finished_ids` drops and the job redoes)."""
+  with open(path, "a", encoding="utf-8") as f:
+    for r in records:
+      f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    f.flush()
+    os.fsync(f.fileno())

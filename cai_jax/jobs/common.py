@@ -48,3 +48,13 @@ def sampling_strategy(section, name: str, temperature="temperature", top_k="top_
   except ValueError as e:
     fields = "/".join(f for f in (temperature, top_k, top_p) if f)
     raise ConfigError(f"{name}.{fields}: {e}") from None
+
+
+def batch_key(seed: int, first_id: str):
+  """One PRNG key per batch, derived from its first record id: a restarted job re-derives the
+  same key for the same batch."""
+  import hashlib
+
+  import jax
+  return jax.random.fold_in(jax.random.PRNGKey(seed),
+                            int(hashlib.sha256(first_id.encode()).hexdigest()[:7], 16))

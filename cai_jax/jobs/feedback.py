@@ -27,8 +27,7 @@ from cai_jax.config_defaults import ConfigError
 from cai_jax.constitution.schema import load_constitution
 from cai_jax.data.jsonl import finished_ids, write_json_atomic
 from cai_jax.eval.mc import MCScorer
-from cai_jax.jobs.common import load_model, progress, sampling_strategy
-from cai_jax.jobs.sample_pairs import batch_key
+from cai_jax.jobs.common import batch_key, load_model, progress, sampling_strategy
 from cai_jax.sampling.sampler import Sampler
 
 

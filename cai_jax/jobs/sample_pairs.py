@@ -21,12 +21,10 @@ redone), so a killed run loses and duplicates nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
 
-import jax
 
 from cai_jax.cai.feedback import pair_flags
 from cai_jax.checkpoints import loader
@@ -34,8 +32,8 @@ from cai_jax.config_defaults import ConfigError
 from cai_jax.constitution import prompts as P
 from cai_jax.constitution.schema import load_constitution
 from cai_jax.data import sources
-from cai_jax.data.jsonl import finished_ids, read_jsonl, write_json_atomic
-from cai_jax.jobs.common import policy_checkpoint, progress, sampling_strategy
+from cai_jax.data.jsonl import append_jsonl, finished_ids, read_jsonl, write_json_atomic
+from cai_jax.jobs.common import batch_key, policy_checkpoint, progress, sampling_strategy
 from cai_jax.sampling.sampler import Sampler
 from cai_jax.tokenizer import Tokenizer
 
@@ -51,20 +49,6 @@ def check(g) -> None:
   if g.temperature <= 0:
     raise ConfigError(f"sample_pairs.temperature must be > 0, got {g.temperature} (greedy "
                       "decoding would give two identical answers)")
-
-
-def append(path: str, records) -> None:
-  with open(path, "a", encoding="utf-8") as f:
-    for r in records:
-      f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def batch_key(seed: int, first_id: str) -> jax.Array:
-  """One key per batch, derived from its first id: a restart re-derives the same keys."""
-  return jax.random.fold_in(jax.random.PRNGKey(seed),
-                            int(hashlib.sha256(first_id.encode()).hexdigest()[:7], 16))
 
 
 def run(config, workdir: str) -> dict:
@@ -124,7 +108,7 @@ def run(config, workdir: str) -> dict:
               "flags": pair_flags(a, b_),
               "truncated": bool(out.truncated[2 * i] or out.truncated[2 * i + 1]),
               "provenance": provenance})
-        append(output, records)
+        append_jsonl(output, records)
         tokens += int(sum(out.num_tokens))
         bar.update(len(batch))
         bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.1f}")

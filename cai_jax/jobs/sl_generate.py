@@ -15,7 +15,6 @@ and counted in the report (never sent truncated).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -28,8 +27,8 @@ from cai_jax.config_defaults import ConfigError
 from cai_jax.constitution import prompts as P
 from cai_jax.constitution.schema import load_constitution
 from cai_jax.data import sources
-from cai_jax.data.jsonl import finished_ids, read_jsonl, write_json_atomic
-from cai_jax.jobs.common import load_model, progress, sampling_strategy
+from cai_jax.data.jsonl import append_jsonl, finished_ids, read_jsonl, write_json_atomic
+from cai_jax.jobs.common import batch_key, load_model, progress, sampling_strategy
 from cai_jax.sampling.sampler import Sampler
 
 
@@ -41,14 +40,6 @@ def check(g) -> None:
       raise ConfigError(f"sl_generate.{field} must be >= {minimum}, got {g[field]}")
   if g.limit < 0 or g.helpful_ratio < 0:
     raise ConfigError("sl_generate.limit and helpful_ratio must be >= 0")
-
-
-def append(path: str, records) -> None:
-  with open(path, "a", encoding="utf-8") as f:
-    for r in records:
-      f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
 
 
 def read_records(path: str) -> list[dict]:
@@ -111,11 +102,10 @@ def run(config, workdir: str) -> dict:
     with progress(len(todo), "sl_generate", "prompt") as bar:
       for b in range(0, len(todo), g.batch_size):
         batch = todo[b:b + g.batch_size]
-        # One key per batch, derived from its first id: a restart re-derives the same keys.
-        sub = jax.random.fold_in(key, int(hashlib.sha256(batch[0].id.encode()).hexdigest()[:7], 16))
+        sub = batch_key(config.seed, batch[0].id)
         bodies = reviser.run([(r.id, r.prompt) for r in batch], sub)
-        append(records_path, [{**body, "category": category.get(body["id"]),
-                               "provenance": provenance} for body in bodies])
+        append_jsonl(records_path, [{**body, "category": category.get(body["id"]),
+                                     "provenance": provenance} for body in bodies])
         bar.update(len(batch))
         elapsed = time.perf_counter() - start
         bar.set_postfix(tok_s=f"{reviser.tokens_generated / elapsed:.1f}")
@@ -126,7 +116,7 @@ def run(config, workdir: str) -> dict:
         out = reviser._sample([P.initial_context(constitution, r.prompt) for r in batch],
                               reviser.answer_prefix_text, reviser._answer_prefix,
                               g.max_response_tokens, P.RESPONSE_STOPS, sub)
-        append(helpful_path, [
+        append_jsonl(helpful_path, [
             {"id": r.id, "prompt": r.prompt, "category": r.category, "completion": text,
              "finish_reason": reason, "flags": degenerate_flags(text, reason),
              "truncated": trunc, "provenance": provenance}
