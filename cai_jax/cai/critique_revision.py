@@ -93,15 +93,20 @@ class CritiqueReviser:
     self.tokens_generated += sum(out.num_tokens)
     return out
 
+  def answer(self, conversations: Sequence[str], key: jax.Array):
+    """Answers to the conversations after the helpful exchanges (a SampleOutput); the first step
+    of `run`, and the helpful answers the SL file mixes in."""
+    return self._sample([P.initial_context(self.c, p) for p in conversations],
+                        self.answer_prefix_text, self._answer_prefix,
+                        self.settings.max_response_tokens, P.RESPONSE_STOPS, key)
+
   def run(self, items: Sequence[tuple[str, str]], key: jax.Array) -> list[dict]:
     """items: (record id, prompt). Returns one record body per item (without provenance)."""
     s = self.settings
     ids = [i for i, _ in items]
     conversations = [p for _, p in items]
     key, sub = jax.random.split(key)
-    first = self._sample([P.initial_context(self.c, p) for p in conversations],
-                         self.answer_prefix_text, self._answer_prefix, s.max_response_tokens,
-                         P.RESPONSE_STOPS, sub)
+    first = self.answer(conversations, sub)
     records = [{"id": rid, "prompt": conv, "initial_response": text, "rounds": [],
                 "flags": [f"initial:{f}" for f in degenerate_flags(text, reason)],
                 "truncated": trunc}

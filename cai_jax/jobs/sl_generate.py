@@ -24,7 +24,6 @@ import jax
 
 from cai_jax.cai.critique_revision import CritiqueReviser, Settings, degenerate_flags
 from cai_jax.config_defaults import ConfigError
-from cai_jax.constitution import prompts as P
 from cai_jax.constitution.schema import load_constitution
 from cai_jax.data import sources
 from cai_jax.data.jsonl import append_jsonl, finished_ids, read_jsonl, write_json_atomic
@@ -113,9 +112,7 @@ def run(config, workdir: str) -> dict:
       for b in range(0, len(todo_helpful), g.batch_size):
         batch = todo_helpful[b:b + g.batch_size]
         sub = jax.random.fold_in(key, 1 + b)
-        out = reviser._sample([P.initial_context(constitution, r.prompt) for r in batch],
-                              reviser.answer_prefix_text, reviser._answer_prefix,
-                              g.max_response_tokens, P.RESPONSE_STOPS, sub)
+        out = reviser.answer([r.prompt for r in batch], sub)
         append_jsonl(helpful_path, [
             {"id": r.id, "prompt": r.prompt, "category": r.category, "completion": text,
              "finish_reason": reason, "flags": degenerate_flags(text, reason),
