@@ -2,7 +2,7 @@
 frozen SL-CAI model.
 
 python -m cai_jax.main --config configs/rl_train.py --workdir runs/cai \
-    --config.rl_train.prompts=red_team --config.rl_train.iterations=200
+    --config.rl_train.prompts=red_team:train --config.rl_train.iterations=200
 With the workdir of the earlier stages the policy is WORKDIR/sl_train/export_hf and the
 preference model WORKDIR/pm_train/pm; elsewhere set --config.model.checkpoint=... and
 --config.rl_train.pm=.... Resumes from WORKDIR/rl_train/checkpoints; ends with the policy in
@@ -33,7 +33,7 @@ def get_config():
       frozen_dtype="float32",   # storage of the frozen reference and PM: 'float32' | 'bfloat16'
                                 # (halves their memory; matmuls still run in model.dtype)
       # ---- rollouts
-      prompts="red_team",       # 'red_team', 'helpful' (ours) or a prompts jsonl {"id", "prompt"}
+      prompts="red_team:train", # 'red_team', 'helpful' (ours; :train / :test for a split) or a prompts jsonl
       long_prompts="error",     # prompts over max_prompt_tokens: 'error' (before compute) | 'skip'
       iterations=100,           # PPO iterations (rollout + update); resumed runs continue to it
       batch_size=16,            # prompts (rollout rows) per iteration

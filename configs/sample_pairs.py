@@ -1,7 +1,7 @@
 """RLAIF step 1: two answers per prompt from the policy (the pairs the feedback model labels).
 
 python -m cai_jax.main --config configs/sample_pairs.py --workdir runs/slcai \
-    --config.sample_pairs.prompts=red_team --config.sample_pairs.limit=64
+    --config.sample_pairs.prompts=red_team:train --config.sample_pairs.limit=64
 With the workdir of an sl_train run the policy is its SL-CAI export (WORKDIR/sl_train/export_hf);
 elsewhere set --config.model.checkpoint=RUN/sl_train/export_hf (or any checkpoint).
 Outputs in WORKDIR/sample_pairs/: pairs.jsonl, report.json.
@@ -18,7 +18,7 @@ def get_config():
   # a name in constitutions/, a constitution .json file, or the paper's prompt folder.
   config.constitution = "harmless"
   config.sample_pairs = dict(
-      prompts="red_team",         # 'red_team', 'helpful' (ours) or a prompts jsonl {"id", "prompt"}
+      prompts="red_team:train",   # 'red_team', 'helpful' (ours; :train / :test) or a prompts jsonl
       limit=0,                    # prompts to use (0 = all)
       temperature=1.0,            # must be > 0: the two answers are independent samples
       top_k=0,

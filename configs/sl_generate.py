@@ -15,8 +15,8 @@ def get_config():
   # the paper's prompt files (runs the paper's exact constitution).
   config.constitution = "harmless"
   config.sl_generate = dict(
-      prompts="red_team",         # 'red_team' (ours), or a prompts jsonl {"id", "prompt", ...}
-      helpful_prompts="helpful",  # 'helpful' (ours) or a jsonl; '' = no helpful answers
+      prompts="red_team:train",   # ours (:train = all but the held-out :test split) or a jsonl
+      helpful_prompts="helpful:train",  # ours or a jsonl; '' = no helpful answers
       limit=0,                    # red-team prompts to use (0 = all)
       helpful_ratio=1.0,          # helpful examples per revision in the SL file
       rounds=4,                   # critique -> revision rounds, one drawn principle each

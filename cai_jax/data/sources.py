@@ -23,6 +23,7 @@ Formats
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -33,6 +34,8 @@ from cai_jax.data.conversation import ASSISTANT, HUMAN, parse
 from cai_jax.data.jsonl import DataError, open_text, read_jsonl, require
 
 PROMPT_SETS = ("red_team", "helpful")
+SPLITS = ("train", "test")
+TEST_BUCKETS = 10
 _WS = re.compile(r"[ \t\r\n]*")
 
 
@@ -137,19 +140,30 @@ def _record_id(obj: dict, path: str, lineno: int) -> str:
 # our prompt sets (and files in their schema)
 
 
+def split_for(key: str) -> str:
+  """'test' for about one key in ten, 'train' otherwise (a hash of the key: the same on every
+  machine and run, and stable when prompts are added)."""
+  digest = hashlib.sha256(key.encode("utf-8")).digest()
+  return "test" if int.from_bytes(digest[:8], "big") % TEST_BUCKETS == 0 else "train"
+
+
 def load_prompt_set(name_or_path: str | os.PathLike) -> list[PromptRecord]:
-  """'red_team' / 'helpful' (shipped with the package) or a path to a jsonl (plain or gzip) of
+  """'red_team' / 'helpful' (shipped with the package; `NAME:train` / `NAME:test` for the
+  held-out split of `split_for`, ~90% / ~10% of the ids: the training stages default to :train,
+  the evaluation to :test) or a path to a jsonl (plain or gzip) of
   `{"id", "prompt", "category"?, ...}`. Fails with file:line on a missing or empty id or prompt,
   a duplicate id, a prompt that is not an HH conversation ending with "\\n\\nAssistant:", or a
   category that is not a non-empty string; fields beyond these go to `metadata`."""
   name_or_path = os.fspath(name_or_path)
-  if name_or_path in PROMPT_SETS:
-    ref = resources.files("cai_jax.data.prompts").joinpath(f"{name_or_path}.jsonl")
+  name, _, split = name_or_path.partition(":")
+  if name in PROMPT_SETS and (not split or split in SPLITS):
+    ref = resources.files("cai_jax.data.prompts").joinpath(f"{name}.jsonl")
     with resources.as_file(ref) as path:
-      return _read_prompt_file(os.fspath(path), source=name_or_path)
+      records = _read_prompt_file(os.fspath(path), source=name_or_path)
+    return [r for r in records if split_for(r.id) == split] if split else records
   if not os.path.exists(name_or_path):
     raise DataError(f"{name_or_path}: no such file, and not a built-in prompt set "
-                    f"({', '.join(PROMPT_SETS)})")
+                    f"({', '.join(PROMPT_SETS)}, each also as NAME:train / NAME:test)")
   return _read_prompt_file(name_or_path, source=name_or_path)
 
 

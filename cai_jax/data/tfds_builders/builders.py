@@ -43,14 +43,9 @@ import tensorflow_datasets as tfds
 from cai_jax.data import sources
 from cai_jax.data.jsonl import DataError
 
-TEST_BUCKETS = 10
+TEST_BUCKETS = sources.TEST_BUCKETS
+split_for = sources.split_for  # one split rule for the TFDS builders and load_prompt_set
 _HH_SUFFIXES = (".jsonl.gz", ".jsonl")
-
-
-def split_for(key: str) -> str:
-  """'test' for about one key in ten, 'train' otherwise; the same on every machine and run."""
-  digest = hashlib.sha256(key.encode("utf-8")).digest()
-  return "test" if int.from_bytes(digest[:8], "big") % TEST_BUCKETS == 0 else "train"
 
 
 def _sha256_json(obj: Any) -> str:
