@@ -112,7 +112,7 @@ def test_caveats_steers_something_else(caveats, harmless):
 
 def test_available_constitutions():
   names = schema.available_constitutions()
-  assert {"harmless", "caveats"} <= set(names)
+  assert {"harmless", "caveats", "helpful"} <= set(names)
   for name in names:  # every file in constitutions/ loads
     load_constitution(name)
 
@@ -315,7 +315,7 @@ def test_resolution_by_path(tmp_path, monkeypatch):
 
 def test_resolution_errors(tmp_path):
   with pytest.raises(ConstitutionError, match=r"no constitution named 'nosuch' \(available in .*"
-                     r"caveats, harmless"):
+                     r"caveats, harmless, helpful"):
     load_constitution("nosuch")
   missing = os.path.join(str(tmp_path), "nope.json")
   with pytest.raises(ConstitutionError, match=re.escape(missing) + ": no such file or folder"):
@@ -592,7 +592,7 @@ def _norm(text):
 
 
 @needs_paper
-@pytest.mark.parametrize("name", ["harmless", "caveats"])
+@pytest.mark.parametrize("name", ["harmless", "caveats", "helpful"])
 def test_our_texts_are_not_the_papers(name):
   n = 40
   paper_texts = []
