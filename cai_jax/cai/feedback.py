@@ -346,8 +346,9 @@ class FeedbackLabeller:
 
   def _score(self, questions, items) -> list[list[float]]:
     """Option scores. A scorer with `prefill`/`score_after` (MCScorer) computes each
-    principle's few-shot prefix once and scores only the questions after it; any other scorer
-    gets the full contexts."""
+    principle's few-shot prefix once and scores only the questions after it, when prefix and
+    question fit the scorer's max_length whole (otherwise the full contexts, left-truncated, so
+    the cache never changes a score); any other scorer gets the full contexts."""
     if not hasattr(self.scorer, "score_after"):
       result = self.scorer.score(items)
       self.num_truncated += int(getattr(result, "num_truncated", 0))
@@ -363,7 +364,15 @@ class FeedbackLabeller:
       if text and all(it.prompt.startswith(text) and len(it.prompt) > len(text) for it in group):
         if principle.id not in self._score_prefixes:
           self._score_prefixes[principle.id] = self.scorer.prefill(text)
-        result = self.scorer.score_after(group, self._score_prefixes[principle.id])
+        prefix = self._score_prefixes[principle.id]
+        rests = self.scorer.tokenizer.encode_batch([it.prompt[len(text):] for it in group],
+                                                   add_bos=False)
+        options = sum(len(o) for o in self.scorer.tokenizer.encode_batch(list(P.MC_OPTIONS),
+                                                                         add_bos=False))
+        if prefix.length + max(len(r) for r in rests) + options <= self.scorer.max_length:
+          result = self.scorer.score_after(group, prefix)
+        else:  # something must be cut: full contexts, left-truncated as without the cache
+          result = self.scorer.score(group)
       else:
         result = self.scorer.score(group)
       self.num_truncated += int(getattr(result, "num_truncated", 0))
