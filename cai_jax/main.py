@@ -48,11 +48,17 @@ JOBS: dict[str, tuple[str, str]] = {
                  "preference model (default WORKDIR/pm_train/pm) with a KL penalty to the "
                  "initial policy; resumes from WORKDIR/rl_train/checkpoints"),
     "eval": ("cai_jax.jobs.eval",
-             "evaluation: PM accuracy and calibration (ECE, reliability PNGs) on chosen/rejected "
-             "and HHH files, AI labeller vs human labels, MC accuracy; WORKDIR/eval/report.json"),
+             "evaluation: checkpoints against each other on held-out prompts (Elo and win "
+             "rates by the AI judge with bootstrap CIs, PM scores, lengths), PM accuracy and "
+             "calibration on chosen/rejected and HHH files, AI labeller vs human labels, MC "
+             "accuracy; WORKDIR/eval/report.json"),
+    "report": ("cai_jax.jobs.report",
+               "the run report: WORKDIR/report/report.md and PNG plots (Elo, PM scores, PM "
+               "calibration, PPO and training curves, example answers) from a workdir's "
+               "outputs"),
     "pipeline": ("cai_jax.jobs.pipeline",
                  "the whole run in one workdir: sl_generate, sl_train, sample_pairs, feedback, "
-                 "pm_train, rl_train, eval; skips stages whose finished output exists; "
+                 "pm_train, rl_train, eval, report; skips stages whose finished output exists; "
                  "status in WORKDIR/pipeline/status.json"),
     "convert": ("cai_jax.jobs.convert",
                 "export config.model.checkpoint as an HF folder and/or a cai_jax orbax "
@@ -66,11 +72,16 @@ __doc__ = (
     "The config's `job` field picks what runs. Jobs:\n"
     + "".join(f"  {name:18s} {desc}\n" for name, (_, desc) in JOBS.items()))
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "ml_collections config file (configs/<job>.py); override fields with "
-    "--config.a.b=value", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "folder for this run's outputs")
-flags.mark_flags_as_required(["config", "workdir"])
+def _define_flags():
+  """The command-line flags, defined only when this module runs as the program: the pipeline
+  job imports `cai_jax.main` (a second module object beside __main__) to run its stages, and a
+  second definition would clash."""
+  config = config_flags.DEFINE_config_file(
+      "config", None, "ml_collections config file (configs/<job>.py); override fields with "
+      "--config.a.b=value", lock_config=True)
+  workdir = flags.DEFINE_string("workdir", None, "folder for this run's outputs")
+  flags.mark_flags_as_required(["config", "workdir"])
+  return config, workdir
 
 
 class UsageError(ValueError):
@@ -98,13 +109,13 @@ def run(config, workdir: str):
   return module.run(config, workdir)
 
 
-def main(argv):
+def main(argv, config_flag, workdir_flag):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not flags.FLAGS["verbosity"].present:  # keep library INFO chatter (orbax) off the console
     logging.set_verbosity(logging.WARNING)
   try:
-    run(_CONFIG.value, _WORKDIR.value)
+    run(config_flag.value, workdir_flag.value)
   except (UsageError, ConfigError, DataError, CheckpointError, ConstitutionError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
@@ -125,6 +136,7 @@ def print_help_and_exit() -> None:
 
 
 if __name__ == "__main__":
+  _config_flag, _workdir_flag = _define_flags()
   if any(arg in ("-h", "--help", "--helpshort") for arg in sys.argv[1:]):
     print_help_and_exit()
-  app.run(main)
+  app.run(lambda argv: main(argv, _config_flag, _workdir_flag))
