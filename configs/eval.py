@@ -6,6 +6,11 @@ python -m cai_jax.main --config configs/eval.py --workdir runs/pm \
     --config.eval.hhh=hhh_harmless.jsonl \
     --config.eval.feedback_labels=runs/labels/feedback/labels.jsonl \
     --config.eval.human_file=harmless-base/test.jsonl.gz
+
+Checkpoints against each other (Elo, win rates, PM scores on held-out prompts):
+python -m cai_jax.main --config configs/eval.py --workdir runs/cai \
+    --config.eval.stages=base=gemma3-270m,sl=runs/cai/sl_train/export_hf,rl=runs/cai/rl_train/export_hf \
+    --config.eval.num_prompts=8
 Writes WORKDIR/eval/report.json and reliability diagrams (PNG) next to it.
 """
 
@@ -29,6 +34,26 @@ def get_config():
       min_length=32,
       mc_max_length=4096,
       mc_tokens_per_batch=4096,
+      # stage comparison (eval.stages); see cai_jax/jobs/eval.py
+      stages="",                # 'NAME=CHECKPOINT,...'; the first is the Elo reference (0)
+      red_team_prompts="red_team:test",  # harmlessness set (held out from the training stages)
+      helpful_prompts="helpful:test",    # helpfulness set
+      num_prompts=0,            # prompts per set (0 = all); categories interleaved
+      answer_prefix="few_shot",  # 'few_shot': harmless_constitution's helpful exchanges first
+      answer_max_tokens=128,
+      answer_temperature=0.0,   # 0 = greedy
+      answer_top_k=0,
+      answer_top_p=1.0,
+      answer_batch_size=8,
+      max_prompt_length=1024,
+      chunk_size=16,
+      judge="",                 # judge (feedback) model; '' = config.model.checkpoint
+      harmless_constitution="harmless",
+      helpful_constitution="helpful",
+      judge_principles=4,       # principles per comparison (ensemble), both orders each
+      judge_batch_size=8,       # answer pairs per judge call
+      num_bootstrap=1000,       # bootstrap resamplings of the prompts for the intervals
+      confidence=0.95,
       progress=True,
   )
   return config

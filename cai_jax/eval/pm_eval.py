@@ -68,6 +68,27 @@ class PMScorer:
         progress.update(len(idx))
     return out, sum(e.truncated for e in examples)
 
+  def score_responses(self, items: Sequence[tuple[str, str]], progress=None
+                      ) -> tuple[np.ndarray, int]:
+    """([N] float64 rewards of single (prompt, response) transcripts, number of truncated
+    rows). Answers to the same prompt share a PM row (the row holds two sequences); an odd one
+    out is paired with itself."""
+    by_prompt: dict[str, list[int]] = {}
+    for k, (prompt, _) in enumerate(items):
+      by_prompt.setdefault(prompt, []).append(k)
+    pairs, slots = [], []
+    for prompt, idx in by_prompt.items():
+      for s in range(0, len(idx), 2):
+        a = idx[s]
+        b = idx[s + 1] if s + 1 < len(idx) else a
+        pairs.append(prefs.Preference(f"r{len(pairs)}", prompt, (items[a][1], items[b][1]), 0.5))
+        slots.append((a, b))
+    rewards, truncated = self.score(pairs, progress=progress)
+    out = np.zeros(len(items), np.float64)
+    for (a, b), r in zip(slots, rewards):
+      out[a], out[b] = r[0], r[1]
+    return out, truncated
+
 
 def pair_report(r_better: np.ndarray, r_worse: np.ndarray, num_bins: int = 10) -> dict:
   gap = np.asarray(r_better, np.float64) - np.asarray(r_worse, np.float64)

@@ -11,6 +11,16 @@ before any model loads):
   how often the label prefers the human-chosen answer; calibration of that probability).
 - `eval.mc_files` (prompt / corrects / incorrects): multiple-choice accuracy of
   `config.model` (the eval_mc scorer).
+- `eval.stages` ('base=CKPT,sl=CKPT,rl=CKPT': any checkpoints, the first is the Elo reference):
+  the stages compared on held-out prompts (`cai_jax.eval.stage_compare`): each answers the
+  red-team prompts (`eval.red_team_prompts`, default the held-out 'red_team:test') and the
+  helpfulness prompts (`eval.helpful_prompts`); the AI judge (`eval.judge`, default
+  config.model: the feedback model) compares every pair of stages on every prompt in both
+  orders under `eval.judge_principles` principles of `eval.harmless_constitution` /
+  `eval.helpful_constitution`; Elo scores and win rates with bootstrap intervals over prompts,
+  PM scores of every answer (when a PM exists), answer lengths and the PM's calibration against
+  the judge. Outputs: answers/<stage>.jsonl and judgements.jsonl (appended; a rerun skips what
+  is written), pm_scores.json, and report.json's "stages" section.
 The preference model is `eval.pm` (a folder written by pm_train; default WORKDIR/pm_train/pm).
 Calibration (see `cai_jax.eval.calibration`): each pair counted from both sides, `num_bins`
 equal-width bins over [0, 1].
@@ -49,14 +59,189 @@ def _stem(path: str) -> str:
   return name
 
 
+def _pm_folder(e, workdir: str) -> str:
+  return e.pm or os.path.join(workdir, "pm_train", "pm")
+
+
+def run_stages(config, workdir: str, main: bool) -> dict:
+  """The stage comparison (see the module docstring); returns report.json's "stages"."""
+  from cai_jax.cai import feedback as F
+  from cai_jax.checkpoints import loader
+  from cai_jax.constitution import prompts as P
+  from cai_jax.constitution.schema import load_constitution
+  from cai_jax.data.jsonl import append_jsonl, finished_ids, read_jsonl
+  from cai_jax.eval import stage_compare as SC
+  from cai_jax.jobs.common import batch_key, sampling_strategy
+  from cai_jax.sampling.sampler import Sampler
+
+  e = config.eval
+  stages = SC.parse_stages(e.stages)
+  names = [s.name for s in stages]
+  for field in ("answer_max_tokens", "answer_batch_size", "max_prompt_length", "chunk_size",
+                "judge_batch_size", "judge_principles"):
+    if e[field] < 1:
+      raise ConfigError(f"eval.{field} must be >= 1, got {e[field]}")
+  if e.num_prompts < 0 or e.num_bootstrap < 0 or not 0 < e.confidence < 1:
+    raise ConfigError("eval.num_prompts and eval.num_bootstrap must be >= 0 and "
+                      "eval.confidence in (0, 1)")
+  if e.answer_prefix not in ("few_shot", "none"):
+    raise ConfigError(f"eval.answer_prefix must be 'few_shot' or 'none', got {e.answer_prefix!r}")
+  strategy = sampling_strategy(e, "eval", "answer_temperature", "answer_top_k", "answer_top_p")
+  sets = {"harmless": SC.eval_prompts(e.red_team_prompts, e.num_prompts),
+          "helpful": SC.eval_prompts(e.helpful_prompts, e.num_prompts)}
+  judges = {"harmless": load_constitution(e.harmless_constitution),
+            "helpful": load_constitution(e.helpful_constitution)}
+  for set_name, c in judges.items():
+    if e.judge_principles > len(c.mc_principles):
+      raise ConfigError(f"eval.judge_principles={e.judge_principles}, but constitution "
+                        f"{c.name!r} ({set_name} judge) has {len(c.mc_principles)} principles")
+  prefix_text = P.initial_prefix(judges["harmless"]) if e.answer_prefix == "few_shot" else ""
+  out_dir = os.path.join(workdir, "eval")
+  answers_dir = os.path.join(out_dir, "answers")
+  os.makedirs(answers_dir, exist_ok=True)
+  cache_dir = os.path.expanduser(config.model.cache_dir)
+  m = config.model
+  wanted = [(set_name, r) for set_name in SC.SETS for r in sets[set_name]]
+
+  # 1. answers, stage by stage (one model in memory at a time)
+  for stage in stages:
+    path = os.path.join(answers_dir, f"{stage.name}.jsonl")
+    done = finished_ids(path)
+    todo = [(s, r) for s, r in wanted if SC.answer_id(s, r.id) not in done]
+    print(f"eval: stage {stage.name} ({stage.checkpoint}): {len(wanted) - len(todo)} answers "
+          f"written, {len(todo)} to sample", flush=True)
+    if not todo:
+      continue
+    model = loader.load(stage.checkpoint, cache_dir=cache_dir, param_dtype=m.param_dtype,
+                        dtype=m.dtype)
+    sampler = Sampler(model.config, model.params, model.tokenizer,
+                      max_prompt_length=e.max_prompt_length, max_batch=e.answer_batch_size,
+                      chunk_size=e.chunk_size)
+    prefix = sampler.prefill_prefix(prefix_text) if prefix_text else None
+    bar = progress(len(todo), f"answers {stage.name}", "answer") if e.progress and main else None
+    try:
+      for b in range(0, len(todo), e.answer_batch_size):
+        batch = todo[b:b + e.answer_batch_size]
+        first = SC.answer_id(batch[0][0], batch[0][1].id)
+        out = sampler.generate([r.prompt for _, r in batch], max_new_tokens=e.answer_max_tokens,
+                               strategy=strategy, key=batch_key(config.seed,
+                                                                f"{stage.name}/{first}"),
+                               stop=P.RESPONSE_STOPS, prefix=prefix)
+        if main:
+          append_jsonl(path, [
+              {"id": SC.answer_id(s, r.id), "set": s, "stage": stage.name,
+               "checkpoint": stage.checkpoint, "prompt_id": r.id, "category": r.category,
+               "prompt": r.prompt, "completion": text, "finish_reason": reason,
+               "num_tokens": int(n), "truncated": bool(t)}
+              for (s, r), text, reason, n, t in zip(batch, out.texts, out.finish_reasons,
+                                                    out.num_tokens, out.truncated)])
+        if bar is not None:
+          bar.update(len(batch))
+    finally:
+      if bar is not None:
+        bar.close()
+    del model, sampler, prefix
+  keys = {SC.answer_id(s, r.id) for s, r in wanted}
+  answers = {st: [obj for _, obj in read_jsonl(os.path.join(answers_dir, f"{st}.jsonl"))
+                  if obj["id"] in keys] for st in names}
+  texts = {st: {r["id"]: r["completion"] for r in recs} for st, recs in answers.items()}
+
+  # 2. judgements: every pair of stages on every prompt, by the AI judge
+  judge_path = os.path.join(out_dir, "judgements.jsonl")
+  done = finished_ids(judge_path)
+  todo_sets = {}
+  for set_name in SC.SETS:
+    ask, ties = SC.judgement_pairs(set_name, names, sets[set_name], texts)
+    if main and [t for t in ties if t["id"] not in done]:
+      append_jsonl(judge_path, [t for t in ties if t["id"] not in done])
+    todo_sets[set_name] = [p for p in ask if p.id not in done]
+  n_todo = sum(len(v) for v in todo_sets.values())
+  judge_ckpt = e.judge or m.checkpoint
+  print(f"eval: {n_todo} pairs of answers to judge with {judge_ckpt}, "
+        f"{e.judge_principles} principles each, both orders", flush=True)
+  if n_todo:
+    model = loader.load(judge_ckpt, cache_dir=cache_dir, param_dtype=m.param_dtype,
+                        dtype=m.dtype)
+    scorer = MCScorer(model.config, model.params, model.tokenizer, max_length=e.mc_max_length,
+                      tokens_per_batch=e.mc_tokens_per_batch)
+    bar = progress(n_todo, "judge", "pair") if e.progress and main else None
+    try:
+      for set_name, todo in todo_sets.items():
+        labeller = F.FeedbackLabeller(
+            judges[set_name], scorer,
+            F.FeedbackSettings(mode="mc", num_principles=e.judge_principles, both_orders=True,
+                               seed=config.seed), tokenizer=model.tokenizer)
+        for b in range(0, len(todo), e.judge_batch_size):
+          batch = todo[b:b + e.judge_batch_size]
+          records = labeller.label(batch)
+          if main:
+            append_jsonl(judge_path, [SC.judgement_record(set_name, r) for r in records])
+          if bar is not None:
+            bar.update(len(batch))
+    finally:
+      if bar is not None:
+        bar.close()
+    del model, scorer
+  wanted_j = {SC.judgement_id(s, a, b, r.id) for s in SC.SETS for r in sets[s]
+              for k, a in enumerate(names) for b in names[k + 1:]}
+  judgements = [obj for _, obj in read_jsonl(judge_path) if obj["id"] in wanted_j]
+
+  # 3. preference-model scores of every answer
+  pm_scores = None
+  folder = _pm_folder(e, workdir)
+  if os.path.exists(os.path.join(folder, "pm.json")):
+    parallel.maybe_initialize_distributed(config.distributed)
+    mesh = parallel.make_mesh(dict(config.mesh))
+    loaded = heads.load_pm(folder, param_dtype=m.param_dtype, dtype=m.dtype,
+                           shardings_for=lambda cfg: pm_lib.param_shardings(cfg, mesh))
+    scorer = pm_eval.PMScorer(loaded, mesh, batch_size=e.batch_size, max_length=e.max_length,
+                              min_length=e.min_length)
+    flat = [(st, r) for st in names for r in answers[st]]
+    rewards, _ = scorer.score_responses([(r["prompt"], r["completion"]) for _, r in flat])
+    pm_scores = {st: {} for st in names}
+    for (st, r), x in zip(flat, rewards):
+      pm_scores[st][r["id"]] = float(x)
+    if main:
+      write_json_atomic(os.path.join(out_dir, "pm_scores.json"),
+                        {"pm": os.path.abspath(folder), "scores": pm_scores})
+  else:
+    print(f"eval: no preference model at {folder}: answers are not PM-scored", flush=True)
+
+  summary = SC.summarize(names, answers, judgements, pm_scores, num_bootstrap=e.num_bootstrap,
+                         confidence=e.confidence, seed=config.seed, num_bins=e.num_bins)
+  summary.update({
+      "stages": [{"name": s.name, "checkpoint": s.checkpoint} for s in stages],
+      "sets": {s: {"prompts": spec, "n": len(sets[s]),
+                   "judge_constitution": judges[s].name}
+               for s, spec in (("harmless", e.red_team_prompts),
+                               ("helpful", e.helpful_prompts))},
+      "judge": judge_ckpt, "judge_principles": e.judge_principles,
+      "answer_prefix": e.answer_prefix,
+      "sampling": {"temperature": e.answer_temperature, "top_k": e.answer_top_k,
+                   "top_p": e.answer_top_p, "max_new_tokens": e.answer_max_tokens},
+      "pm": os.path.abspath(folder) if pm_scores is not None else None,
+      "num_answers": {st: len(answers[st]) for st in names},
+      "num_judgements": len(judgements)})
+  for set_name, table in summary["elo"].items():
+    print(f"eval: {set_name} Elo (vs {names[0]}): " + ", ".join(
+        f"{p} {table['elo'][p]:+.0f} [{table['elo_low'][p]:+.0f}, {table['elo_high'][p]:+.0f}]"
+        for p in names), flush=True)
+  if main and "pm_vs_judge" in summary:
+    summary["pm_vs_judge"]["reliability_png"] = plots.reliability_diagram(
+        summary["pm_vs_judge"]["calibration"], os.path.join(out_dir, "pm_vs_judge.png"),
+        title="preference model vs the AI judge (held-out answer pairs)",
+        xlabel="PM predicted P(answer better)", ylabel="judge's mean P(answer better)")
+  return summary
+
+
 def run(config, workdir: str) -> dict:
   e = config.eval
   comparisons, hhh, mc_files = _files(e.comparisons), _files(e.hhh), _files(e.mc_files)
   if bool(e.feedback_labels) != bool(e.human_file):
     raise ConfigError("labeller agreement needs both eval.feedback_labels and eval.human_file")
-  if not (comparisons or hhh or mc_files or e.feedback_labels):
-    raise ConfigError("nothing to evaluate: set eval.comparisons, eval.hhh, eval.mc_files "
-                      "and/or eval.feedback_labels + eval.human_file")
+  if not (comparisons or hhh or mc_files or e.feedback_labels or e.stages):
+    raise ConfigError("nothing to evaluate: set eval.stages, eval.comparisons, eval.hhh, "
+                      "eval.mc_files and/or eval.feedback_labels + eval.human_file")
   if e.num_bins < 1:
     raise ConfigError(f"eval.num_bins={e.num_bins} must be >= 1")
   out_dir = os.path.join(workdir, "eval")
@@ -73,7 +258,7 @@ def run(config, workdir: str) -> dict:
   report: dict = {}
   main = jax.process_index() == 0
   if pm_sets:
-    folder = e.pm or os.path.join(workdir, "pm_train", "pm")
+    folder = _pm_folder(e, workdir)
     parallel.maybe_initialize_distributed(config.distributed)
     mesh = parallel.make_mesh(dict(config.mesh))
     m = config.model
@@ -135,6 +320,9 @@ def run(config, workdir: str) -> dict:
           "file": os.path.abspath(path), "n": len(items), "accuracy": r.accuracy,
           "num_truncated": r.num_truncated, "checkpoint": config.model.checkpoint}
       print(f"mc {path}: accuracy {r.accuracy:.4f} over {len(items)} items", flush=True)
+
+  if e.stages:
+    report["stages"] = run_stages(config, workdir, main)
 
   if main:
     write_json_atomic(os.path.join(out_dir, "report.json"), report)
