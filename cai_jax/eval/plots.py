@@ -48,3 +48,91 @@ def reliability_diagram(rel: dict, path: str, *, title: str = "",
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, format="png")
   return path
+
+
+def _save(fig, path: str) -> str:
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, format="png")
+  return path
+
+
+_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3")
+
+
+def elo_chart(tables: dict, path: str, *, title: str = "Elo per stage") -> str:
+  """Grouped bars: one group per set (e.g. harmless, helpful), one bar per stage, error bars
+  from the tables' bootstrap intervals (`cai_jax.eval.elo.elo_table` outputs)."""
+  from matplotlib.figure import Figure
+
+  sets = list(tables)
+  players = tables[sets[0]]["players"] if sets else []
+  fig = Figure(figsize=(max(5.0, 1.6 * len(sets) * len(players) / 2 + 2), 4.5), dpi=100)
+  ax = fig.subplots()
+  width = 0.8 / max(1, len(players))
+  for k, p in enumerate(players):
+    xs = [g + (k - (len(players) - 1) / 2) * width for g in range(len(sets))]
+    ys = [tables[s]["elo"][p] for s in sets]
+    err = [[tables[s]["elo"][p] - tables[s]["elo_low"][p] for s in sets],
+           [tables[s]["elo_high"][p] - tables[s]["elo"][p] for s in sets]]
+    ax.bar(xs, ys, width=width * 0.9, color=_COLORS[k % len(_COLORS)], edgecolor="black",
+           yerr=err, capsize=4, label=p)
+  ax.axhline(0, color="gray", linewidth=0.8)
+  ax.set_xticks(range(len(sets)))
+  ax.set_xticklabels([f"{s}\n({tables[s]['num_groups']} prompts)" for s in sets])
+  ref = tables[sets[0]]["reference"] if sets else ""
+  conf = int(round(100 * tables[sets[0]]["confidence"])) if sets else 95
+  ax.set_ylabel(f"Elo relative to {ref} (points; {conf}% bootstrap CI)")
+  ax.set_xlabel("prompt set judged")
+  ax.set_title(title, fontsize=10)
+  ax.legend(title="stage", fontsize=8)
+  return _save(fig, path)
+
+
+def score_distributions(scores: dict, path: str, *, title: str = "Preference-model scores",
+                        ylabel: str = "PM score (reward, logits)") -> str:
+  """One panel per set: a box plot per stage with the individual scores jittered over it.
+  `scores[set][stage]` is a list of numbers."""
+  import numpy as np
+  from matplotlib.figure import Figure
+
+  sets = list(scores)
+  fig = Figure(figsize=(4.5 * max(1, len(sets)), 4.5), dpi=100)
+  axes = fig.subplots(1, max(1, len(sets)), squeeze=False)[0]
+  rng = np.random.default_rng(0)
+  for ax, s in zip(axes, sets):
+    stages = list(scores[s])
+    data = [np.asarray(scores[s][st], float) for st in stages]
+    ax.boxplot(data, showmeans=True, widths=0.5)
+    ax.set_xticks(range(1, len(stages) + 1))
+    ax.set_xticklabels(stages)
+    for k, d in enumerate(data):
+      ax.scatter(k + 1 + rng.uniform(-0.12, 0.12, len(d)), d, s=10, alpha=0.6,
+                 color=_COLORS[k % len(_COLORS)])
+    n = max((len(d) for d in data), default=0)
+    ax.set_title(f"{s} prompts (n={n} per stage)", fontsize=10)
+    ax.set_xlabel("stage")
+    ax.set_ylabel(ylabel)
+  fig.suptitle(title, fontsize=11)
+  return _save(fig, path)
+
+
+def curves(panels: list, path: str, *, title: str = "", xlabel: str = "step") -> str:
+  """Small multiples: each panel is (panel title, x values, y values, y label)."""
+  from matplotlib.figure import Figure
+
+  cols = min(3, max(1, len(panels)))
+  rows = (len(panels) + cols - 1) // cols
+  fig = Figure(figsize=(4.2 * cols, 3.3 * rows), dpi=100)
+  axes = fig.subplots(rows, cols, squeeze=False).ravel()
+  for ax, (name, xs, ys, ylabel) in zip(axes, panels):
+    ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, color=_COLORS[0])
+    ax.set_title(name, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+  for ax in axes[len(panels):]:
+    ax.set_visible(False)
+  if title:
+    fig.suptitle(title, fontsize=11)
+  return _save(fig, path)
