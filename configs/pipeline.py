@@ -1,5 +1,6 @@
 """The whole Constitutional AI run in one workdir: sl_generate -> sl_train -> sample_pairs ->
-feedback -> pm_train -> rl_train -> eval, each stage skipped when its finished output exists.
+feedback -> pm_train -> rl_train -> eval -> report, each stage skipped when its finished output
+exists.
 
 python -m cai_jax.main --config configs/pipeline.py --workdir runs/cai \
     --config.sl_generate.limit=16 --config.sl_train.steps=50 --config.rl_train.iterations=20 \
@@ -18,7 +19,8 @@ import os
 
 from cai_jax import config_defaults
 
-STAGES = ("sl_generate", "sl_train", "sample_pairs", "feedback", "pm_train", "rl_train", "eval")
+STAGES = ("sl_generate", "sl_train", "sample_pairs", "feedback", "pm_train", "rl_train", "eval",
+          "report")
 TRAINERS = ("sl_train", "pm_train", "rl_train")
 
 
@@ -42,6 +44,10 @@ def get_config():
       rerun_from="",      # stage whose folder WORKDIR/<stage> and every later stage's folder
                           # are deleted before running, so they run again from scratch
       pm_init="",         # decoder the preference model starts from ('' = config.model.checkpoint)
+      compare_stages=True,  # eval compares base / sl / rl answers (unless eval.stages is set)
+      sampling_param_dtype="",  # weights of sl_generate, sample_pairs, feedback and eval
+                                # ('' = model.param_dtype): e.g. 'bfloat16' beside float32
+                                # master weights in the trainers
   )
   optim = {}
   for stage in STAGES:

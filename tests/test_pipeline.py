@@ -60,7 +60,10 @@ def settings(assets, **extra):
        "rl_train.max_prompt_tokens": 48, "rl_train.max_new_tokens": 4,
        "rl_train.sample_every": 0, "rl_train.progress": False,
        "rl_train.async_checkpoints": False,
-       "eval.comparisons": assets["comparisons"], "eval.batch_size": 2, "eval.progress": False}
+       "eval.comparisons": assets["comparisons"], "eval.batch_size": 2, "eval.progress": False,
+       "eval.num_prompts": 2, "eval.answer_prefix": "none", "eval.answer_max_tokens": 4,
+       "eval.answer_temperature": 1.0, "eval.answer_batch_size": 4, "eval.judge_principles": 1,
+       "eval.num_bootstrap": 20, "eval.mc_max_length": 1024}
   s.update(extra)
   return s
 
@@ -109,8 +112,15 @@ def test_whole_pipeline_then_skip_then_partial_rerun(assets, tmp_path, monkeypat
               "sl_generate/report.json", "sl_train/summary.json", "sl_train/export_hf",
               "sample_pairs/pairs.jsonl", "sample_pairs/report.json", "feedback/report.json",
               "pm_train/pm/pm.json", "pm_train/summary.json", "rl_train/summary.json",
-              "rl_train/export_hf", "eval/report.json", "pipeline/config.json"):
+              "rl_train/export_hf", "eval/report.json", "pipeline/config.json",
+              "eval/answers/base.jsonl", "eval/answers/sl.jsonl", "eval/answers/rl.jsonl",
+              "eval/judgements.jsonl", "report/report.md", "report/elo.png",
+              "report/ppo_curves.png", "report/training_curves.png"):
     assert (w / rel).exists(), rel
+  compared = json.loads((w / "eval/report.json").read_text())["stages"]
+  assert [s["name"] for s in compared["stages"]] == ["base", "sl", "rl"]
+  assert compared["stages"][2]["checkpoint"] == str(w / "rl_train" / "export_hf")
+  assert set(compared["elo"]) == {"harmless", "helpful"} and compared["num_judgements"] == 12
   for stage in STAGES:  # every stage's config recorded next to its output
     recorded = json.loads((w / stage / "config.json").read_text())
     assert recorded["job"] == stage
@@ -145,8 +155,9 @@ def test_whole_pipeline_then_skip_then_partial_rerun(assets, tmp_path, monkeypat
   calls.clear()
   stamp = (w / "rl_train/summary.json").stat().st_mtime_ns
   status = run(assets, tmp_path, **{"pipeline.rerun_from": "rl_train"})
-  assert states(status) == {**{s: "skipped" for s in STAGES}, "rl_train": "ran", "eval": "ran"}
-  assert calls == ["rl_train", "eval"]
+  assert states(status) == {**{s: "skipped" for s in STAGES}, "rl_train": "ran", "eval": "ran",
+                            "report": "ran"}
+  assert calls == ["rl_train", "eval", "report"]
   assert (w / "rl_train/summary.json").stat().st_mtime_ns != stamp
 
   # stages / stop_after select a subset; the rest is listed as not selected.

@@ -1,6 +1,6 @@
 """The whole Constitutional AI run in one workdir (configs/pipeline.py):
 
-  sl_generate -> sl_train -> sample_pairs -> feedback -> pm_train -> rl_train -> eval
+  sl_generate -> sl_train -> sample_pairs -> feedback -> pm_train -> rl_train -> eval -> report
 
 Each stage runs as its own job through `cai_jax.main.run` with a config built by
 `stage_configs` (so WORKDIR/<stage>/config.json records exactly what it ran with, and any stage
@@ -20,8 +20,12 @@ Wiring (an explicitly set path wins):
   pm_train      decoder pipeline.pm_init or the base model, AI labels WORKDIR/feedback/labels.jsonl
                 (left out when feedback labelled nothing and human comparisons are given)
   rl_train      policy WORKDIR/sl_train/export_hf, PM WORKDIR/pm_train/pm
-  eval          PM WORKDIR/pm_train/pm, base model for eval.mc_files; skipped when eval has
-                nothing to evaluate (no comparisons, hhh, mc_files or feedback_labels)
+  eval          PM WORKDIR/pm_train/pm, base model as judge and for eval.mc_files; unless
+                eval.stages is set, the stages compared are base (the base model),
+                sl (WORKDIR/sl_train/export_hf) and rl (WORKDIR/rl_train/export_hf), those
+                whose export exists (pipeline.compare_stages=False turns this off); skipped
+                when eval has nothing to evaluate
+  report        WORKDIR/report/report.md and figures from everything above
 Status: one line per stage on stdout and WORKDIR/pipeline/status.json.
 """
 
@@ -37,7 +41,8 @@ from cai_jax import config_defaults
 from cai_jax.config_defaults import ConfigError
 from cai_jax.data.jsonl import write_json_atomic
 
-STAGES = ("sl_generate", "sl_train", "sample_pairs", "feedback", "pm_train", "rl_train", "eval")
+STAGES = ("sl_generate", "sl_train", "sample_pairs", "feedback", "pm_train", "rl_train", "eval",
+          "report")
 
 # Top-level fields of each stage's own config (configs/<stage>.py) besides job, seed, model and
 # the stage's section; tests/test_pipeline.py checks they match the config files.
@@ -49,7 +54,13 @@ SHARED_FIELDS = {
     "pm_train": ("mesh", "distributed", "optim"),
     "rl_train": ("mesh", "distributed", "optim"),
     "eval": ("mesh", "distributed"),
+    "report": (),
 }
+
+
+# Stages that only sample and score (no optimizer): `pipeline.sampling_param_dtype` stores
+# their weights in a narrower dtype than the trainers' float32 master weights.
+SAMPLING_STAGES = ("sl_generate", "sample_pairs", "feedback", "eval")
 
 
 def _exists(workdir: str, *paths: str) -> bool:
@@ -65,6 +76,7 @@ DONE = {
     "pm_train": ("pm_train/pm/pm.json",),
     "rl_train": ("rl_train/summary.json", "rl_train/export_hf"),
     "eval": ("eval/report.json",),
+    "report": ("report/report.md",),
 }
 
 
@@ -79,8 +91,21 @@ def _has_records(path: str) -> bool:
     return any(line.strip() for line in f)
 
 
-def _eval_has_work(e) -> bool:
-  return bool(e.comparisons or e.hhh or e.mc_files or e.feedback_labels)
+def compared_stages(config, workdir: str) -> str:
+  """eval.stages for the pipeline: base, sl, rl (those whose checkpoint exists), or ''."""
+  if config.eval.stages or not config.pipeline.compare_stages:
+    return config.eval.stages
+  found = [("base", config.model.checkpoint)] + [
+      (name, os.path.join(workdir, stage, "export_hf"))
+      for name, stage in (("sl", "sl_train"), ("rl", "rl_train"))
+      if os.path.isdir(os.path.join(workdir, stage, "export_hf"))]
+  return ",".join(f"{n}={c}" for n, c in found) if len(found) > 1 else ""
+
+
+def _eval_has_work(config, workdir: str) -> bool:
+  e = config.eval
+  return bool(e.comparisons or e.hhh or e.mc_files or e.feedback_labels
+              or compared_stages(config, workdir))
 
 
 def _copy(value):
@@ -99,6 +124,8 @@ def stage_config(config, stage: str, workdir: str) -> ml_collections.ConfigDict:
     value = config.optim[stage] if field == "optim" else config[field]
     c[field] = _copy(value)
   c[stage] = _copy(config[stage])
+  if stage in SAMPLING_STAGES and config.pipeline.sampling_param_dtype:
+    c.model.param_dtype = config.pipeline.sampling_param_dtype
   s = c[stage]
   path = lambda *p: os.path.join(workdir, *p)  # noqa: E731
   sl_export = path("sl_train", "export_hf")
@@ -125,6 +152,7 @@ def stage_config(config, stage: str, workdir: str) -> ml_collections.ConfigDict:
     s.pm = s.pm or path("pm_train", "pm")
   elif stage == "eval":
     s.pm = s.pm or path("pm_train", "pm")
+    s.stages = compared_stages(config, workdir)
   return c
 
 
@@ -144,8 +172,21 @@ def selected_stages(p) -> list[str]:
   return out
 
 
+def _sync(name: str) -> None:
+  """A barrier across processes (multi-host runs); nothing on one process."""
+  import jax
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def run(config, workdir: str) -> dict:
+  import jax
+
   from cai_jax import main  # the CLI module runs each stage (and records its config)
+  from cai_jax import parallel
+  parallel.maybe_initialize_distributed(config.distributed)  # before anything touches JAX
+  first_process = jax.process_index() == 0  # shared files are written (and removed) by one
   p = config.pipeline
   stages = selected_stages(p)
   out_dir = os.path.join(workdir, "pipeline")
@@ -162,12 +203,14 @@ def run(config, workdir: str) -> dict:
   for stage in stages:
     folder = os.path.join(workdir, stage)
     start = time.perf_counter()
-    if stage in forced and os.path.exists(folder):
-      shutil.rmtree(folder)
-      print(f"pipeline: rerun_from={p.rerun_from}: removed {folder}", flush=True)
+    if stage in forced:
+      if first_process and os.path.exists(folder):
+        shutil.rmtree(folder)
+        print(f"pipeline: rerun_from={p.rerun_from}: removed {folder}", flush=True)
+      _sync(f"pipeline_rerun_{stage}")  # no host starts the stage before the folder is gone
     if done(stage, workdir):
       state = "skipped"
-    elif stage == "eval" and not _eval_has_work(config.eval):
+    elif stage == "eval" and not _eval_has_work(config, workdir):
       state = "not_configured"
     else:
       print(f"pipeline: ---- {stage}", flush=True)
@@ -180,11 +223,13 @@ def run(config, workdir: str) -> dict:
     status["stages"][stage] = {
         "status": state, "seconds": round(seconds, 3), "folder": folder,
         "outputs": sorted(os.listdir(folder)) if os.path.isdir(folder) else []}
-    write_json_atomic(status_path, status)
+    if first_process:
+      write_json_atomic(status_path, status)
     note = {"skipped": "finished output exists", "not_configured":
-            "nothing to evaluate: set eval.comparisons/hhh/mc_files/feedback_labels"}.get(state, "")
+            "nothing to evaluate: set eval.stages/comparisons/hhh/mc_files/feedback_labels"}.get(state, "")
     print(f"pipeline: {stage:13s} {state:14s} {seconds:8.1f}s  {note}".rstrip(), flush=True)
   status["seconds"] = round(time.perf_counter() - total, 3)
-  write_json_atomic(status_path, status)
+  if first_process:
+    write_json_atomic(status_path, status)
   print(f"pipeline: done in {status['seconds']:.1f}s; status in {status_path}", flush=True)
   return status
