@@ -1,0 +1,68 @@
+"""Gemma 3 12B, the whole Constitutional AI pipeline on 8 NVIDIA H100 (80 GB) of one machine
+(8 H200 work too, with room to spare).
+
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 python -m cai_jax.main \
+        --config configs/hardware/gemma3_12b_8x_h100.py --workdir runs/cai_12b \
+        --config.model.checkpoint=/path/to/gemma-3-12b-it
+
+Set `model.checkpoint` to a local Hugging Face folder of google/gemma-3-12b-it (or -pt; the
+multimodal folder's text tower is read): config.json, *.safetensors and tokenizer.model; nothing
+is downloaded at run time. The folder must hold the architecture named in `hardware.preset`.
+One process drives the 8 GPUs. The trainers shard parameters, gradients and AdamW moments over
+all 8 (fsdp=8); pm_train and rl_train rematerialise each block in the backward pass, sl_train
+keeps the matmul outputs (remat=dots) and accumulates 2 micro-batches. The sampling stages
+(sl_generate, sample_pairs, feedback and eval's answers and judge) run on one GPU; eval's PM
+scores are sharded like the trainers. JAX preallocates 75% of a GPU by default: the memory
+fraction above lets it use the card. Per-device memory of every stage:
+`python -m cai_jax.train.memory <this file>`; tests/test_hardware_configs.py checks each stays
+under 90% of a card (the fullest: sl_generate, about 83%, and rl_train, about 83%).
+
+Dtypes: the trainers (sl_train, pm_train, rl_train) keep float32 master weights and float32
+AdamW moments (model.param_dtype) and run their matmuls in bfloat16 (model.dtype); a bfloat16
+weight would lose every AdamW update smaller than half its bfloat16 step (at lr 1e-5, most of
+them). The sampling stages (sl_generate, sample_pairs, feedback, eval) store their weights in
+bfloat16 (pipeline.sampling_param_dtype; a 12B model in float32 would not leave sl_generate
+room for its cache on one H100), and so does rl_train for its frozen reference and preference
+model (rl_train.frozen_dtype): they never take an update.
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+
+def _pipeline_config():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pipeline.py")
+  spec = importlib.util.spec_from_file_location("cai_jax_configs_pipeline", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_config():
+  config = _pipeline_config()
+  config.hardware = ml_collections.ConfigDict(dict(
+      name="8x NVIDIA H100 80GB (one machine)", kind="gpu", num_devices=8, hosts=1,
+      hbm_gib_per_device=79.6,   # 81,559 MiB as nvidia-smi reports it
+      preset="gemma3-12b"))
+  config.model.checkpoint = ""   # set: a local HF folder of Gemma 3 12B
+  config.model.param_dtype = "float32"          # the trainers' master weights and AdamW moments
+  config.model.dtype = "bfloat16"               # matmuls and activations
+  config.pipeline.sampling_param_dtype = "bfloat16"  # sl_generate, sample_pairs, feedback, eval
+  config.mesh.update(data=1, fsdp=8, tensor=1)
+
+  config.sl_generate.batch_size = 8
+  config.sample_pairs.batch_size = 8
+  config.feedback.tokens_per_batch = 8192
+
+  config.sl_train.update(batch_size=64, micro_batches=2, max_length=1024, loss_chunk_tokens=2048,
+                         remat="dots", eval_batch_size=16)
+  config.pm_train.update(batch_size=64, micro_batches=1, max_length=1024, remat="full",
+                         eval_batch_size=16)
+  # one micro-batch: accumulating float32 gradients would cost another 11 GiB a device
+  config.rl_train.update(batch_size=64, minibatch_size=32, micro_batches=1, sampler_batch=64,
+                         max_prompt_tokens=512, max_new_tokens=256, loss_chunk_tokens=2048,
+                         remat="full", frozen_dtype="bfloat16")
+  config.eval.batch_size = 16
+  return config

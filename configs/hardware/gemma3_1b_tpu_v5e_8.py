@@ -1,0 +1,62 @@
+"""Gemma 3 1B, the whole Constitutional AI pipeline on a TPU v5e-8 (v5litepod-8: one host,
+8 chips, 16 GiB HBM each).
+
+    python -m cai_jax.main --config configs/hardware/gemma3_1b_tpu_v5e_8.py \
+        --workdir runs/cai_1b --config.model.checkpoint=/path/to/gemma-3-1b-it
+
+Set `model.checkpoint` to a local Hugging Face folder of google/gemma-3-1b-it (or -pt):
+config.json, *.safetensors and tokenizer.model; nothing is downloaded at run time. The folder
+must hold the architecture named in `hardware.preset`. One process drives the 8 chips: the
+trainers shard parameters, gradients and AdamW moments over all 8 (fsdp=8) and rematerialise
+each block; the sampling stages (sl_generate, sample_pairs, feedback and eval's answers and
+judge) run on one chip. Per-device memory of every stage:
+`python -m cai_jax.train.memory <this file>`; tests/test_hardware_configs.py checks each stays
+under 90% of a chip's HBM (the fullest: sl_generate, about 64%).
+
+Dtypes: the trainers (sl_train, pm_train, rl_train) keep float32 master weights and float32
+AdamW moments (model.param_dtype) and run their matmuls in bfloat16 (model.dtype); a bfloat16
+weight would lose every AdamW update smaller than half its bfloat16 step (at lr 1e-5, most of
+them). The sampling stages (sl_generate, sample_pairs, feedback, eval) store their weights in
+bfloat16 (pipeline.sampling_param_dtype), and so does rl_train for its frozen reference and
+preference model (rl_train.frozen_dtype): they never take an update.
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+
+def _pipeline_config():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pipeline.py")
+  spec = importlib.util.spec_from_file_location("cai_jax_configs_pipeline", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_config():
+  config = _pipeline_config()
+  config.hardware = ml_collections.ConfigDict(dict(
+      name="TPU v5e-8 (v5litepod-8: 8 chips, one host)", kind="tpu", num_devices=8, hosts=1,
+      hbm_gib_per_device=16.0,
+      preset="gemma3-1b"))
+  config.model.checkpoint = ""   # set: a local HF folder of Gemma 3 1B
+  config.model.param_dtype = "float32"          # the trainers' master weights and AdamW moments
+  config.model.dtype = "bfloat16"               # matmuls and activations
+  config.pipeline.sampling_param_dtype = "bfloat16"  # sl_generate, sample_pairs, feedback, eval
+  config.mesh.update(data=1, fsdp=8, tensor=1)
+
+  config.sl_generate.batch_size = 8
+  config.sample_pairs.batch_size = 8
+  config.feedback.tokens_per_batch = 4096
+
+  config.sl_train.update(batch_size=64, micro_batches=2, max_length=1024, loss_chunk_tokens=2048,
+                         remat="full", eval_batch_size=16)
+  config.pm_train.update(batch_size=64, micro_batches=2, max_length=1024, remat="full",
+                         eval_batch_size=16)
+  config.rl_train.update(batch_size=64, minibatch_size=32, micro_batches=2, sampler_batch=64,
+                         max_prompt_tokens=512, max_new_tokens=256, loss_chunk_tokens=2048,
+                         remat="full", frozen_dtype="bfloat16")
+  config.eval.batch_size = 16
+  return config

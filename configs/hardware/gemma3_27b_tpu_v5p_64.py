@@ -1,0 +1,79 @@
+"""Gemma 3 27B, the Constitutional AI pipeline on a TPU v5p-64 slice (32 chips, 95 GB HBM each,
+8 hosts of 4 chips).
+
+Run the stages one at a time, in order, with the same command and WORKDIR (on storage every
+machine sees: a GCS bucket through gcsfuse, NFS):
+
+    python -m cai_jax.main --config configs/hardware/gemma3_27b_tpu_v5p_64.py \
+        --workdir /mnt/shared/cai_27b --config.model.checkpoint=/path/to/gemma-3-27b-it \
+        --config.pipeline.stages=STAGES
+
+  1. STAGES=sl_generate             on a machine of its own (below)
+  2. STAGES=sl_train                on every host of the slice
+  3. STAGES=sample_pairs,feedback   on a machine of its own
+  4. STAGES=pm_train, then rl_train, then eval: on every host of the slice
+
+The sampling stages (sl_generate, sample_pairs, feedback) take no mesh and start no
+`jax.distributed`: one process, one device holding the whole model in bfloat16 (about 69 GiB
+with sl_generate's cache, by the estimate). JAX on one host of a multi-host slice expects the
+other hosts' processes, so they run on a separate single-host machine that sees WORKDIR: a TPU
+v5p-8, an H100 or an H200. eval, too, samples its answers and runs its judge on one device
+(about 70 GiB), and scores with the PM on the whole mesh.
+
+Set `model.checkpoint` to a local Hugging Face folder of google/gemma-3-27b-it (or -pt; the
+multimodal folder's text tower is read) present on every host: config.json, *.safetensors and
+tokenizer.model; nothing is downloaded at run time. The folder must hold the architecture named
+in `hardware.preset`. Mesh: fsdp=16 x tensor=2 (embed over fsdp; heads, mlp and vocabulary over
+tensor), `distributed.auto` lets JAX find the 8 hosts. Per-device memory of every stage:
+`python -m cai_jax.train.memory <this file>`; tests/test_hardware_configs.py checks each stays
+under 90% of a chip's HBM (and the one-device stages under 90% of an H100's 80 GB too).
+
+Dtypes: the trainers (sl_train, pm_train, rl_train) keep float32 master weights and float32
+AdamW moments (model.param_dtype) and run their matmuls in bfloat16 (model.dtype); a bfloat16
+weight would lose every AdamW update smaller than half its bfloat16 step (at lr 1e-5, most of
+them). The sampling stages (sl_generate, sample_pairs, feedback, eval) store their weights in
+bfloat16 (pipeline.sampling_param_dtype: in float32 the 27B parameters alone, 101 GiB, would
+exceed a v5p chip or an H100), and so does rl_train for its frozen reference and preference
+model (rl_train.frozen_dtype): they never take an update.
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+
+def _pipeline_config():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pipeline.py")
+  spec = importlib.util.spec_from_file_location("cai_jax_configs_pipeline", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_config():
+  config = _pipeline_config()
+  config.hardware = ml_collections.ConfigDict(dict(
+      name="TPU v5p-64 (32 chips, 8 hosts)", kind="tpu", num_devices=32, hosts=8,
+      hbm_gib_per_device=88.5,   # 95 GB (10^9 bytes) per chip
+      preset="gemma3-27b"))
+  config.model.checkpoint = ""   # set: a local HF folder of Gemma 3 27B on every host
+  config.model.param_dtype = "float32"          # the trainers' master weights and AdamW moments
+  config.model.dtype = "bfloat16"               # matmuls and activations
+  config.pipeline.sampling_param_dtype = "bfloat16"  # sl_generate, sample_pairs, feedback, eval
+  config.mesh.update(data=1, fsdp=16, tensor=2)
+  config.distributed.auto = True
+
+  config.sl_generate.batch_size = 2
+  config.sample_pairs.batch_size = 2
+  config.feedback.tokens_per_batch = 4096
+
+  config.sl_train.update(batch_size=128, micro_batches=1, max_length=1024, loss_chunk_tokens=4096,
+                         remat="full", eval_batch_size=32)
+  config.pm_train.update(batch_size=128, micro_batches=1, max_length=1024, remat="full",
+                         eval_batch_size=32)
+  config.rl_train.update(batch_size=128, minibatch_size=64, micro_batches=1, sampler_batch=32,
+                         max_prompt_tokens=512, max_new_tokens=256, loss_chunk_tokens=4096,
+                         remat="full", frozen_dtype="bfloat16")
+  config.eval.batch_size = 32
+  return config
