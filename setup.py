@@ -21,6 +21,8 @@ setup(
         "numpy>=1.26",
         "ml_dtypes>=0.4",
         "tqdm>=4.66",
+        # TensorBoard event files of the trainers (metrics.jsonl is written either way).
+        "tensorboardX>=2.6",
         # Reliability diagrams of the eval job (drawn off-screen with the Agg renderer).
         "matplotlib>=3.7",
         # Prompt datasets (cai_jax/data/tfds_builders): TFDS writes and reads array_record files
@@ -43,6 +45,8 @@ setup(
             "transformers>=4.53",
             "accelerate>=1.0",
             "safetensors>=0.4",
+            # tests/test_notebook.py runs experiments/quickstart.ipynb's cells (IPython.display).
+            "ipython>=8",
         ],
     },
 )

@@ -125,7 +125,9 @@ def curves(panels: list, path: str, *, title: str = "", xlabel: str = "step") ->
   rows = (len(panels) + cols - 1) // cols
   fig = Figure(figsize=(4.2 * cols, 3.3 * rows), dpi=100)
   axes = fig.subplots(rows, cols, squeeze=False).ravel()
+  from matplotlib.ticker import MaxNLocator
   for ax, (name, xs, ys, ylabel) in zip(axes, panels):
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, color=_COLORS[0])
     ax.set_title(name, fontsize=10)
     ax.set_xlabel(xlabel)

@@ -77,7 +77,8 @@ def _stage_section(lines: list, figures: dict, st: dict, workdir: str, out_dir: 
       f"Each stage answered the same held-out prompts ({sets_text}), {prefix}, temperature "
       f"{st['sampling']['temperature']}, at most {st['sampling']['max_new_tokens']} tokens. "
       f"The judge (`{st['judge']}`) compared every pair of stages on every prompt in both orders "
-      f"under {st['judge_principles']} principles ({judges_text}); Elo is the Bradley-Terry fit "
+      f"under {st['judge_principles']} principle{'s' if st['judge_principles'] != 1 else ''} "
+      f"({judges_text}); Elo is the Bradley-Terry fit "
       f"of its soft judgements, relative to `{ref}`, with {conf}% bootstrap intervals over "
       "prompts.")
   lines.append("")
@@ -182,7 +183,12 @@ def build(workdir: str, out_dir: str | None = None, *, examples: int = 3,
       s = status["stages"].get(stage)
       if s:
         lines.append(f"| {stage} | {s['status']} | {s['seconds']:.1f} |")
-    lines += ["", f"Last invocation: {status.get('seconds', 0):.1f} s in all.", ""]
+    total = status.get("seconds")  # absent while the pipeline is still running (this stage)
+    if total is None:
+      total = sum(s["seconds"] for s in status["stages"].values())
+      lines += ["", f"Stages before the report: {total:.1f} s in all.", ""]
+    else:
+      lines += ["", f"Last invocation: {total:.1f} s in all.", ""]
 
   ev = _load(p("eval", "report.json"))
   if ev and ev.get("stages"):

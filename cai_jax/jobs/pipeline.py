@@ -172,6 +172,17 @@ def selected_stages(p) -> list[str]:
   return out
 
 
+def _release_memory() -> None:
+  """Between stages: drop compiled programs and collect the finished stage's arrays, so the
+  next stage starts from the memory a run of it alone would use."""
+  import gc
+
+  import jax
+  gc.collect()
+  jax.clear_caches()
+  gc.collect()
+
+
 def _sync(name: str) -> None:
   """A barrier across processes (multi-host runs); nothing on one process."""
   import jax
@@ -215,6 +226,7 @@ def run(config, workdir: str) -> dict:
     else:
       print(f"pipeline: ---- {stage}", flush=True)
       main.run(stage_config(config, stage, workdir), workdir)
+      _release_memory()
       if not done(stage, workdir):
         raise RuntimeError(f"pipeline: {stage} returned without its finished output "
                            f"({', '.join(DONE[stage])} in {workdir})")
