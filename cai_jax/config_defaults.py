@@ -52,3 +52,35 @@ def optim_config(learning_rate: float, warmup_steps: int) -> ml_collections.Conf
       "learning_rate": learning_rate, "warmup_steps": warmup_steps, "total_steps": 0,
       "end_factor": 0.1, "b1": 0.9, "b2": 0.95, "eps": 1e-8, "weight_decay": 0.0,
       "clip_norm": 1.0, "decay_norms": False, "decay_embedding": False})
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file given by path (configs/ is not a package: config files
+  that build on another one load it with this)."""
+  import importlib.util
+  import os
+  name = "cai_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def hardware_config(*, name: str, kind: str, num_devices: int, hosts: int,
+                    hbm_gib_per_device: float, preset: str) -> ml_collections.ConfigDict:
+  """`config.hardware` of configs/hardware/*.py: the machine a config is sized for (read by
+  `cai_jax.train.memory` and tests/test_hardware_configs.py) and the architecture it expects."""
+  return ml_collections.ConfigDict(dict(name=name, kind=kind, num_devices=num_devices,
+                                        hosts=hosts, hbm_gib_per_device=hbm_gib_per_device,
+                                        preset=preset))
+
+
+def mixed_precision(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Accelerator dtypes for a pipeline config: the trainers keep float32 master weights and
+  AdamW moments with bfloat16 matmuls (a bfloat16 weight loses every update smaller than half
+  its step); the sampling stages and rl_train's frozen reference and PM store bfloat16."""
+  config.model.param_dtype = "float32"
+  config.model.dtype = "bfloat16"
+  config.pipeline.sampling_param_dtype = "bfloat16"
+  config.rl_train.frozen_dtype = "bfloat16"
+  return config

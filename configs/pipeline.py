@@ -14,7 +14,6 @@ set explicitly. Each stage's full config is recorded in WORKDIR/<stage>/config.j
 status in WORKDIR/pipeline/status.json.
 """
 
-import importlib.util
 import os
 
 from cai_jax import config_defaults
@@ -26,11 +25,8 @@ TRAINERS = ("sl_train", "pm_train", "rl_train")
 
 def stage_config(stage: str):
   """configs/<stage>.py's get_config(), loaded from the folder this file is in."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{stage}.py")
-  spec = importlib.util.spec_from_file_location(f"cai_jax_configs_{stage}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_defaults.load_config_file(
+      os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{stage}.py"))
 
 
 def get_config():

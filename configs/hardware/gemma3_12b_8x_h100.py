@@ -17,39 +17,26 @@ fraction above lets it use the card. Per-device memory of every stage:
 `python -m cai_jax.train.memory <this file>`; tests/test_hardware_configs.py checks each stays
 under 90% of a card (the fullest: sl_generate, about 83%, and rl_train, about 83%).
 
-Dtypes: the trainers (sl_train, pm_train, rl_train) keep float32 master weights and float32
-AdamW moments (model.param_dtype) and run their matmuls in bfloat16 (model.dtype); a bfloat16
-weight would lose every AdamW update smaller than half its bfloat16 step (at lr 1e-5, most of
-them). The sampling stages (sl_generate, sample_pairs, feedback, eval) store their weights in
-bfloat16 (pipeline.sampling_param_dtype; a 12B model in float32 would not leave sl_generate
-room for its cache on one H100), and so does rl_train for its frozen reference and preference
-model (rl_train.frozen_dtype): they never take an update.
+Dtypes (config_defaults.mixed_precision): float32 master weights and AdamW moments with
+bfloat16 matmuls in the trainers; bfloat16 weights in the sampling stages and in rl_train's
+frozen reference and preference model.
 """
 
-import importlib.util
 import os
 
-import ml_collections
+from cai_jax import config_defaults
 
-
-def _pipeline_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pipeline.py")
-  spec = importlib.util.spec_from_file_location("cai_jax_configs_pipeline", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+PIPELINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pipeline.py")
 
 
 def get_config():
-  config = _pipeline_config()
-  config.hardware = ml_collections.ConfigDict(dict(
+  config = config_defaults.load_config_file(PIPELINE)
+  config.hardware = config_defaults.hardware_config(
       name="8x NVIDIA H100 80GB (one machine)", kind="gpu", num_devices=8, hosts=1,
       hbm_gib_per_device=79.6,   # 81,559 MiB as nvidia-smi reports it
-      preset="gemma3-12b"))
+      preset="gemma3-12b")
   config.model.checkpoint = ""   # set: a local HF folder of Gemma 3 12B
-  config.model.param_dtype = "float32"          # the trainers' master weights and AdamW moments
-  config.model.dtype = "bfloat16"               # matmuls and activations
-  config.pipeline.sampling_param_dtype = "bfloat16"  # sl_generate, sample_pairs, feedback, eval
+  config_defaults.mixed_precision(config)  # fp32 master weights, bf16 matmuls and sampling
   config.mesh.update(data=1, fsdp=8, tensor=1)
 
   config.sl_generate.batch_size = 8
@@ -63,6 +50,6 @@ def get_config():
   # one micro-batch: accumulating float32 gradients would cost another 11 GiB a device
   config.rl_train.update(batch_size=64, minibatch_size=32, micro_batches=1, sampler_batch=64,
                          max_prompt_tokens=512, max_new_tokens=256, loss_chunk_tokens=2048,
-                         remat="full", frozen_dtype="bfloat16")
+                         remat="full")
   config.eval.batch_size = 16
   return config
