@@ -124,6 +124,15 @@ def clamp(p, lo: float, hi: float):
   return _out(np.clip(_check_probs(p, "clamped values"), lo, hi))
 
 
+def principle_probability(p_a_orig, p_a_swapped=None, lo: float = 0.0, hi: float = 1.0
+                          ) -> float:
+  """One principle's p(first better) from the raw P(A) of its question(s): each clamped to
+  [lo, hi] ((0, 1): unclamped), then the both-orders average where the swapped order was
+  asked."""
+  a = clamp(p_a_orig, lo, hi)
+  return a if p_a_swapped is None else both_orders(a, clamp(p_a_swapped, lo, hi))
+
+
 def position_bias(p_a_orig, p_a_swapped=None) -> float:
   """Mean P(choose (A)) over every question asked, minus 0.5.
 
@@ -420,11 +429,8 @@ class FeedbackLabeller:
   def principle_label(self, p_a_orig: float, p_a_swapped: float | None) -> float:
     """One principle's p(first better): CoT probabilities clamped first, then both orders."""
     s = self.settings
-    if s.mode == "cot":
-      p_a_orig = clamp(p_a_orig, s.clamp_low, s.clamp_high)
-      if p_a_swapped is not None:
-        p_a_swapped = clamp(p_a_swapped, s.clamp_low, s.clamp_high)
-    return p_a_orig if p_a_swapped is None else both_orders(p_a_orig, p_a_swapped)
+    lo, hi = (s.clamp_low, s.clamp_high) if s.mode == "cot" else (0.0, 1.0)
+    return principle_probability(p_a_orig, p_a_swapped, lo, hi)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -135,12 +135,8 @@ def relabel(per_principle: Sequence[Mapping], lo: float = 0.0, hi: float = 1.0) 
   """p(first better) of one labelled pair recomputed from its raw per-question P(A): each P(A)
   clamped to [lo, hi] (0, 1: unclamped), both orders averaged where the swapped order was asked,
   then the mean over principles."""
-  values = []
-  for e in per_principle:
-    a = F.clamp(e["p_a_orig"], lo, hi)
-    b = e.get("p_a_swapped")
-    values.append(a if b is None else F.both_orders(a, F.clamp(b, lo, hi)))
-  return F.ensemble_average(values)
+  return F.ensemble_average([F.principle_probability(e["p_a_orig"], e.get("p_a_swapped"), lo, hi)
+                             for e in per_principle])
 
 
 def relabelled(labels: Sequence[F.FeedbackLabel], lo: float = 0.0, hi: float = 1.0

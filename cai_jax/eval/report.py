@@ -101,7 +101,10 @@ def _stage_section(lines: list, figures: dict, st: dict, workdir: str, out_dir: 
       row.append(f"{t['elo'][n]:+.0f} [{t['elo_low'][n]:+.0f}, {t['elo_high'][n]:+.0f}]"
                  if t else "-")
       pm = st["pm_score"].get(s, {}).get(n)
-      row.append(f"{pm['mean']:+.3f} ± {pm['se']:.3f}" if pm and pm.get("n") else "-")
+      if pm and pm.get("n"):
+        row.append(f"{pm['mean']:+.3f}" + (f" ± {pm['se']:.3f}" if pm["se"] is not None else ""))
+      else:
+        row.append("-")
       ln = st["lengths"][s][n]["tokens"]
       row.append(_fmt(ln.get("mean"), 1))
     lines.append("| " + " | ".join(row) + " |")

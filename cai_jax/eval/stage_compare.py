@@ -28,7 +28,7 @@ import numpy as np
 from cai_jax.cai import feedback as F
 from cai_jax.config_defaults import ConfigError
 from cai_jax.data import sources
-from cai_jax.eval import calibration, elo
+from cai_jax.eval import analysis, calibration, elo
 
 SETS = ("harmless", "helpful")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -131,12 +131,12 @@ def judgement_record(set_name: str, label: dict) -> dict:
 
 
 def _stats(x: Sequence[float]) -> dict:
-  x = np.asarray(x, np.float64)
-  if not len(x):
-    return {"n": 0}
-  return {"n": int(len(x)), "mean": float(x.mean()), "std": float(x.std()),
-          "se": float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan"),
-          "median": float(np.median(x)), "min": float(x.min()), "max": float(x.max())}
+  """analysis.mean_se (n, mean, std, se) plus median, min and max."""
+  x = np.asarray(x, np.float64).ravel()
+  out = analysis.mean_se(x)
+  if x.size:
+    out.update(median=float(np.median(x)), min=float(x.min()), max=float(x.max()))
+  return out
 
 
 def length_stats(records: Sequence[dict]) -> dict:
