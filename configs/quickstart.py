@@ -29,7 +29,7 @@ def get_config():
 
   t = config.sl_train  # a few steps on the revisions + helpful answers
   t.steps, t.batch_size, t.max_length, t.loss_chunk_tokens = 6, 4, 256, 256
-  t.async_checkpoints = False
+  t.async_checkpoints, t.keep_checkpoints = False, 1  # a 270M train state is 3.2 GB on disk
   config.optim.sl_train.learning_rate, config.optim.sl_train.warmup_steps = 2e-5, 1
 
   p = config.sample_pairs  # two sampled answers from the SL-CAI model per prompt
@@ -40,13 +40,14 @@ def get_config():
 
   pm = config.pm_train
   pm.steps, pm.batch_size, pm.max_length = 4, 4, 256
-  pm.async_checkpoints = False
+  pm.async_checkpoints, pm.keep_checkpoints = False, 1
   config.optim.pm_train.warmup_steps = 1
 
   rl = config.rl_train  # PPO against the PM, KL-penalised towards the SL-CAI model
   rl.iterations, rl.batch_size, rl.minibatch_size, rl.ppo_epochs = 3, 8, 4, 1
   rl.sampler_batch, rl.max_new_tokens, rl.loss_chunk_tokens = 8, 32, 256
   rl.checkpoint_every, rl.sample_every, rl.async_checkpoints = 1, 0, False
+  rl.keep_checkpoints = 1  # policy + value model with their AdamW states: 6.4 GB each
 
   e = config.eval  # base vs SL-CAI vs RL-CAI on held-out prompts, judged by the base model
   e.num_prompts, e.answer_max_tokens, e.answer_batch_size = 6, 48, 8

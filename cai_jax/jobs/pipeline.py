@@ -175,12 +175,17 @@ def selected_stages(p) -> list[str]:
 def _release_memory() -> None:
   """Between stages: drop compiled programs and collect the finished stage's arrays, so the
   next stage starts from the memory a run of it alone would use."""
+  import ctypes
   import gc
 
   import jax
   gc.collect()
   jax.clear_caches()
   gc.collect()
+  try:  # glibc keeps freed heap pages; hand them back so the next stage has the room
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
 
 
 def _sync(name: str) -> None:
