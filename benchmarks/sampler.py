@@ -8,7 +8,11 @@ python benchmarks/sampler.py
     float32 array: on CPU the faster of numpy and XLA, on an accelerator XLA on the device).
 (b) a ~1,500-token shared prefix + 16 short prompts, 32 new tokens, with and without prefix
     caching (the prefix prefill is part of the timed work).
-Each cai_jax case runs twice: the first call's extra time is compilation, reported separately.
+In (a) both implementations are loaded at once and their timed runs alternate (--repeats of
+each, after a first cai_jax call and a short transformers warm-up), so that both meet the same
+machine: on a shared CPU other processes change its speed from minute to minute. Each side's
+fastest run counts; the first cai_jax call's extra time over it is compilation, reported
+separately. (b) runs cai_jax only (the uncached case, minutes long, once after its first call).
 
 Runs on whatever JAX's default device is (a GPU when JAX sees one); transformers runs on CUDA
 when torch sees it. Options:
@@ -17,9 +21,9 @@ when torch sees it. Options:
       parameters through an HF folder written to a temporary directory.
   --dtype bfloat16   parameters and matmuls in bfloat16 for both implementations (meant for GPU).
   --new-tokens, --batch-sizes, --prefix-tokens, --prefix-prompts, --prefix-new-tokens,
-  --bandwidth-gb, --no-transformers   smaller settings for smoke runs.
-The last line is one JSON object (a line with "partial": true is printed before transformers
-starts, so a crash there still leaves cai_jax's numbers).
+  --bandwidth-gb, --repeats, --no-transformers   smaller settings for smoke runs.
+The last line is one JSON object (a line with "partial": true is printed after (a), so a crash
+in (b) still leaves those numbers).
 """
 
 from __future__ import annotations
@@ -90,11 +94,12 @@ def read_bandwidth_gb_s(gigabytes: float = 1.0, calls_per_timing: int = 1) -> di
   return {"numpy_sum_gb_s": a.nbytes / best_np / 1e9, "xla_sum_gb_s": a.nbytes / best_jax / 1e9}
 
 
-def ours_twice(fn):
-  """(result, first-call seconds, second-call seconds)."""
+def ours_timed(fn, repeats: int):
+  """(result, first-call seconds, fastest of `repeats` further calls in seconds)."""
   _, first = timed(fn)
-  out, second = timed(fn)
-  return out, first, second
+  runs = [timed(fn) for _ in range(max(1, repeats))]
+  out, best = min(runs, key=lambda r: r[1])
+  return out, first, best
 
 
 def prefix_text(tok, target_tokens: int) -> str:
@@ -148,6 +153,8 @@ def main():
   parser.add_argument("--prefix-prompts", type=int, default=16)
   parser.add_argument("--prefix-new-tokens", type=int, default=32)
   parser.add_argument("--bandwidth-gb", type=float, default=1.0)
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="timed runs per case (after the first call); the fastest counts")
   parser.add_argument("--random-weights", action="store_true",
                       help="gemma3-270m architecture with random parameters (needs --tokenizer)")
   parser.add_argument("--tokenizer", help="tokenizer.model for --random-weights")
@@ -194,77 +201,109 @@ def main():
   sampler = Sampler(model.config, model.params, tok, eos_ids=())
   out = {"device": device.device_kind, "platform": device.platform,
          "weights": "random" if args.random_weights else "gemma3-270m", "dtype": args.dtype,
-         "num_params": num_params, "new_tokens": n_new, **bw, "bandwidth_gb_s": bandwidth}
-  finite = True
-  first_row_tokens = {}  # batch -> cai_jax's greedy tokens for the first prompt
-
-  # ------------------------------------------------------------------ (a) batch 1 and batch 8
-  for batch in batch_sizes:
-    prompts = cycled(PROMPTS, batch)
-    res, first, second = ours_twice(lambda: sampler.generate(prompts, max_new_tokens=n_new))
-    assert sum(res.num_tokens) == batch * n_new
-    finite = finite and all(np.isfinite(lp).all() for lp in res.logprobs)
-    first_row_tokens[batch] = list(res.tokens[0])
-    out[f"ours_batch{batch}_tok_s"] = batch * n_new / second
-    out[f"ours_batch{batch}_compile_s"] = first - second
-    print(f"cai_jax batch {batch}: {batch * n_new / second:.1f} tok/s ({second:.2f} s; first "
-          f"call {first:.2f} s)", flush=True)
-  out["finite_logprobs"] = bool(finite)
-  if not finite:
-    print("WARNING: non-finite log-probs in cai_jax's generations", flush=True)
-  if "ours_batch1_tok_s" in out:
-    steps_per_s = out["ours_batch1_tok_s"]  # one token per decode step at batch 1
-    achieved = bytes_per_param * num_params * steps_per_s / 1e9
-    out["batch1_param_read_gb_s"] = achieved
-    out["batch1_bandwidth_fraction"] = achieved / bandwidth
-    print(f"batch-1 decode reads {achieved:.1f} GB/s of parameters = "
-          f"{100 * achieved / bandwidth:.0f}% of the measured {bandwidth:.1f} GB/s", flush=True)
-
-  # ------------------------------------------------------------------ (b) prefix caching
+         "num_params": num_params, "new_tokens": n_new, "repeats": args.repeats, **bw,
+         "bandwidth_gb_s": bandwidth}
   speedup_keys = []
-  if args.prefix_tokens > 0:
-    n_q, n_pre_new = args.prefix_prompts, args.prefix_new_tokens
-    prefix = prefix_text(tok, args.prefix_tokens)
-    prompts = [f"\n\nHuman: {q}\n\nAssistant:" for q in cycled(QUESTIONS, n_q)]
-    out["prefix_tokens"] = len(tok.encode(prefix, add_bos=True))
 
-    def with_cache():
-      pc = sampler.prefill_prefix(prefix)
-      return sampler.generate(prompts, max_new_tokens=n_pre_new, prefix=pc)
-
-    def without_cache():
-      return sampler.generate([prefix + p for p in prompts], max_new_tokens=n_pre_new)
-
-    _, first_c, second_c = ours_twice(with_cache)
-    print(f"prefix cached: {second_c:.2f} s (first call {first_c:.2f} s)", flush=True)
-    _, first_u, second_u = ours_twice(without_cache)
-    print(f"no prefix cache: {second_u:.2f} s (first call {first_u:.2f} s)", flush=True)
-    out.update(prefix_cached_s=second_c, prefix_cached_compile_s=first_c - second_c,
-               prefix_uncached_s=second_u, prefix_uncached_compile_s=first_u - second_u,
-               prefix_cached_tok_s=n_q * n_pre_new / second_c,
-               prefix_uncached_tok_s=n_q * n_pre_new / second_u,
-               prefix_cache_speedup=second_u / second_c)
-    speedup_keys.append("prefix_cache_speedup")
-
-  def final_json():
+  def final_json(**extra):
     keys = [f"batch{b}_speedup" for b in batch_sizes if f"batch{b}_speedup" in out]
     keys += speedup_keys
     return json.dumps({**{k: out[k] for k in keys},
-                       **{k: v for k, v in out.items() if k not in keys}})
+                       **{k: v for k, v in out.items() if k not in keys}, **extra})
 
-  # ------------------------------------------------------------------ transformers
-  if args.no_transformers:
-    print(final_json())
-    return
+  hf_folder = None
+  try:
+    # transformers is loaded first and its runs alternate with cai_jax's, so that both see the
+    # same machine (other processes on a shared CPU change its speed from minute to minute).
+    hf_generate = None if args.no_transformers else load_transformers(args, model, tok, out)
+    if hf_generate is not None:
+      hf_folder = out.pop("_hf_folder", None)
+
+    # ---------------------------------------------------------------- (a) batch 1 and batch 8
+    finite = True
+    for batch in batch_sizes:
+      prompts = cycled(PROMPTS, batch)
+      res, first = timed(lambda: sampler.generate(prompts, max_new_tokens=n_new))
+      assert sum(res.num_tokens) == batch * n_new
+      finite = finite and all(np.isfinite(lp).all() for lp in res.logprobs)
+      ours_runs, hf_runs, gen = [], [], None
+      if hf_generate is not None:
+        hf_generate(prompts, 4)  # warm-up (on CUDA kernels are picked per shape on first use)
+      for r in range(max(1, args.repeats)):
+        pair = [lambda: ours_runs.append(timed(
+                    lambda: sampler.generate(prompts, max_new_tokens=n_new))[1])]
+        if hf_generate is not None:
+          pair.append(lambda: hf_runs.append(timed(lambda: hf_generate(prompts, n_new))))
+        for run in (pair if r % 2 == 0 else pair[::-1]):
+          run()
+      ours = min(ours_runs)
+      out[f"ours_batch{batch}_tok_s"] = batch * n_new / ours
+      out[f"ours_batch{batch}_compile_s"] = first - ours
+      print(f"cai_jax batch {batch}: {batch * n_new / ours:.1f} tok/s ({ours:.2f} s; first "
+            f"call {first:.2f} s)", flush=True)
+      if hf_runs:
+        gen, secs = min(hf_runs, key=lambda r: r[1])
+        # Leading greedy tokens of the first row on which both implementations agree (n_new
+        # when they agree throughout; float rounding can flip a near-tie, bfloat16 sooner).
+        theirs = gen[0, gen.shape[1] - n_new:].tolist()
+        mine = list(res.tokens[0])
+        out[f"batch{batch}_greedy_agree_tokens"] = next(
+            (i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), n_new))
+        out[f"hf_batch{batch}_tok_s"] = batch * n_new / secs
+        out[f"batch{batch}_speedup"] = secs / ours
+        print(f"transformers batch {batch}: {batch * n_new / secs:.1f} tok/s ({secs:.2f} s): "
+              f"cai_jax {secs / ours:.2f}x", flush=True)
+    out["finite_logprobs"] = bool(finite)
+    if not finite:
+      print("WARNING: non-finite log-probs in cai_jax's generations", flush=True)
+    if "ours_batch1_tok_s" in out:
+      steps_per_s = out["ours_batch1_tok_s"]  # one token per decode step at batch 1
+      achieved = bytes_per_param * num_params * steps_per_s / 1e9
+      out["batch1_param_read_gb_s"] = achieved
+      out["batch1_bandwidth_fraction"] = achieved / bandwidth
+      print(f"batch-1 decode reads {achieved:.1f} GB/s of parameters = "
+            f"{100 * achieved / bandwidth:.0f}% of the measured {bandwidth:.1f} GB/s", flush=True)
+    print(final_json(partial=True), flush=True)
+
+    # ---------------------------------------------------------------- (b) prefix caching
+    if args.prefix_tokens > 0:
+      n_q, n_pre_new = args.prefix_prompts, args.prefix_new_tokens
+      prefix = prefix_text(tok, args.prefix_tokens)
+      prompts = [f"\n\nHuman: {q}\n\nAssistant:" for q in cycled(QUESTIONS, n_q)]
+      out["prefix_tokens"] = len(tok.encode(prefix, add_bos=True))
+
+      def with_cache():
+        pc = sampler.prefill_prefix(prefix)
+        return sampler.generate(prompts, max_new_tokens=n_pre_new, prefix=pc)
+
+      def without_cache():
+        return sampler.generate([prefix + p for p in prompts], max_new_tokens=n_pre_new)
+
+      _, first_c, second_c = ours_timed(with_cache, args.repeats)
+      print(f"prefix cached: {second_c:.2f} s (first call {first_c:.2f} s)", flush=True)
+      _, first_u, second_u = ours_timed(without_cache, 1)
+      print(f"no prefix cache: {second_u:.2f} s (first call {first_u:.2f} s)", flush=True)
+      out.update(prefix_cached_s=second_c, prefix_cached_compile_s=first_c - second_c,
+                 prefix_uncached_s=second_u, prefix_uncached_compile_s=first_u - second_u,
+                 prefix_cached_tok_s=n_q * n_pre_new / second_c,
+                 prefix_uncached_tok_s=n_q * n_pre_new / second_u,
+                 prefix_cache_speedup=second_u / second_c)
+      speedup_keys.append("prefix_cache_speedup")
+  finally:
+    if hf_folder is not None:
+      shutil.rmtree(hf_folder, ignore_errors=True)
+  print(final_json())
+
+
+def load_transformers(args, model, tok, out):
+  """transformers' generate on the same parameters, as a function (prompts, new) -> the
+  generated ids; None (with out["hf_error"]) when transformers is missing or fails to load."""
   try:
     import torch
     from transformers import AutoModelForCausalLM
-  except ImportError:
-    print(final_json())
-    return
-  print(json.dumps({**out, "partial": True}), flush=True)
-  del sampler
-  hf_folder = None
+  except ImportError as e:
+    out["hf_error"] = f"ImportError: {e}"[:500]
+    return None
   try:
     hf_device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
@@ -272,53 +311,34 @@ def main():
     source = model.source
     if source is None:  # random weights: the same parameters, written as an HF folder
       from cai_jax.checkpoints import hf as hf_io
-      hf_folder = source = tempfile.mkdtemp(prefix="cai_jax_bench_hf_")
-      _, secs = timed(lambda: hf_io.save_hf_folder(hf_folder, model.config, model.params, tok))
+      source = tempfile.mkdtemp(prefix="cai_jax_bench_hf_")
+      out["_hf_folder"] = source
+      _, secs = timed(lambda: hf_io.save_hf_folder(source, model.config, model.params, tok))
       print(f"wrote the random parameters as an HF folder in {secs:.1f} s", flush=True)
     hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).eval().to(hf_device)
     out["torch_threads"] = torch.get_num_threads()
-
-    def sync():
-      if hf_device == "cuda":
-        torch.cuda.synchronize()
-
-    def hf_generate(prompts, new):
-      ids = [tok.encode(p, add_bos=True) for p in prompts]
-      width = max(map(len, ids))  # left-padded, as transformers generates from padded batches
-      input_ids = torch.tensor([[tok.pad_id] * (width - len(r)) + r for r in ids],
-                               device=hf_device)
-      mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids],
-                          device=hf_device)
-      with torch.no_grad():
-        gen = hf.generate(input_ids, attention_mask=mask, do_sample=False, max_new_tokens=new,
-                          min_new_tokens=new, pad_token_id=tok.pad_id, eos_token_id=tok.eos_id)
-      sync()
-      assert gen.shape[1] - width == new
-      return gen
-
-    # Warm-up (on CUDA at every batch size: kernels are picked per shape on first use).
-    for batch in (batch_sizes if hf_device == "cuda" else batch_sizes[:1]):
-      hf_generate(cycled(PROMPTS, batch), 4)
-    for batch in batch_sizes:
-      gen, secs = timed(lambda: hf_generate(cycled(PROMPTS, batch), n_new))
-      # Leading greedy tokens of the first row on which both implementations agree (n_new when
-      # they agree throughout; float rounding can flip a near-tie, bfloat16 sooner).
-      theirs = gen[0, gen.shape[1] - n_new:].tolist()
-      ours = first_row_tokens[batch]
-      out[f"batch{batch}_greedy_agree_tokens"] = next(
-          (i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), n_new))
-      out[f"hf_batch{batch}_tok_s"] = batch * n_new / secs
-      out[f"batch{batch}_speedup"] = out[f"ours_batch{batch}_tok_s"] / out[f"hf_batch{batch}_tok_s"]
-      print(f"transformers batch {batch}: {batch * n_new / secs:.1f} tok/s ({secs:.2f} s)",
-            flush=True)
-  except Exception as e:  # keep cai_jax's numbers: the last line is still the JSON object
+  except Exception as e:  # cai_jax's numbers still come
     traceback.print_exc()
     out["hf_error"] = f"{type(e).__name__}: {e}"[:500]
-  finally:
-    if hf_folder is not None:
-      shutil.rmtree(hf_folder, ignore_errors=True)
-  print(final_json())
+    if "_hf_folder" in out:
+      shutil.rmtree(out.pop("_hf_folder"), ignore_errors=True)
+    return None
 
+  def hf_generate(prompts, new):
+    ids = [tok.encode(p, add_bos=True) for p in prompts]
+    width = max(map(len, ids))  # left-padded, as transformers generates from padded batches
+    input_ids = torch.tensor([[tok.pad_id] * (width - len(r)) + r for r in ids],
+                             device=hf_device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids], device=hf_device)
+    with torch.no_grad():
+      gen = hf.generate(input_ids, attention_mask=mask, do_sample=False, max_new_tokens=new,
+                        min_new_tokens=new, pad_token_id=tok.pad_id, eos_token_id=tok.eos_id)
+    if hf_device == "cuda":
+      torch.cuda.synchronize()
+    assert gen.shape[1] - width == new
+    return gen
+
+  return hf_generate
 
 if __name__ == "__main__":
   main()

@@ -1,7 +1,9 @@
 """The KV-cache sampler: cached decoding equals full forward passes (tiny preset, windows and
-padding included), prefix caching changes nothing, stop strings and EOS end rows exactly and
-independently, sampling draws from the distribution it claims, bad input fails clearly, shapes are
-bucketed; and on Gemma 3 270M greedy decoding equals transformers' token for token."""
+padding included), and so do ring-buffer caches for the window layers (generation well past the
+window, chunked prefill); new parameters take effect, prefix caching changes nothing, stop
+strings and EOS end rows exactly and independently, sampling draws from the distribution it
+claims, bad input fails clearly, shapes are bucketed; and on Gemma 3 270M greedy decoding equals
+transformers' token for token."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import numpy as np
 import pytest
 
 from cai_jax.model import config as model_config
-from cai_jax.model import gemma
+from cai_jax.model import gemma, kv_cache
 from cai_jax.sampling.sampler import Sampler
 from cai_jax.sampling.strategies import Greedy, Sampling, from_settings
 from conftest import needs_transformers
@@ -137,6 +139,126 @@ def test_prefix_cache_equals_uncached_tiny(tiny, sampler):
   # The prefix cache is reusable across batches.
   again = sampler.generate(prompts[::-1], max_new_tokens=16, prefix=prefix)
   assert again.tokens == plain.tokens[::-1]
+
+
+# ----------------------------------------------------------------------------- ring buffer
+
+
+def test_ring_buffer_equals_full_cache_and_full_forward(tiny):
+  """Sliding-window layers keep 8 ring slots (the window) instead of one per token. Prompts
+  shorter than, equal to and longer than the window, padded together, and 40 new tokens (five
+  windows, so every ring slot is rewritten several times): the ring cache gives the full
+  cache's tokens, and both equal the argmax of an uncached forward pass at every step."""
+  config, params = tiny
+  tok = CharTokenizer()
+  W = config.sliding_window
+  prompts = ["xyzzy", "1234567", "Human: hi", "hello world"]  # BOS + 5, 7, 9 and 11 tokens
+  assert W == 8
+  ring = Sampler(config, params, tok, eos_ids=())
+  full = Sampler(config, params, tok, eos_ids=(), ring_buffer=False)
+  a = ring.generate(prompts, max_new_tokens=5 * W)
+  b = full.generate(prompts, max_new_tokens=5 * W)
+  assert a.tokens == b.tokens
+  for prompt, tokens, la, lb in zip(prompts, a.tokens, a.logprobs, b.logprobs):
+    np.testing.assert_allclose(la, lb, atol=1e-4, err_msg=prompt)
+    ids = tok.encode(prompt, add_bos=True)
+    assert len(set(tokens[3 * W:])) > 4, prompt  # still not a degenerate repeat late on
+    ref = full_logprobs(config, params, ids + tokens)
+    pred = ref[len(ids) - 1:len(ids) - 1 + len(tokens)]
+    np.testing.assert_array_equal(tokens, np.argmax(pred, axis=-1), err_msg=prompt)
+    np.testing.assert_allclose(la, pred[np.arange(len(tokens)), tokens], atol=1e-4,
+                               err_msg=prompt)
+  # One row alone (other padding, other bucket) and a batch agree too.
+  alone = ring.generate(prompts[2:3], max_new_tokens=5 * W)
+  assert alone.tokens[0] == a.tokens[2]
+
+
+def test_prefill_in_chunks(tiny, sampler):
+  """Prompts prefilled 32 slots at a time (rows of 52 to 89 tokens, their last tokens in
+  different chunks, in a 128-slot bucket: 3 chunks and one of padding only, skipped), with and
+  without a shared prefix of 4 chunks, give what one chunk gives."""
+  config, params = tiny
+  tok = CharTokenizer()
+  chunked = Sampler(config, params, tok, eos_ids=(), prefill_chunk=32)
+  prompts = ["p" * 40 + "hello world", "the harbour lights were burning low " * 2,
+             "abcdefghijklmnopqrstuvwxyz" * 3 + "0123456789"]
+  assert [len(p) + 1 for p in prompts] == [52, 73, 89]
+  a = chunked.generate(prompts, max_new_tokens=12)
+  b = sampler.generate(prompts, max_new_tokens=12)  # prefill_chunk=256: one chunk
+  assert a.tokens == b.tokens
+  for x, y in zip(a.logprobs, b.logprobs):
+    np.testing.assert_allclose(x, y, atol=1e-4)
+  prefix_text = "A conversation between a person and a helpful assistant. " * 2  # 117 tokens
+  pa = chunked.prefill_prefix(prefix_text)
+  pb = sampler.prefill_prefix(prefix_text)
+  assert pa.slots == pb.slots == 128
+  a = chunked.generate(prompts, max_new_tokens=12, prefix=pa)
+  b = sampler.generate(prompts, max_new_tokens=12, prefix=pb)
+  assert a.tokens == b.tokens
+  with pytest.raises(ValueError, match="prefill_chunk"):
+    Sampler(config, params, tok, prefill_chunk=48)
+
+
+def test_ring_cache_layout():
+  """Ring layers hold min(window, length) slots; writes land at position % window, only a
+  chunk's last `window` positions are kept, padding (-1) is never written."""
+  config = model_config.preset("tiny")
+  W = config.sliding_window
+  cache = kv_cache.init_cache(config, 2, 40, ring=True)
+  for layer, kind in zip(cache, config.layer_types):
+    assert layer.ring == (kind == "local")
+    assert layer.num_slots == (W if kind == "local" else 40)
+  short = kv_cache.init_cache(config, 2, W - 3, ring=True)  # fits: no ring needed
+  assert all(not c.ring and c.num_slots == W - 3 for c in short)
+  ring = cache[0]
+  K, H = config.num_kv_heads, config.head_dim
+  # Row 0: positions 0..12 (13 tokens, wraps); row 1: 0..4 then padding.
+  positions = np.array([list(range(13)), list(range(5)) + [-1] * 8], np.int32)
+  k = np.broadcast_to(positions[:, :, None, None], (2, 13, K, H)).astype(np.float32)
+  out = kv_cache.write_ring(ring, jnp.asarray(k), jnp.asarray(-k), jnp.asarray(positions))
+  want = np.full((2, W), -1)
+  for p in range(5, 13):
+    want[0, p % W] = p
+  want[1, :5] = np.arange(5)
+  np.testing.assert_array_equal(np.asarray(out.positions_BS), want)
+  np.testing.assert_array_equal(np.asarray(out.k_BSKH)[..., 0, 0], np.where(want >= 0, want, 0))
+  np.testing.assert_array_equal(np.asarray(out.v_BSKH)[..., 0, 0], -np.where(want >= 0, want, 0))
+  # One more token per row overwrites the oldest slot of row 0 and fills row 1's next one.
+  step = jnp.asarray([[13], [5]], jnp.int32)
+  kk = jnp.broadcast_to(step[:, :, None, None].astype(jnp.float32), (2, 1, K, H))
+  out = kv_cache.write_step(out, kk, kk, step, 0)
+  want[0, 13 % W], want[1, 5] = 13, 5
+  np.testing.assert_array_equal(np.asarray(out.positions_BS), want)
+
+
+def test_chunked_prefill_into_rings_equals_full_forward(tiny):
+  """The model's cached path on its own: a prompt fed in chunks of 5 tokens (a chunk's later
+  tokens evict ring slots that its earlier queries still read), then single tokens, with ring
+  caches on the local layers, gives the logits of one uncached forward pass."""
+  config, params = tiny
+  model = gemma.Gemma3(config)
+  rng = np.random.default_rng(3)
+  seq = rng.integers(3, config.vocab_size, size=(2, 23)).astype(np.int32)
+  valid = np.ones(seq.shape, bool)
+  valid[1, 17:] = False  # row 1 is shorter: padding at the end of its last chunks
+  positions, mask = gemma.sequence_inputs(jnp.asarray(valid))
+  want, _ = model.apply({"params": params}, jnp.asarray(seq), positions, mask)
+
+  @jax.jit
+  def step(cache, tokens, pos, index):
+    return model.apply({"params": params}, tokens, pos, None, cache=cache, cache_index=index)
+
+  cache = kv_cache.init_cache(config, 2, 23, ring=True)
+  assert cache[0].ring and cache[0].num_slots == config.sliding_window
+  got = []
+  for start, stop in ((0, 5), (5, 10), (10, 15), (15, 20), (20, 21), (21, 22), (22, 23)):
+    logits, cache = step(cache, jnp.asarray(seq[:, start:stop]), positions[:, start:stop],
+                         start)
+    got.append(np.asarray(logits))
+  got = np.concatenate(got, axis=1)
+  want = np.asarray(want)
+  for r, n in enumerate((23, 17)):
+    np.testing.assert_allclose(got[r, :n], want[r, :n], atol=1e-4, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- stopping
@@ -282,6 +404,25 @@ def test_keys_and_logprobs(tiny, sampler):
   greedy = gen(None, Greedy())
   assert all(np.all(s == 0) for s in greedy.sampling_logprobs)
   assert all(np.all(lp < 0) for lp in greedy.logprobs)
+
+
+def test_new_params_take_effect(tiny):
+  """Assigning `sampler.params` (as RL does every iteration) changes the output, one row (which
+  uses a transposed copy of the embedding on CPU) and several alike."""
+  config, params = tiny
+  tok = CharTokenizer()
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(9), len(leaves))
+  other = jax.tree.unflatten(treedef, [x + 0.5 * jnp.std(x) * jax.random.normal(k, x.shape)
+                                       for x, k in zip(leaves, keys)])
+  sampler = Sampler(config, params, tok, eos_ids=())
+  fresh = Sampler(config, other, tok, eos_ids=())
+  for prompts in (PROMPTS[:1], PROMPTS):
+    before = sampler.generate(prompts, max_new_tokens=8)
+    sampler.params = other
+    assert sampler.generate(prompts, max_new_tokens=8).tokens == fresh.generate(
+        prompts, max_new_tokens=8).tokens != before.tokens
+    sampler.params = params
 
 
 # ----------------------------------------------------------------------------- bad input

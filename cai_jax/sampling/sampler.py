@@ -1,11 +1,19 @@
 """Batched generation: prefill, then one compiled `lax.while_loop` over a KV cache.
 
-Cache layout per batch (slots along the cache axis):
+Cache layout per batch (slots along the cache axis) on global layers:
   [shared prefix (optional) | row prompts, right-padded to a bucket | generated tokens]
-Every slot records its token's absolute position (-1 = empty), so one mask rule serves all of it:
-a query reads the filled slots at or before its own position (local layers also require
+and on sliding-window layers a ring of `sliding_window` slots (when the batch needs more), where
+a row's token at position p lives in slot p % sliding_window (`kv_cache`). Every slot records its
+token's absolute position (-1 = empty), so one mask rule serves all of it: a query reads the
+filled slots at or before its own position (local layers also require
 `query_pos - key_pos < sliding_window`). Rows of different lengths thus decode in lockstep with
 per-row positions, and a shared prefix is prefilled once and copied into every batch.
+
+Prompts are prefilled `prefill_chunk` slots at a time (window layers then attend over their
+ring plus one chunk, not the whole prompt; chunks of padding only are skipped). Per decode step
+on CPU the logits come from the layout XLA runs fastest (see `_project`), the greedy argmax
+avoids XLA's slow paired reduction, and only the chosen token's log-prob is computed
+(logit - logsumexp).
 
 Stopping: end-of-sequence ids on device; stop *strings* are checked on the host between chunks
 of `chunk_size` decode steps (without stop strings the whole budget runs as one loop), and the
@@ -43,7 +51,7 @@ FINISH_STOP, FINISH_EOS, FINISH_LENGTH = "stop", "eos", "length"
 @flax.struct.dataclass
 class DecodeState:
   step: jax.Array             # scalar: tokens generated so far
-  logits_BV: jax.Array        # float32 logits for the next token
+  logits: jax.Array           # float32 logits for the next token: [B, V], or [V, B] (see _project)
   cache: list                 # list[LayerCache]
   next_pos_B: jax.Array       # position of the next generated token
   done_B: jax.Array
@@ -73,22 +81,37 @@ class PrefixCache:
   slots: int    # bucketed cache slots it occupies
 
 
-def _prefill(model, params, tokens_BL, positions_BL, cache, cache_index):
-  """Writes the tokens into the cache and returns the logits after each row's last token."""
-  zero, cache_index = jnp.zeros((), jnp.int32), jnp.asarray(cache_index, jnp.int32)
-  kv_positions = jax.lax.dynamic_update_slice(
-      cache[0].positions_BS, positions_BL, (zero, cache_index))
-  mask = gemma.causal_mask(positions_BL, kv_positions) & (positions_BL >= 0)[:, :, None]
-  # Positions go in as they are: -1 marks padding in the cache, and RoPE of -1 is harmless.
-  hidden, cache = model.apply({"params": params}, tokens_BL, positions_BL, mask,
+def _project(model, cpu, params, embedding_DV, hidden_BD):
+  """float32 next-token logits from final-normed hidden states [B, D]: [B, V], except on CPU
+  with several rows, where [V, D] x [D, B] runs about twice as fast as [B, D] x [D, V] and the
+  result stays vocab-major, [V, B] (transposing it here would make XLA fold the transpose back
+  into the slow matmul; `_decode` transposes it at the start of the next step instead).
+  With one row (CPU), the [D, V] copy of the embedding, when given, is the fast layout."""
+  if _vocab_major(cpu, embedding_DV, hidden_BD.shape[0]):
+    return model.apply({"params": params}, hidden_BD, method=gemma.Gemma3.vocab_major_logits)
+  return model.apply({"params": params}, hidden_BD[:, None], embedding_DV,
+                     method=gemma.Gemma3.logits)[:, 0].astype(jnp.float32)
+
+
+def _vocab_major(cpu, embedding_DV, batch: int) -> bool:
+  return cpu and embedding_DV is None and batch > 1
+
+
+def _prefill(model, params, tokens_BL, positions_BL, last_B, hidden_BD, cache, cache_index):
+  """Writes one chunk of prompt tokens into the cache. `hidden_BD` is each row's final hidden
+  state at position last_B (its last prompt token), replaced for the rows whose last token is in
+  this chunk."""
+  # Positions go in as they are: -1 marks padding (never written, never visible), and the
+  # model derives every layer's mask from positions (ring-buffer layers included).
+  hidden, cache = model.apply({"params": params}, tokens_BL, positions_BL, None,
                               cache=cache, cache_index=cache_index, return_hidden=True)
-  last = jnp.argmax(positions_BL, axis=1)  # each row's last real token
-  h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)
-  logits = model.apply({"params": params}, h, method=gemma.Gemma3.logits)[:, 0]
-  return logits.astype(jnp.float32), cache
+  at_last = positions_BL == last_B[:, None]
+  h = jnp.take_along_axis(hidden, jnp.argmax(at_last, axis=1)[:, None, None], axis=1)[:, 0]
+  return jnp.where(jnp.any(at_last, axis=1)[:, None], h.astype(hidden_BD.dtype), hidden_BD), cache
 
 
-def _decode(model, strategy, eos_ids, first_slot, params, state: DecodeState, until):
+def _decode(model, cpu, strategy, eos_ids, first_slot, params, embedding_DV, state: DecodeState,
+            until):
   """Samples tokens until step == until or every row is done (one compiled loop)."""
   eos_ids = jnp.asarray(eos_ids, jnp.int32)
   zero = jnp.zeros((), jnp.int32)  # explicit int32 indices: also right under jax_enable_x64
@@ -98,9 +121,11 @@ def _decode(model, strategy, eos_ids, first_slot, params, state: DecodeState, un
 
   def body(s: DecodeState):
     key, sub = jax.random.split(s.key)
-    token, sampling_logp = strategy.sample(s.logits_BV, sub)
-    raw_logp = jnp.take_along_axis(jax.nn.log_softmax(s.logits_BV, axis=-1), token[:, None],
-                                   axis=-1)[:, 0]
+    logits = s.logits.T if _vocab_major(cpu, embedding_DV, s.done_B.shape[0]) else s.logits
+    token, sampling_logp = strategy.sample(logits, sub)
+    # log_softmax at the chosen token only: logit - logsumexp (no [B, V] log_softmax).
+    raw_logp = (jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0]
+                - jax.nn.logsumexp(logits, axis=-1))
     active = ~s.done_B
     token = jnp.where(active, token, 0)
     is_eos = active & jnp.isin(token, eos_ids)
@@ -108,13 +133,11 @@ def _decode(model, strategy, eos_ids, first_slot, params, state: DecodeState, un
         buf, v[:, None].astype(buf.dtype), (zero, s.step))
     positions = jnp.where(active, s.next_pos_B, -1)[:, None]
     slot = (first_slot + s.step).astype(jnp.int32)
-    kv_positions = jax.lax.dynamic_update_slice(s.cache[0].positions_BS, positions, (zero, slot))
-    mask = gemma.causal_mask(positions, kv_positions)
-    logits, cache = model.apply({"params": params}, token[:, None], positions, mask,
-                                cache=s.cache, cache_index=slot)
+    hidden, cache = model.apply({"params": params}, token[:, None], positions, None,
+                                cache=s.cache, cache_index=slot, return_hidden=True)
     return DecodeState(
         step=s.step + 1,
-        logits_BV=logits[:, 0].astype(jnp.float32),
+        logits=_project(model, cpu, params, embedding_DV, hidden[:, 0]),
         cache=cache,
         next_pos_B=s.next_pos_B + 1,
         done_B=s.done_B | is_eos,
@@ -132,11 +155,17 @@ class Sampler:
 
   def __init__(self, config: GemmaConfig, params, tokenizer, *, max_prompt_length: int = 2048,
                max_batch: int = 16, chunk_size: int = 32, eos_ids: Sequence[int] | None = None,
-               mesh: Mesh | None = None):
+               mesh: Mesh | None = None, ring_buffer: bool = True,
+               prefill_chunk: int = 256):
     """`mesh`: sample with parameters sharded as in training (e.g. `TrainState.params` under
     the engine's mesh): rows are split over the data axes, every batch holds a multiple of
     data x fsdp rows (padding rows are added and dropped), and the model's activation rules
-    apply. Without a mesh everything runs on the default device."""
+    apply. Without a mesh everything runs on the default device. `ring_buffer`: sliding-window
+    layers keep `sliding_window` cache slots (a ring) instead of one per token; the output is
+    the same. `prefill_chunk` (a power of two): prompts are prefilled this many slots at a time,
+    so that window layers attend over their ring plus one chunk rather than the whole prompt."""
+    if prefill_chunk < 32 or prefill_chunk & (prefill_chunk - 1):
+      raise ValueError(f"prefill_chunk must be a power of two >= 32, got {prefill_chunk}")
     if max_batch < 1 or chunk_size < 1 or max_prompt_length < 1:
       raise ValueError(f"max_batch, chunk_size and max_prompt_length must be >= 1, got "
                        f"{max_batch}, {chunk_size}, {max_prompt_length}")
@@ -146,16 +175,33 @@ class Sampler:
       raise ValueError(f"max_batch={max_batch} must be a multiple of the mesh's data axes "
                        f"(data x fsdp = {self.min_batch})")
     self.config = config
-    self.params = params
+    self.params = params  # (a property: assigning new parameters drops the [D, V] copy)
     self.tokenizer = tokenizer
     self.max_prompt_length = max_prompt_length
     self.max_batch = max_batch
     self.chunk_size = chunk_size
     self.eos_ids = tuple(eos_ids) if eos_ids is not None else (tokenizer.eos_id,)
+    self.ring_buffer = ring_buffer
+    self.prefill_chunk = prefill_chunk
     self.model = gemma.Gemma3(config)
-    self._prefill = self._under_mesh(
-        jax.jit(functools.partial(_prefill, self.model), donate_argnums=(3,)))
+    leaf = jax.tree.leaves(params)[0]
+    devices = leaf.devices() if hasattr(leaf, "devices") else jax.devices()
+    self._cpu = all(d.platform == "cpu" for d in devices)
+    self._prefill = self._under_mesh(jax.jit(
+        functools.partial(_prefill, self.model), donate_argnums=(4, 5)))
+    self._first_logits = self._under_mesh(jax.jit(
+        functools.partial(_project, self.model, self._cpu)))
     self._decode_fns = {}
+
+  @property
+  def params(self):
+    return self._params
+
+  @params.setter
+  def params(self, params):
+    """New parameters (e.g. each RL iteration's policy) for the next `generate` calls."""
+    self._params = params
+    self._embedding_DV = None  # [D, V] copy for one-row batches on CPU, made when first needed
 
   def _under_mesh(self, jitted):
     return jitted if self.mesh is None else parallel.run_under(self.mesh, jitted)
@@ -186,9 +232,8 @@ class Sampler:
     positions = np.full((rows, slots), -1, np.int32)
     tokens[:, :len(ids)] = ids
     positions[:, :len(ids)] = np.arange(len(ids))
-    cache = kv_cache.init_cache(self.config, rows, slots)
-    tokens, positions, cache = self._rows_sharded((tokens, positions, cache))
-    _, cache = self._prefill(self.params, tokens, positions, cache, 0)
+    cache = kv_cache.init_cache(self.config, rows, slots, ring=self.ring_buffer)
+    _, cache = self._prefill_chunks(tokens, positions, np.full(rows, len(ids) - 1), cache, 0)
     cache = [jax.tree.map(lambda x: x[:1], c) for c in cache]
     return PrefixCache(cache=cache, length=len(ids), slots=slots)
 
@@ -197,9 +242,35 @@ class Sampler:
   def _decode_fn(self, strategy):
     if strategy not in self._decode_fns:
       self._decode_fns[strategy] = self._under_mesh(jax.jit(
-          functools.partial(_decode, self.model, strategy, self.eos_ids),
-          static_argnums=(0,), donate_argnums=(2,)))
+          functools.partial(_decode, self.model, self._cpu, strategy, self.eos_ids),
+          static_argnums=(0,), donate_argnums=(3,)))
     return self._decode_fns[strategy]
+
+  def _prefill_chunks(self, tokens, positions, last, cache, first_slot):
+    """Prefills [rows, slots] tokens (numpy; position -1: padding) from cache slot `first_slot`
+    on, in chunks of at most `prefill_chunk` tokens, skipping chunks of padding only (their
+    slots stay empty); returns the final hidden state at each row's position `last`."""
+    rows, slots = tokens.shape
+    chunk = min(slots, self.prefill_chunk)
+    starts = [s for s in range(0, slots, chunk) if np.any(positions[:, s:s + chunk] >= 0)]
+    hidden = np.zeros((rows, self.config.embed_dim), jnp.dtype(self.config.dtype))
+    last = np.asarray(last, np.int32)
+    tokens, positions, last, hidden, cache = self._rows_sharded(
+        (tokens, positions, last, hidden, cache))
+    for start in starts:
+      hidden, cache = self._prefill(self.params, tokens[:, start:start + chunk],
+                                    positions[:, start:start + chunk], last, hidden, cache,
+                                    first_slot + start)
+    return hidden, cache
+
+  def _embedding_for(self, rows: int):
+    """The [D, V] embedding copy for one-row batches on CPU (1.5x faster logits there, for
+    vocab x embed extra parameter memory), else None."""
+    if not (self._cpu and rows == 1):
+      return None
+    if self._embedding_DV is None:
+      self._embedding_DV = self._under_mesh(jax.jit(gemma.decode_embedding))(self.params)
+    return self._embedding_DV
 
   def generate(self, prompts: Sequence[str], *, max_new_tokens: int,
                strategy: Greedy | Sampling = Greedy(), key: jax.Array | None = None,
@@ -250,18 +321,17 @@ class Sampler:
       lengths[r] = len(row)
     positions[n:, 0] = prefix_len  # padding rows get one token so their logits stay finite
 
-    cache = kv_cache.init_cache(self.config, rows, total)
+    # With ring_buffer, sliding-window layers keep a ring of `sliding_window` slots.
+    cache = kv_cache.init_cache(self.config, rows, total, ring=self.ring_buffer)
     if prefix is not None:
-      cache = [kv_cache.LayerCache(
-          k_BSKH=c.k_BSKH.at[:, :prefix_slots].set(p.k_BSKH),
-          v_BSKH=c.v_BSKH.at[:, :prefix_slots].set(p.v_BSKH),
-          positions_BS=c.positions_BS.at[:, :prefix_slots].set(p.positions_BS))
-          for c, p in zip(cache, prefix.cache)]
-    tokens, positions, cache = self._rows_sharded((tokens, positions, cache))
-    logits, cache = self._prefill(self.params, tokens, positions, cache, prefix_slots)
+      cache = kv_cache.copy_prefix(cache, prefix.cache)
+    hidden, cache = self._prefill_chunks(tokens, positions, positions.max(axis=1), cache,
+                                         prefix_slots)
+    embedding_DV = self._embedding_for(rows)
+    logits = self._first_logits(self.params, embedding_DV, hidden)
     done = np.arange(rows) >= n
     state = DecodeState(
-        step=jnp.zeros((), jnp.int32), logits_BV=logits, cache=cache,
+        step=jnp.zeros((), jnp.int32), logits=logits, cache=cache,
         next_pos_B=jnp.asarray(prefix_len + lengths), done_B=jnp.asarray(done),
         eos_B=jnp.zeros((rows,), bool),
         tokens_BN=jnp.zeros((rows, max_new_tokens), jnp.int32),
@@ -273,7 +343,7 @@ class Sampler:
     step = 0
     while step < max_new_tokens:
       step = max_new_tokens if not stop else min(step + self.chunk_size, max_new_tokens)
-      state = decode(first_slot, self.params, state, step)
+      state = decode(first_slot, self.params, embedding_DV, state, step)
       if stop:
         done = np.asarray(state.done_B).copy()
         eos = np.asarray(state.eos_B)

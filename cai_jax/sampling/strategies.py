@@ -13,13 +13,23 @@ import jax
 import jax.numpy as jnp
 
 
+def argmax(logits_BV: jax.Array) -> jax.Array:
+  """int32 index of each row's maximum, the first one on ties (as jnp.argmax), computed as a max
+  and then a min over the indices where it is reached: two plain reductions, which XLA runs
+  several times faster on CPU than argmax's reduction over (value, index) pairs."""
+  top = jnp.max(logits_BV, axis=-1, keepdims=True)
+  index = jax.lax.broadcasted_iota(jnp.int32, logits_BV.shape, logits_BV.ndim - 1)
+  last = logits_BV.shape[-1] - 1  # a NaN row (never equal to its max) gets the last id
+  return jnp.min(jnp.where(logits_BV == top, index, last), axis=-1)
+
+
 @dataclasses.dataclass(frozen=True)
 class Greedy:
   """argmax; the sampling distribution puts all mass on it (log-prob 0)."""
 
   def sample(self, logits_BV: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
     del key
-    tokens = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+    tokens = argmax(logits_BV)
     return tokens, jnp.zeros(tokens.shape, jnp.float32)
 
 
@@ -57,9 +67,12 @@ class Sampling:
 
   def sample(self, logits_BV: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
     logits = self.masked_logits(logits_BV)
-    tokens = jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
-    logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[:, None], axis=-1)
-    return tokens, logp[:, 0]
+    # jax.random.categorical's own recipe (Gumbel noise, then argmax: the same draws for the
+    # same key), with the faster argmax.
+    tokens = argmax(logits + jax.random.gumbel(key, logits.shape, logits.dtype))
+    logp = (jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
+            - jax.nn.logsumexp(logits, axis=-1))
+    return tokens, logp
 
 
 def from_settings(temperature: float, top_k: int = 0, top_p: float = 1.0):
