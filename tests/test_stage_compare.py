@@ -205,6 +205,14 @@ def test_eval_stages_bad_config(assets, tmp_path):
     main.run(_eval_config(assets, **{"eval.judge_principles": 9}), str(tmp_path))
   with pytest.raises(ConfigError, match="answer_prefix"):
     main.run(_eval_config(assets, **{"eval.answer_prefix": "some"}), str(tmp_path))
+  # The stage settings are checked before the other sections load a model: with a PM
+  # comparison file whose PM folder does not exist, the stage error still comes first.
+  hhh = tmp_path / "hhh.jsonl"
+  hhh.write_text(json.dumps({"text_correct": "\n\nHuman: hi\n\nAssistant: hello",
+                             "text_incorrect": "\n\nHuman: hi\n\nAssistant: go away"}) + "\n")
+  with pytest.raises(ConfigError, match="judge_principles=9"):
+    main.run(_eval_config(assets, **{"eval.judge_principles": 9, "eval.hhh": str(hhh),
+                                     "eval.pm": str(tmp_path / "no_pm")}), str(tmp_path))
 
 
 def test_report_of_an_empty_workdir(tmp_path):

@@ -63,20 +63,15 @@ def _pm_folder(e, workdir: str) -> str:
   return e.pm or os.path.join(workdir, "pm_train", "pm")
 
 
-def run_stages(config, workdir: str, main: bool) -> dict:
-  """The stage comparison (see the module docstring); returns report.json's "stages"."""
-  from cai_jax.cai import feedback as F
-  from cai_jax.checkpoints import loader
-  from cai_jax.constitution import prompts as P
+def check_stages(config) -> dict:
+  """Read and validate everything the stage comparison needs (stages, sampling settings, prompt
+  sets, judge constitutions) without loading a model, so that a bad setting fails at once."""
   from cai_jax.constitution.schema import load_constitution
-  from cai_jax.data.jsonl import append_jsonl, finished_ids, read_jsonl
   from cai_jax.eval import stage_compare as SC
-  from cai_jax.jobs.common import batch_key, sampling_strategy
-  from cai_jax.sampling.sampler import Sampler
+  from cai_jax.jobs.common import sampling_strategy
 
   e = config.eval
   stages = SC.parse_stages(e.stages)
-  names = [s.name for s in stages]
   for field in ("answer_max_tokens", "answer_batch_size", "max_prompt_length", "chunk_size",
                 "judge_batch_size", "judge_principles"):
     if e[field] < 1:
@@ -95,6 +90,24 @@ def run_stages(config, workdir: str, main: bool) -> dict:
     if e.judge_principles > len(c.mc_principles):
       raise ConfigError(f"eval.judge_principles={e.judge_principles}, but constitution "
                         f"{c.name!r} ({set_name} judge) has {len(c.mc_principles)} principles")
+  return {"stages": stages, "strategy": strategy, "sets": sets, "judges": judges}
+
+
+def run_stages(config, workdir: str, main: bool, checked: dict | None = None) -> dict:
+  """The stage comparison (see the module docstring); returns report.json's "stages".
+  `checked`: `check_stages(config)`'s result when the caller has already validated."""
+  from cai_jax.cai import feedback as F
+  from cai_jax.checkpoints import loader
+  from cai_jax.constitution import prompts as P
+  from cai_jax.data.jsonl import append_jsonl, finished_ids, read_jsonl
+  from cai_jax.eval import stage_compare as SC
+  from cai_jax.jobs.common import batch_key
+  from cai_jax.sampling.sampler import Sampler
+
+  e = config.eval
+  checked = checked or check_stages(config)
+  stages, strategy, sets, judges = (checked[k] for k in ("stages", "strategy", "sets", "judges"))
+  names = [s.name for s in stages]
   prefix_text = P.initial_prefix(judges["harmless"]) if e.answer_prefix == "few_shot" else ""
   out_dir = os.path.join(workdir, "eval")
   answers_dir = os.path.join(out_dir, "answers")
@@ -255,6 +268,8 @@ def run(config, workdir: str) -> dict:
     from cai_jax.cai.feedback import read_feedback_file
     labeller = (read_feedback_file(e.feedback_labels), read_hh_comparisons(e.human_file))
 
+  stages_checked = check_stages(config) if e.stages else None
+
   report: dict = {}
   main = jax.process_index() == 0
   if pm_sets:
@@ -322,7 +337,7 @@ def run(config, workdir: str) -> dict:
       print(f"mc {path}: accuracy {r.accuracy:.4f} over {len(items)} items", flush=True)
 
   if e.stages:
-    report["stages"] = run_stages(config, workdir, main)
+    report["stages"] = run_stages(config, workdir, main, stages_checked)
 
   if main:
     write_json_atomic(os.path.join(out_dir, "report.json"), report)
