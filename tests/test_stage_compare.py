@@ -165,18 +165,25 @@ def test_eval_stages_then_resume_then_report(assets, tmp_path, monkeypatch):
   assert len(scores["first"]) == len(scores["second"]) == 6
   assert os.path.exists(report["pm_vs_judge"]["reliability_png"])
 
-  # A rerun loads no model for answers or judging (only the PM rescores): all is on disk.
-  loads = []
-  real = loader.load
+  # A rerun loads no model at all (answers, judgements and PM scores are on disk).
+  loads, pm_loads = [], []
+  real, real_pm = loader.load, heads.load_pm
 
   def counting_load(path, *a, **k):
     if not path.startswith(assets["pm"]):
       loads.append(path)
     return real(path, *a, **k)
 
+  def counting_pm_load(folder, *a, **k):
+    pm_loads.append(folder)
+    return real_pm(folder, *a, **k)
+
   monkeypatch.setattr(loader, "load", counting_load)
+  monkeypatch.setattr(heads, "load_pm", counting_pm_load)
   again = main.run(_eval_config(assets), str(w))["stages"]
-  assert loads == [] and again["elo"] == report["elo"]
+  assert loads == [] and pm_loads == [] and again["elo"] == report["elo"]
+  assert json.loads((w / "eval" / "pm_scores.json").read_text())["scores"] == scores
+  assert again["pm_vs_judge"] == report["pm_vs_judge"]
   # A crash that lost the last judgements and an answer: only those are redone, no duplicates.
   lines = (w / "eval" / "judgements.jsonl").read_text().splitlines(keepends=True)
   (w / "eval" / "judgements.jsonl").write_text("".join(lines[:-2]))

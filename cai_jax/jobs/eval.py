@@ -31,6 +31,8 @@ diagrams, and `pm_<stem>.json` per scored file (rewards per pair).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import jax
@@ -61,6 +63,22 @@ def _stem(path: str) -> str:
 
 def _pm_folder(e, workdir: str) -> str:
   return e.pm or os.path.join(workdir, "pm_train", "pm")
+
+
+def _pm_version(folder: str) -> str:
+  """Names, sizes and modification times of a PM folder's files: changes when it is retrained."""
+  entries = []
+  for root, _, files in os.walk(folder):
+    for name in sorted(files):
+      st = os.stat(os.path.join(root, name))
+      entries.append(f"{os.path.relpath(os.path.join(root, name), folder)}:{st.st_size}:"
+                     f"{st.st_mtime_ns}")
+  return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()[:16]
+
+
+def _answer_fingerprint(record: dict) -> str:
+  """What a PM score depends on: the prompt and the answer text."""
+  return hashlib.sha256(f"{record['prompt']}\0{record['completion']}".encode()).hexdigest()[:20]
 
 
 def check_stages(config) -> dict:
@@ -162,9 +180,10 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
   # 2. judgements: every pair of stages on every prompt, by the AI judge
   judge_path = os.path.join(out_dir, "judgements.jsonl")
   done = finished_ids(judge_path)
-  todo_sets = {}
+  todo_sets, wanted_judgements = {}, set()
   for set_name in SC.SETS:
     ask, ties = SC.judgement_pairs(set_name, names, sets[set_name], texts)
+    wanted_judgements |= {p.id for p in ask} | {t["id"] for t in ties}
     if main and [t for t in ties if t["id"] not in done]:
       append_jsonl(judge_path, [t for t in ties if t["id"] not in done])
     todo_sets[set_name] = [p for p in ask if p.id not in done]
@@ -195,28 +214,47 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
       if bar is not None:
         bar.close()
     del model, scorer
-  wanted_j = {SC.judgement_id(s, a, b, r.id) for s in SC.SETS for r in sets[s]
-              for k, a in enumerate(names) for b in names[k + 1:]}
-  judgements = [obj for _, obj in read_jsonl(judge_path) if obj["id"] in wanted_j]
+  judgements = [obj for _, obj in read_jsonl(judge_path) if obj["id"] in wanted_judgements]
 
-  # 3. preference-model scores of every answer
+  # 3. preference-model scores of every answer (kept in pm_scores.json: a rerun scores only
+  # answers it has no score for, and loads no PM when there are none)
   pm_scores = None
   folder = _pm_folder(e, workdir)
   if os.path.exists(os.path.join(folder, "pm.json")):
-    parallel.maybe_initialize_distributed(config.distributed)
-    mesh = parallel.make_mesh(dict(config.mesh))
-    loaded = heads.load_pm(folder, param_dtype=m.param_dtype, dtype=m.dtype,
-                           shardings_for=lambda cfg: pm_lib.param_shardings(cfg, mesh))
-    scorer = pm_eval.PMScorer(loaded, mesh, batch_size=e.batch_size, max_length=e.max_length,
-                              min_length=e.min_length)
-    flat = [(st, r) for st in names for r in answers[st]]
-    rewards, _ = scorer.score_responses([(r["prompt"], r["completion"]) for _, r in flat])
+    scores_path = os.path.join(out_dir, "pm_scores.json")
+    version = _pm_version(folder)
+    cached = {}
+    if os.path.exists(scores_path):
+      with open(scores_path) as f:
+        old = json.load(f)
+      if old.get("pm") == os.path.abspath(folder) and old.get("pm_version") == version:
+        cached = old.get("fingerprints", {})
     pm_scores = {st: {} for st in names}
-    for (st, r), x in zip(flat, rewards):
-      pm_scores[st][r["id"]] = float(x)
-    if main:
-      write_json_atomic(os.path.join(out_dir, "pm_scores.json"),
-                        {"pm": os.path.abspath(folder), "scores": pm_scores})
+    missing = []
+    for st in names:
+      for r in answers[st]:
+        fp = _answer_fingerprint(r)
+        if fp in cached:
+          pm_scores[st][r["id"]] = cached[fp]
+        else:
+          missing.append((st, r))
+    if missing:
+      parallel.maybe_initialize_distributed(config.distributed)
+      mesh = parallel.make_mesh(dict(config.mesh))
+      loaded = heads.load_pm(folder, param_dtype=m.param_dtype, dtype=m.dtype,
+                             shardings_for=lambda cfg: pm_lib.param_shardings(cfg, mesh))
+      scorer = pm_eval.PMScorer(loaded, mesh, batch_size=e.batch_size, max_length=e.max_length,
+                                min_length=e.min_length)
+      rewards, _ = scorer.score_responses([(r["prompt"], r["completion"]) for _, r in missing])
+      for (st, r), x in zip(missing, rewards):
+        pm_scores[st][r["id"]] = float(x)
+        cached[_answer_fingerprint(r)] = float(x)
+      del loaded, scorer
+    print(f"eval: PM scores for {sum(map(len, pm_scores.values()))} answers "
+          f"({len(missing)} newly scored)", flush=True)
+    if main and missing:
+      write_json_atomic(scores_path, {"pm": os.path.abspath(folder), "pm_version": version,
+                                      "scores": pm_scores, "fingerprints": cached})
   else:
     print(f"eval: no preference model at {folder}: answers are not PM-scored", flush=True)
 
