@@ -29,7 +29,7 @@ from ml_collections import config_flags
 
 from cai_jax import config_defaults, parallel
 from cai_jax.model import config as model_config
-from cai_jax.model import heads
+from cai_jax.model import heads, kv_cache
 from cai_jax.train import engine, memory, optim
 
 from configs_loader import CONFIGS, load_config
@@ -350,9 +350,13 @@ def test_rl_train_counts_its_four_models_and_the_sampler():
   est = memory.rl_train_estimate(config, cfg, mesh)
   assert est.parts["preference model (frozen)"] == 0
   assert est.parts["reference (frozen)"] == 4 * n
-  # the KV cache: layers x rows x slots x (keys + values + an int32 position)
-  assert memory.kv_cache_bytes(cfg, 2, 10) == cfg.num_layers * 2 * 10 * (
-      2 * cfg.num_kv_heads * cfg.head_dim * 2 + 4)
+  # the KV cache: exactly what kv_cache.init_cache allocates, with and without rings
+  for slots in (10, 3000):
+    for ring in (True, False):
+      shapes = jax.eval_shape(lambda: kv_cache.init_cache(cfg, 2, slots, ring=ring))
+      assert memory.kv_cache_bytes(cfg, 2, slots, ring=ring) == sum(
+          x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+  assert memory.kv_cache_bytes(cfg, 2, 3000) < memory.kv_cache_bytes(cfg, 2, 3000, ring=False)
 
 
 @pytest.mark.parametrize("result", ["h200_train_step_fp32", "h200_train_step_bf16"])

@@ -77,6 +77,8 @@ of policy + value model, frozen reference and PM) plus the largest of:
             pow2(max_prompt_tokens) + max_new_tokens slots, the prefill's scores, and, as the
             sampler is written today, the whole cache created unsharded on the first device
             before it is placed in shards (`unsharded_cache_init`).
+KV caches are counted as the sampler allocates them: sliding-window layers keep a ring of
+`sliding_window` slots, global layers one slot per token.
 Forward-only phases count the FSDP working copies without their gradients (half of gathered;
 none with fsdp = 1).
 The value model and the PM are assumed to have the policy's architecture.
@@ -115,7 +117,7 @@ from cai_jax import parallel
 from cai_jax.config_defaults import ConfigError
 from cai_jax.model import config as model_config
 from cai_jax.model import gemma, heads
-from cai_jax.model.config import GemmaConfig
+from cai_jax.model.config import GLOBAL, GemmaConfig
 from cai_jax.shapes import pow2_bucket
 from cai_jax.train import engine, losses, optim
 
@@ -314,11 +316,13 @@ def gathered_bytes(cfg: GemmaConfig, mesh) -> int:
   return copies * (embedding + 2 * block) * d["p"]
 
 
-def kv_cache_bytes(cfg: GemmaConfig, rows: int, slots: int) -> int:
-  """`kv_cache.init_cache(cfg, rows, slots)`: keys and values in `dtype`, int32 positions."""
-  per_layer = rows * slots * (2 * cfg.num_kv_heads * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize
-                              + 4)
-  return cfg.num_layers * per_layer
+def kv_cache_bytes(cfg: GemmaConfig, rows: int, slots: int, ring: bool = True) -> int:
+  """`kv_cache.init_cache(cfg, rows, slots, ring=ring)`: keys and values in `dtype`, int32
+  positions; with `ring` (the sampler's default) sliding-window layers hold at most
+  `sliding_window` slots."""
+  per_slot = rows * (2 * cfg.num_kv_heads * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize + 4)
+  return sum(per_slot * (min(slots, cfg.sliding_window) if ring and kind != GLOBAL else slots)
+             for kind in cfg.layer_types)
 
 
 def prefill_bytes(cfg: GemmaConfig, rows: int, prompt: int, slots: int, mesh=None) -> int:

@@ -15,7 +15,7 @@ keeps the matmul outputs (remat=dots) and accumulates 2 micro-batches. The sampl
 scores are sharded like the trainers. JAX preallocates 75% of a GPU by default: the memory
 fraction above lets it use the card. Per-device memory of every stage:
 `python -m cai_jax.train.memory <this file>`; tests/test_hardware_configs.py checks each stays
-under 90% of a card (the fullest: sl_generate, about 83%, and rl_train, about 83%).
+under 90% of a card (the fullest: rl_train, about 83%; sl_generate about 66%).
 
 Dtypes (config_defaults.mixed_precision): float32 master weights and AdamW moments with
 bfloat16 matmuls in the trainers; bfloat16 weights in the sampling stages and in rl_train's

@@ -11,7 +11,7 @@ trainers shard parameters, gradients and AdamW moments over all 8 (fsdp=8) and r
 each block; the sampling stages (sl_generate, sample_pairs, feedback and eval's answers and
 judge) run on one chip. Per-device memory of every stage:
 `python -m cai_jax.train.memory <this file>`; tests/test_hardware_configs.py checks each stays
-under 90% of a chip's HBM (the fullest: sl_generate, about 64%).
+under 90% of a chip's HBM (the fullest: sl_generate, about 58%).
 
 Dtypes (config_defaults.mixed_precision): float32 master weights and AdamW moments with
 bfloat16 matmuls in the trainers; bfloat16 weights in the sampling stages and in rl_train's

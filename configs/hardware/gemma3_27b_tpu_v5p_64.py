@@ -14,11 +14,11 @@ machine sees: a GCS bucket through gcsfuse, NFS):
   4. STAGES=pm_train, then rl_train, then eval: on every host of the slice
 
 The sampling stages (sl_generate, sample_pairs, feedback) take no mesh and start no
-`jax.distributed`: one process, one device holding the whole model in bfloat16 (about 69 GiB
+`jax.distributed`: one process, one device holding the whole model in bfloat16 (about 64 GiB
 with sl_generate's cache, by the estimate). JAX on one host of a multi-host slice expects the
 other hosts' processes, so they run on a separate single-host machine that sees WORKDIR: a TPU
 v5p-8, an H100 or an H200. eval, too, samples its answers and runs its judge on one device
-(about 70 GiB), and scores with the PM on the whole mesh.
+(about 63 GiB), and scores with the PM on the whole mesh.
 
 Set `model.checkpoint` to a local Hugging Face folder of google/gemma-3-27b-it (or -pt; the
 multimodal folder's text tower is read) present on every host: config.json, *.safetensors and
