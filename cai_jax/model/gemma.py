@@ -125,8 +125,17 @@ def _attend(q_BLNH, k_BSKH, v_BSKH, mask_BLS):
     mask = jnp.broadcast_to(mask_BLS[:, :, None], (B, L, G, S)).reshape(B, L * G, S)
     probs = jax.nn.softmax(jnp.where(mask, logits, _MASK_VALUE), axis=-1).astype(dt)
     return jnp.einsum("BMS,BSH->BMH", probs, v_BSKH[:, :, 0]).reshape(B, L, N, H)
-  q = q_BLNH.reshape(B, L, K, G, H)
-  logits = jnp.einsum("BLKGH,BSKH->BKGLS", q, k_BSKH).astype(f32)
+  return _attend_grouped(q_BLNH, k_BSKH, v_BSKH, mask_BLS)
+
+
+def _attend_grouped(q_BLNH, k_BSKH, v_BSKH, mask_BLS):
+  """The general form of `_attend` (any number of KV heads); training uses it directly."""
+  B, L, N, H = q_BLNH.shape
+  K = k_BSKH.shape[2]
+  dt = q_BLNH.dtype
+  q = q_BLNH.reshape(B, L, K, N // K, H)
+  logits = jnp.einsum("BLKGH,BSKH->BKGLS", q, k_BSKH)
+  logits = logits.astype(jnp.promote_types(dt, jnp.float32))
   logits = jnp.where(mask_BLS[:, None, None], logits, _MASK_VALUE)
   probs = jax.nn.softmax(logits, axis=-1).astype(dt)
   return jnp.einsum("BKGLS,BSKH->BLKGH", probs, v_BSKH).reshape(B, L, N, H)
@@ -211,13 +220,7 @@ class Attention(nn.Module):
       distance = positions_BL[:, :, None] - kv_positions[:, None, :]
       mask_BLS = mask_BLS & (distance < c.sliding_window)
 
-    B, L = q.shape[:2]
-    q = q.reshape(B, L, K, N // K, H)
-    logits = jnp.einsum("BLKGH,BSKH->BKGLS", q, k)
-    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-    logits = jnp.where(mask_BLS[:, None, None, :, :], logits, _MASK_VALUE)
-    probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-    out = jnp.einsum("BKGLS,BSKH->BLKGH", probs, v).reshape(B, L, N, H)
+    out = _attend_grouped(q, k, v, mask_BLS)
     return jnp.einsum("BLNH,NHD->BLD", out, wo.astype(dt)), cache
 
 
