@@ -6,6 +6,9 @@ python benchmarks/sampler.py
     machine's memory read bandwidth that batch-1 decoding reaches (every step reads all
     parameters: bytes_per_param * num_params bytes; bandwidth measured here by summing a 1 GB
     float32 array: on CPU the faster of numpy and XLA, on an accelerator XLA on the device).
+    Beside each batch size: the decode step's parameter matmuls alone (every matmul of a step,
+    chained, in one compiled loop; no attention, norms or sampling) timed on the same weights,
+    a measured ceiling for any decoder made of XLA's matmuls on this machine.
 (b) a ~1,500-token shared prefix + 16 short prompts, 32 new tokens, with and without prefix
     caching (the prefix prefill is part of the timed work).
 In (a) both implementations are loaded at once and their timed runs alternate (--repeats of
@@ -92,6 +95,52 @@ def read_bandwidth_gb_s(gigabytes: float = 1.0, calls_per_timing: int = 1) -> di
 
   best_jax = min(timed(run)[1] for _ in range(5)) / calls_per_timing
   return {"numpy_sum_gb_s": a.nbytes / best_np / 1e9, "xla_sum_gb_s": a.nbytes / best_jax / 1e9}
+
+
+def matmul_floor_step_s(config, params, batch: int, on_cpu: bool, steps: int = 16) -> float:
+  """Seconds per decode step of only the step's parameter matmuls at `batch` rows: every
+  layer's q/k/v/o and MLP projections on [batch, D] activations and the vocabulary projection
+  in the layout the sampler picks (vocab-major [V, D] x [D, B] for several rows on CPU, the
+  [D, V] copy for one row on CPU), chained so none can be skipped, in one compiled loop.
+
+  Each step reads every parameter once, as a decode step does; attention over the cache,
+  norms, RoPE, cache writes and sampling are left out, so no decoder built from these XLA
+  matmuls runs faster than this on this machine: it bounds what a batch size can reach."""
+  import jax
+  import jax.numpy as jnp
+
+  D = config.embed_dim
+  layers = [params[f"layer_{i}"] for i in range(config.num_layers)]
+  mats = [(l["attn"]["q_proj"].reshape(D, -1), l["attn"]["k_proj"].reshape(D, -1),
+           l["attn"]["v_proj"].reshape(D, -1), l["attn"]["o_proj"].reshape(-1, D),
+           l["mlp"]["gate"], l["mlp"]["up"], l["mlp"]["down"]) for l in layers]
+  emb = params["embedder"]["embedding"]
+  vocab_major = on_cpu and batch > 1
+  table = emb if (vocab_major or not on_cpu) else jax.jit(jnp.transpose)(emb)
+
+  def one_step(_, x):
+    small = jnp.asarray(1e-3, x.dtype)
+    for wq, wk, wv, wo, gate, up, down in mats:
+      q, k, v = x @ wq, x @ wk, x @ wv
+      x = x + small * (q @ wo) + small * (k[:, :1] + v[:, :1])
+      x = x + small * ((jax.nn.gelu(x @ gate, approximate=True) * (x @ up)) @ down)
+    if vocab_major:
+      top = jnp.max(jnp.einsum("VD,BD->VB", table, x), axis=0)
+    elif on_cpu:
+      top = jnp.max(x @ table, axis=1)
+    else:
+      top = jnp.max(jnp.einsum("BD,VD->BV", x, table), axis=1)
+    return x + small * top[:, None].astype(x.dtype)
+
+  run = jax.jit(lambda x: jax.lax.fori_loop(0, steps, one_step, x))
+  x = jnp.full((batch, D), 0.01, jnp.dtype(config.dtype))
+  jax.block_until_ready(run(x))
+  best = float("inf")
+  for _ in range(3):
+    t0 = time.perf_counter()
+    jax.block_until_ready(run(x))
+    best = min(best, time.perf_counter() - t0)
+  return best / steps
 
 
 def ours_timed(fn, repeats: int):
@@ -241,6 +290,11 @@ def main():
       out[f"ours_batch{batch}_compile_s"] = first - ours
       print(f"cai_jax batch {batch}: {batch * n_new / ours:.1f} tok/s ({ours:.2f} s; first "
             f"call {first:.2f} s)", flush=True)
+      floor = matmul_floor_step_s(model.config, sampler.params, batch, on_cpu)
+      out[f"batch{batch}_matmul_floor_tok_s"] = batch / floor
+      print(f"  the step's parameter matmuls alone: {1e3 * floor:.1f} ms = at most "
+            f"{batch / floor:.1f} tok/s; cai_jax decodes at "
+            f"{(batch * n_new / ours) / (batch / floor):.0%} of that", flush=True)
       if hf_runs:
         gen, secs = min(hf_runs, key=lambda r: r[1])
         # Leading greedy tokens of the first row on which both implementations agree (n_new
