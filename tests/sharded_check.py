@@ -14,7 +14,7 @@ import optax
 from cai_jax import parallel
 from cai_jax.data import sl
 from cai_jax.model import config as model_config
-from cai_jax.model import gemma
+from cai_jax.model import gemma, kv_cache
 from cai_jax.train import engine, lm
 
 MESHES = [(8, 1, 1), (2, 2, 2), (1, 4, 2)]
@@ -98,14 +98,34 @@ def sampler_check():
                              key=jax.random.PRNGKey(5)).tokens]
 
   reference = generate(Sampler(cfg, params, tok, max_batch=8))
+  # Every KV cache the sampler makes: created inside a trace (so never whole on one device
+  # first) or eagerly, and with which rows on the first device.
+  made = []
+  init_cache = kv_cache.init_cache
+
+  def recording_init_cache(*args, **kwargs):
+    cache = init_cache(*args, **kwargs)
+    made.append(isinstance(cache[0].k_BSKH, jax.core.Tracer))
+    return cache
+
+  kv_cache.init_cache = recording_init_cache
   result = {}
-  for shape in [(8, 1, 1), (2, 2, 2)]:
-    mesh = parallel.make_mesh(dict(zip(parallel.MESH_AXES, shape)))
-    sharded = parallel.shard_host_tree(jax.tree.map(np.asarray, params),
-                                       engine.model_shardings(cfg, mesh))
-    got = generate(Sampler(cfg, sharded, tok, max_batch=8, mesh=mesh))
-    result[str(shape)] = {"equal": got == reference,
-                          "param_spec": str(sharded["layer_0"]["mlp"]["gate"].sharding.spec)}
+  try:
+    for shape in [(8, 1, 1), (2, 2, 2)]:
+      mesh = parallel.make_mesh(dict(zip(parallel.MESH_AXES, shape)))
+      sharded = parallel.shard_host_tree(jax.tree.map(np.asarray, params),
+                                         engine.model_shardings(cfg, mesh))
+      sampler = Sampler(cfg, sharded, tok, max_batch=8, mesh=mesh)
+      made.clear()
+      got = generate(sampler)
+      cache = sampler._new_cache(8, 64)  # noqa: SLF001 - the cache generate() starts from
+      result[str(shape)] = {
+          "equal": got == reference,
+          "param_spec": str(sharded["layer_0"]["mlp"]["gate"].sharding.spec),
+          "caches_made": len(made), "caches_traced": sum(made),
+          "cache_rows_on_device_0": cache[0].k_BSKH.addressable_shards[0].data.shape[0]}
+  finally:
+    kv_cache.init_cache = init_cache
   return result
 
 

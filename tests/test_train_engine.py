@@ -141,6 +141,10 @@ def test_meshes_match_one_device_and_shard_as_the_rules_say():
   # The sampler runs with the training mesh's parameter shardings and matches one device.
   for shape, r in out["sampler"].items():
     assert r["equal"], shape
+    # Its KV caches are made already split over the data axes, never whole on one device.
+    assert r["caches_made"] >= 3 and r["caches_traced"] == r["caches_made"], (shape, r)
+  assert out["sampler"]["(8, 1, 1)"]["cache_rows_on_device_0"] == 1
+  assert out["sampler"]["(2, 2, 2)"]["cache_rows_on_device_0"] == 2
   assert out["sampler"]["(2, 2, 2)"]["param_spec"] == "P('fsdp', 'tensor')"
 
 

@@ -213,6 +213,18 @@ class Sampler:
     return jax.tree.map(lambda x: jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim)),
                         tree)
 
+  def _new_cache(self, rows: int, slots: int) -> list[kv_cache.LayerCache]:
+    """An empty cache of `rows` x `slots`; under a mesh it is created already split over the
+    data axes (each device allocates only its rows), never whole on one device first."""
+    def make():
+      return kv_cache.init_cache(self.config, rows, slots, ring=self.ring_buffer)
+
+    if self.mesh is None:
+      return make()
+    shardings = jax.tree.map(lambda x: parallel.batch_sharding(self.mesh, x.ndim),
+                             jax.eval_shape(make))
+    return jax.jit(make, out_shardings=shardings)()
+
   # ------------------------------------------------------------------ prompts and prefixes
 
   def encode(self, prompts: Sequence[str], *, add_bos: bool) -> tuple[list[list[int]], list[bool]]:
@@ -232,7 +244,7 @@ class Sampler:
     positions = np.full((rows, slots), -1, np.int32)
     tokens[:, :len(ids)] = ids
     positions[:, :len(ids)] = np.arange(len(ids))
-    cache = kv_cache.init_cache(self.config, rows, slots, ring=self.ring_buffer)
+    cache = self._new_cache(rows, slots)
     _, cache = self._prefill_chunks(tokens, positions, np.full(rows, len(ids) - 1), cache, 0)
     cache = [jax.tree.map(lambda x: x[:1], c) for c in cache]
     return PrefixCache(cache=cache, length=len(ids), slots=slots)
@@ -322,7 +334,7 @@ class Sampler:
     positions[n:, 0] = prefix_len  # padding rows get one token so their logits stay finite
 
     # With ring_buffer, sliding-window layers keep a ring of `sliding_window` slots.
-    cache = kv_cache.init_cache(self.config, rows, total, ring=self.ring_buffer)
+    cache = self._new_cache(rows, total)
     if prefix is not None:
       cache = kv_cache.copy_prefix(cache, prefix.cache)
     hidden, cache = self._prefill_chunks(tokens, positions, positions.max(axis=1), cache,

@@ -74,9 +74,8 @@ of policy + value model, frozen reference and PM) plus the largest of:
             the policy, reference and value passes run one after the other, so one is counted;
   pm        the PM's forward pass over the rollout batch at its length;
   rollout   the sampler's KV cache for `sampler_batch` rows (rounded up to the data axes) of
-            pow2(max_prompt_tokens) + max_new_tokens slots, the prefill's scores, and, as the
-            sampler is written today, the whole cache created unsharded on the first device
-            before it is placed in shards (`unsharded_cache_init`).
+            pow2(max_prompt_tokens) + max_new_tokens slots (created in its shards: each device
+            allocates only its rows) and the prefill's scores.
 KV caches are counted as the sampler allocates them: sliding-window layers keep a ring of
 `sliding_window` slots, global layers one slot per token.
 Forward-only phases count the FSDP working copies without their gradients (half of gathered;
@@ -491,16 +490,14 @@ def pm_train_estimate(config, model_cfg: GemmaConfig, mesh) -> Estimate:
       passes=[Pass(cfg, rows, c.max_length)], micro_batches=c.micro_batches, remat=c.remat)
 
 
-def rl_train_estimate(config, model_cfg: GemmaConfig, mesh, *, pm_max_length: int = 0,
-                      unsharded_cache_init: bool = True) -> Estimate:
+def rl_train_estimate(config, model_cfg: GemmaConfig, mesh, *, pm_max_length: int = 0
+                      ) -> Estimate:
   """rl_train's peak (module docstring). The value model and the PM are assumed to have the
   policy's architecture (the pipeline trains the PM from the base model). `model_cfg`'s
   param_dtype is the trainable models' (their AdamW moments follow it); the frozen reference
   and PM are counted in `rl_train.frozen_dtype`.
   `pm_max_length`: the PM's trained length (pm_train.max_length, which rl_train reads from
-  pm.json); 0 = config.pm_train.max_length when the config has that section.
-  `unsharded_cache_init`: count the sampler's cache as created today (whole, on one device,
-  then placed in shards); False once the sampler creates it in its shards."""
+  pm.json); 0 = config.pm_train.max_length when the config has that section."""
   c = config.rl_train
   cfg = model_cfg.replace(remat=c.remat or False)
   mb_rows = c.minibatch_size // c.micro_batches
@@ -543,8 +540,6 @@ def rl_train_estimate(config, model_cfg: GemmaConfig, mesh, *, pm_max_length: in
   sampling_cfg = cfg.replace(remat=False)
   phases["rollout"] = {
       "sampler KV cache": kv_cache_bytes(sampling_cfg, sampler_rows // per_shard, slots),
-      "sampler cache created unsharded": (kv_cache_bytes(sampling_cfg, sampler_rows, slots)
-                                          if unsharded_cache_init and per_shard > 1 else 0),
       "prefill working set": prefill_bytes(sampling_cfg, sampler_rows // per_shard,
                                            prompt_slots, slots, mesh),
       "gathered weights (FSDP)": gathered_weights}
