@@ -192,6 +192,7 @@ class Sampler:
     self._first_logits = self._under_mesh(jax.jit(
         functools.partial(_project, self.model, self._cpu)))
     self._decode_fns = {}
+    self._cache_makers = {}
 
   @property
   def params(self):
@@ -221,9 +222,11 @@ class Sampler:
 
     if self.mesh is None:
       return make()
-    shardings = jax.tree.map(lambda x: parallel.batch_sharding(self.mesh, x.ndim),
-                             jax.eval_shape(make))
-    return jax.jit(make, out_shardings=shardings)()
+    if (rows, slots) not in self._cache_makers:  # one compiled initialiser per shape
+      shardings = jax.tree.map(lambda x: parallel.batch_sharding(self.mesh, x.ndim),
+                               jax.eval_shape(make))
+      self._cache_makers[rows, slots] = jax.jit(make, out_shardings=shardings)
+    return self._cache_makers[rows, slots]()
 
   # ------------------------------------------------------------------ prompts and prefixes
 
