@@ -57,18 +57,20 @@ def test_grid_batch_layout():
       jnp.asarray(ro.ppo.last_index_from_mask(g["mask"])))), g["end_index"])
 
 
-def test_logprobs_and_entropy_match_full_logits():
+@pytest.mark.parametrize("chunk_tokens", [8, 1000])  # chunks of 4 positions; one chunk
+def test_logprobs_and_entropy_match_full_logits(chunk_tokens):
   rng = np.random.default_rng(0)
   B, L, D, V = 2, 12, 8, 50
   h = jnp.asarray(rng.normal(size=(B, L, D)), jnp.float32)
   emb = jnp.asarray(rng.normal(size=(V, D)), jnp.float32)
   t = jnp.asarray(rng.integers(0, V, (B, L)), jnp.int32)
-  logp, ent = ro.token_logprobs_entropy(h, emb, t, chunk_tokens=8)  # chunks of 4 positions
+  logp, ent = ro.token_logprobs_entropy(h, emb, t, chunk_tokens=chunk_tokens)
   np.testing.assert_allclose(logp, losses.naive_token_logprobs(h, emb, t), atol=1e-5)
   full = jax.nn.log_softmax(jnp.einsum("BLD,VD->BLV", h, emb), axis=-1)
   np.testing.assert_allclose(ent, -jnp.sum(jnp.exp(full) * full, -1), atol=1e-5)
   # and its gradient equals the unchunked one
-  g1 = jax.grad(lambda e: jnp.sum(ro.token_logprobs_entropy(h, e, t, chunk_tokens=8)[1]))(emb)
+  g1 = jax.grad(lambda e: jnp.sum(ro.token_logprobs_entropy(h, e, t,
+                                                            chunk_tokens=chunk_tokens)[1]))(emb)
   g2 = jax.grad(lambda e: jnp.sum(-jnp.sum(jax.nn.softmax(jnp.einsum("BLD,VD->BLV", h, e), -1)
                                            * jax.nn.log_softmax(jnp.einsum("BLD,VD->BLV", h, e),
                                                                 -1), -1)))(emb)

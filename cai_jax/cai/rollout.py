@@ -248,16 +248,10 @@ def token_logprobs_entropy(hidden_BLD: jax.Array, embedding_VD: jax.Array, targe
                            *, chunk_tokens: int = 1024, dtype=jnp.float32
                            ) -> tuple[jax.Array, jax.Array]:
   """(log p(target), entropy of the next-token distribution), both [B, L] float32, chunked over
-  L exactly like `losses.token_logprobs` (one chunk's [B, c, V] logits at a time, recomputed in
-  the backward pass): the entropy costs one more elementwise pass over the chunk's logits, never
-  a [B, L, V] array, so it is affordable for Gemma's 262,144-token vocabulary."""
-  B, L, D = hidden_BLD.shape
-  c = losses._chunk_len(B, L, chunk_tokens)  # noqa: SLF001 - the same chunking on purpose
-  n = L // c
-  h = hidden_BLD.reshape(B, n, c, D).swapaxes(0, 1)
-  t = targets_BL.reshape(B, n, c).swapaxes(0, 1)
+  L exactly like `losses.token_logprobs` (`losses.map_chunks`: one chunk's [B, c, V] logits at
+  a time): the entropy costs one more elementwise pass over the chunk's logits, never a
+  [B, L, V] array, so it is affordable for Gemma's 262,144-token vocabulary."""
 
-  @jax.checkpoint
   def chunk(h_BcD, t_Bc):
     logits = jnp.einsum("BcD,VD->BcV", h_BcD.astype(dtype), embedding_VD.astype(dtype))
     logits = logits.astype(_F32)
@@ -267,8 +261,7 @@ def token_logprobs_entropy(hidden_BLD: jax.Array, embedding_VD: jax.Array, targe
     entropy = lse - jnp.sum(p * logits, axis=-1)
     return picked - lse, entropy
 
-  _, (logp, ent) = jax.lax.scan(lambda carry, x: (carry, chunk(*x)), None, (h, t))
-  return logp.swapaxes(0, 1).reshape(B, L), ent.swapaxes(0, 1).reshape(B, L)
+  return losses.map_chunks(chunk, hidden_BLD, targets_BL, chunk_tokens)
 
 
 def value_apply(config: GemmaConfig, params, tokens_BL, valid_BL) -> jax.Array:
