@@ -97,15 +97,11 @@ def read_bandwidth_gb_s(gigabytes: float = 1.0, calls_per_timing: int = 1) -> di
   return {"numpy_sum_gb_s": a.nbytes / best_np / 1e9, "xla_sum_gb_s": a.nbytes / best_jax / 1e9}
 
 
-def matmul_floor_step_s(config, params, batch: int, on_cpu: bool, steps: int = 16) -> float:
-  """Seconds per decode step of only the step's parameter matmuls at `batch` rows: every
+def matmul_chain(config, params, batch: int, on_cpu: bool):
+  """one_step(i, x_BD) -> x_BD: one decode step's parameter matmuls and nothing else: every
   layer's q/k/v/o and MLP projections on [batch, D] activations and the vocabulary projection
   in the layout the sampler picks (vocab-major [V, D] x [D, B] for several rows on CPU, the
-  [D, V] copy for one row on CPU), chained so none can be skipped, in one compiled loop.
-
-  Each step reads every parameter once, as a decode step does; attention over the cache,
-  norms, RoPE, cache writes and sampling are left out, so no decoder built from these XLA
-  matmuls runs faster than this on this machine: it bounds what a batch size can reach."""
+  [D, V] copy for one row on CPU), chained so that none can be skipped."""
   import jax
   import jax.numpy as jnp
 
@@ -132,8 +128,22 @@ def matmul_floor_step_s(config, params, batch: int, on_cpu: bool, steps: int = 1
       top = jnp.max(jnp.einsum("BD,VD->BV", x, table), axis=1)
     return x + small * top[:, None].astype(x.dtype)
 
+  return one_step
+
+
+def matmul_floor_step_s(config, params, batch: int, on_cpu: bool, steps: int = 16) -> float:
+  """Seconds per decode step of only the step's parameter matmuls (`matmul_chain`) at `batch`
+  rows, `steps` of them in one compiled loop, fastest of 3.
+
+  Each step reads every parameter once, as a decode step does; attention over the cache,
+  norms, RoPE, cache writes and sampling are left out, so no decoder built from these XLA
+  matmuls runs faster than this on this machine: it bounds what a batch size can reach."""
+  import jax
+  import jax.numpy as jnp
+
+  one_step = matmul_chain(config, params, batch, on_cpu)
   run = jax.jit(lambda x: jax.lax.fori_loop(0, steps, one_step, x))
-  x = jnp.full((batch, D), 0.01, jnp.dtype(config.dtype))
+  x = jnp.full((batch, config.embed_dim), 0.01, jnp.dtype(config.dtype))
   jax.block_until_ready(run(x))
   best = float("inf")
   for _ in range(3):

@@ -640,3 +640,28 @@ def test_prefix_cache_equals_uncached_real_model(gemma270m):
     assert a == b, f"{p!r}: cached {a} vs uncached {b}"
     np.testing.assert_allclose(la, lb, atol=2e-3, err_msg=p)
   assert cached.texts == plain.texts
+
+
+def test_benchmark_matmul_ceiling_reads_every_weight_once_per_step(tiny):
+  """benchmarks/sampler.py's ceiling: one step holds exactly one matmul per parameter matrix
+  (7 per layer and the vocabulary projection), and the timing runs."""
+  import importlib.util
+  import os
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "benchmarks", "sampler.py")
+  spec = importlib.util.spec_from_file_location("sampler_benchmark", path)
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  config, params = tiny
+  for rows in (1, 3):
+    step = bench.matmul_chain(config, params, rows, on_cpu=True)
+    x = jnp.ones((rows, config.embed_dim), jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda x: step(0, x))(x)  # noqa: B023 - called at once
+    dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
+    assert len(dots) == 7 * config.num_layers + 1
+    weights = {tuple(e.invars[1].aval.shape) for e in dots} | {
+        tuple(e.invars[0].aval.shape) for e in dots}
+    assert (config.vocab_size, config.embed_dim) in weights or \
+        (config.embed_dim, config.vocab_size) in weights
+    seconds = bench.matmul_floor_step_s(config, params, rows, on_cpu=True, steps=2)
+    assert 0 < seconds < 10
