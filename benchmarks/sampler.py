@@ -97,22 +97,25 @@ def read_bandwidth_gb_s(gigabytes: float = 1.0, calls_per_timing: int = 1) -> di
   return {"numpy_sum_gb_s": a.nbytes / best_np / 1e9, "xla_sum_gb_s": a.nbytes / best_jax / 1e9}
 
 
-def matmul_chain(config, params, batch: int, on_cpu: bool):
+def matmul_chain(sampler: Sampler, batch: int):
   """one_step(i, x_BD) -> x_BD: one decode step's parameter matmuls and nothing else: every
   layer's q/k/v/o and MLP projections on [batch, D] activations and the vocabulary projection
-  in the layout the sampler picks (vocab-major [V, D] x [D, B] for several rows on CPU, the
-  [D, V] copy for one row on CPU), chained so that none can be skipped."""
+  as the sampler makes it for `batch` rows (its own `_project`, in the layout it picks, with
+  its [D, V] embedding copy where it keeps one), chained so that none can be skipped."""
   import jax
   import jax.numpy as jnp
 
+  from cai_jax.sampling import sampler as sampler_lib
+
+  config, params = sampler.config, sampler.params
   D = config.embed_dim
   layers = [params[f"layer_{i}"] for i in range(config.num_layers)]
   mats = [(l["attn"]["q_proj"].reshape(D, -1), l["attn"]["k_proj"].reshape(D, -1),
            l["attn"]["v_proj"].reshape(D, -1), l["attn"]["o_proj"].reshape(-1, D),
            l["mlp"]["gate"], l["mlp"]["up"], l["mlp"]["down"]) for l in layers]
-  emb = params["embedder"]["embedding"]
-  vocab_major = on_cpu and batch > 1
-  table = emb if (vocab_major or not on_cpu) else jax.jit(jnp.transpose)(emb)
+  cpu = sampler._cpu  # noqa: SLF001 - the sampler's own choices, not a copy of them
+  embedding_DV = sampler._embedding_for(batch)  # noqa: SLF001
+  vocab_axis = 0 if sampler_lib._vocab_major(cpu, embedding_DV, batch) else 1  # noqa: SLF001
 
   def one_step(_, x):
     small = jnp.asarray(1e-3, x.dtype)
@@ -120,18 +123,13 @@ def matmul_chain(config, params, batch: int, on_cpu: bool):
       q, k, v = x @ wq, x @ wk, x @ wv
       x = x + small * (q @ wo) + small * (k[:, :1] + v[:, :1])
       x = x + small * ((jax.nn.gelu(x @ gate, approximate=True) * (x @ up)) @ down)
-    if vocab_major:
-      top = jnp.max(jnp.einsum("VD,BD->VB", table, x), axis=0)
-    elif on_cpu:
-      top = jnp.max(x @ table, axis=1)
-    else:
-      top = jnp.max(jnp.einsum("BD,VD->BV", x, table), axis=1)
-    return x + small * top[:, None].astype(x.dtype)
+    logits = sampler_lib._project(sampler.model, cpu, params, embedding_DV, x)  # noqa: SLF001
+    return x + small * jnp.max(logits, axis=vocab_axis)[:, None].astype(x.dtype)
 
   return one_step
 
 
-def matmul_floor_step_s(config, params, batch: int, on_cpu: bool, steps: int = 16) -> float:
+def matmul_floor_step_s(sampler: Sampler, batch: int, steps: int = 16) -> float:
   """Seconds per decode step of only the step's parameter matmuls (`matmul_chain`) at `batch`
   rows, `steps` of them in one compiled loop, fastest of 3.
 
@@ -141,9 +139,9 @@ def matmul_floor_step_s(config, params, batch: int, on_cpu: bool, steps: int = 1
   import jax
   import jax.numpy as jnp
 
-  one_step = matmul_chain(config, params, batch, on_cpu)
+  one_step = matmul_chain(sampler, batch)
   run = jax.jit(lambda x: jax.lax.fori_loop(0, steps, one_step, x))
-  x = jnp.full((batch, config.embed_dim), 0.01, jnp.dtype(config.dtype))
+  x = jnp.full((batch, sampler.config.embed_dim), 0.01, jnp.dtype(sampler.config.dtype))
   jax.block_until_ready(run(x))
   best = float("inf")
   for _ in range(3):
@@ -300,7 +298,7 @@ def main():
       out[f"ours_batch{batch}_compile_s"] = first - ours
       print(f"cai_jax batch {batch}: {batch * n_new / ours:.1f} tok/s ({ours:.2f} s; first "
             f"call {first:.2f} s)", flush=True)
-      floor = matmul_floor_step_s(model.config, sampler.params, batch, on_cpu)
+      floor = matmul_floor_step_s(sampler, batch)
       out[f"batch{batch}_matmul_floor_tok_s"] = batch / floor
       print(f"  the step's parameter matmuls alone: {1e3 * floor:.1f} ms = at most "
             f"{batch / floor:.1f} tok/s; cai_jax decodes at "
