@@ -188,10 +188,11 @@ class Attention(nn.Module):
     wv = _param(self, "v_proj", init_in, (D, K, H), ("embed", "kv_heads", "head_dim"), pdt)
     wo = _param(self, "o_proj", init_out, (N, H, D), ("heads", "head_dim", "embed"), pdt)
 
-    x = x_BLD.astype(dt)
-    q = jnp.einsum("BLD,DNH->BLNH", x, wq.astype(dt))
-    k = jnp.einsum("BLD,DKH->BLKH", x, wk.astype(dt))
-    v = jnp.einsum("BLD,DKH->BLKH", x, wv.astype(dt))
+    B, L = x_BLD.shape[:2]
+    x_TD = x_BLD.astype(dt).reshape(B * L, D)
+    q = _flat_matmul(x_TD, wq.astype(dt)).reshape(B, L, N, H)
+    k = _flat_matmul(x_TD, wk.astype(dt)).reshape(B, L, K, H)
+    v = _flat_matmul(x_TD, wv.astype(dt)).reshape(B, L, K, H)
     q = RMSNorm(c.rms_norm_eps, c.param_dtype, "head_dim", name="q_norm")(q)
     k = RMSNorm(c.rms_norm_eps, c.param_dtype, "head_dim", name="k_norm")(k)
     if self.is_global:
@@ -205,10 +206,7 @@ class Attention(nn.Module):
     if cache is not None and mask_BLS is None:
       out, cache = cached_attention(q, k, v, positions_BL, cache, cache_index,
                                     None if self.is_global else c.sliding_window)
-      # As one [B*L, N*H] x [N*H, D] matmul: the einsum form led XLA to transpose o_proj.
-      B, L = out.shape[:2]
-      out = out.reshape(B * L, N * H) @ wo.astype(dt).reshape(N * H, D)
-      return out.reshape(B, L, D), cache
+      return _flat_matmul(out.reshape(B * L, N * H), wo.astype(dt)).reshape(B, L, D), cache
     if cache is not None:
       if cache.ring:
         raise ValueError("a ring-buffer cache needs mask_BLS=None (masks from positions)")
@@ -221,7 +219,21 @@ class Attention(nn.Module):
       mask_BLS = mask_BLS & (distance < c.sliding_window)
 
     out = _attend_grouped(q, k, v, mask_BLS)
-    return jnp.einsum("BLNH,NHD->BLD", out, wo.astype(dt)), cache
+    return _flat_matmul(out.reshape(B * L, N * H), wo.astype(dt)).reshape(B, L, D), cache
+
+
+def _flat_matmul(x_TI: jax.Array, w: jax.Array) -> jax.Array:
+  """[tokens, in] @ w, where w's leading axes make up `in` and the rest `out`: [tokens, out].
+
+  Every projection is one 2-D matmul over flattened tokens because of how XLA's CPU backend
+  compiles the alternatives. Over [batch, length] the weight gradient contracts two axes, and
+  XLA fused a transpose into the elementwise pass before it (the gelu backward, written column
+  by column): on Gemma 3 270M one 512-token forward + backward spent 0.71 s of 6.7 s in such
+  copies, 0.32 s of 6.4 s flattened (jax.profiler). In decoding, o_proj as an einsum over
+  (heads, head_dim) made XLA transpose the weight at every step."""
+  n_in = x_TI.shape[-1]
+  w_IO = w.reshape(n_in, -1)
+  return x_TI @ w_IO
 
 
 class MLP(nn.Module):
@@ -236,11 +248,12 @@ class MLP(nn.Module):
     w_gate = _param(self, "gate", init, (c.embed_dim, c.mlp_dim), ("embed", "mlp"), pdt)
     w_up = _param(self, "up", init, (c.embed_dim, c.mlp_dim), ("embed", "mlp"), pdt)
     w_down = _param(self, "down", init, (c.mlp_dim, c.embed_dim), ("mlp", "embed"), pdt)
-    x = x_BLD.astype(dt)
-    gate = jax.nn.gelu(x @ w_gate.astype(dt), approximate=True)
-    h = gate * (x @ w_up.astype(dt))
-    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-    return h @ w_down.astype(dt)
+    B, L, D = x_BLD.shape
+    x_TD = x_BLD.astype(dt).reshape(B * L, D)
+    gate = jax.nn.gelu(_flat_matmul(x_TD, w_gate.astype(dt)), approximate=True)
+    h = gate * _flat_matmul(x_TD, w_up.astype(dt))
+    h = nn.with_logical_constraint(h.reshape(B, L, -1), ("batch", "length", "mlp"))
+    return _flat_matmul(h.reshape(B * L, -1), w_down.astype(dt)).reshape(B, L, D)
 
 
 class Block(nn.Module):
