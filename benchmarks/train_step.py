@@ -21,7 +21,10 @@ Each implementation runs in its own child process (`--side ours`, `--side ref`),
 reports its own peak RSS (resource.getrusage(RUSAGE_SELF).ru_maxrss) and, on a GPU, its own peak
 device memory (JAX: memory_stats()['peak_bytes_in_use']; torch: cuda.max_memory_allocated()).
 The parent (no --side) prepares the weights, measures the matmul peak, runs the two children one
-after the other and prints the combined JSON object. Both children load the same HF folder:
+after the other and prints the combined JSON object. With --rounds R it runs each child R times,
+alternating (ours, ref, ref, ours, ...) so that a change in the machine's speed during the run
+(other processes on a shared CPU) meets both sides alike; each side's fastest round counts
+(`rounds_tokens_per_s`, `ref_rounds_tokens_per_s` and the per-round `rounds_speedup` list them). Both children load the same HF folder:
 the converted Gemma 3 270M checkpoint (loader.resolve('gemma3-270m')), or with
   --random-weights --tokenizer PATH   the gemma3-270m architecture with random parameters (the
       model's own initialisers, seed --seed) written by a short-lived child (`--side
@@ -44,7 +47,8 @@ full float32. On CPU the setting changes nothing.
 
 Options: --dtype bfloat16 (parameters, matmuls and torch dtype in bfloat16 for both sides: a
 throughput comparison, not a training recipe; meant for GPU), --micro-batches, --remat,
---loss-chunk-tokens, --ref-micro-batches, --steps, --batch, --length, --skip-ref, --peak-n.
+--loss-chunk-tokens, --ref-micro-batches, --steps, --rounds, --batch, --length, --skip-ref,
+--peak-n.
 A line with "partial": true is printed after ours finishes; the last line is one JSON object
 (ref fields null and `ref_error` set when the reference fails or is skipped).
 Targets (from the issue): speedup >= 1.25, mfu >= 0.60, peak_rss_gb <= 10.
@@ -354,6 +358,7 @@ def parent(args) -> None:
          "targets": TARGETS}
   tmp = None
   ours = None
+  side = "ours"
   try:
     if args.random_weights:
       tmp = tempfile.mkdtemp(prefix="cai_jax_train_bench_")
@@ -373,47 +378,70 @@ def parent(args) -> None:
           + (f", bfloat16 {peaks['peak_flops_bf16'] / 1e12:.2f} TFLOP/s"
              if "peak_flops_bf16" in peaks else "") + f" ({secs:.1f} s)", flush=True)
 
-    ours, err = run_child(args, "ours", folder)
-    if err:
-      out["ours_error"] = err
-      raise RuntimeError(err)
-    fpt = ours["flops_per_token"]
-    out.update(
-        tokens_per_s=ours["tokens_per_s"], peak_rss_gb=ours["peak_rss_gb"],
-        mfu=fpt * ours["tokens_per_s"] / out["peak_flops"],
-        compile_s=ours["compile_s"], step_s=ours["step_s"], first_step_s=ours["first_step_s"],
-        step_times=ours["step_times"], steps=ours["steps"], micro_batches=ours["micro_batches"],
-        remat=ours["remat"], loss_chunk_tokens=ours["loss_chunk_tokens"],
-        loss_first=ours["loss_first"], loss_last=ours["loss_last"], losses=ours["losses"],
-        finite=ours["finite"], num_params=ours["num_params"], flops_per_token=fpt,
-        device_peak_gb=ours.get("device_peak_gb"), num_devices=ours["num_devices"])
-    if "peak_flops_bf16" in out:
-      out["mfu_vs_bf16_peak"] = fpt * ours["tokens_per_s"] / out["peak_flops_bf16"]
-    print(json.dumps({**out, "partial": True}), flush=True)
-
-    if args.skip_ref:
-      out["ref_error"] = "skipped (--skip-ref)"
-    else:
-      ref, err = run_child(args, "ref", folder, {"JAX_PLATFORMS": "cpu"})
-      if err:
-        out["ref_error"] = err
-      else:
+    def combine():
+      if ours_runs and ref_runs:
         out.update(
-            ref_tokens_per_s=ref["tokens_per_s"], ref_peak_rss_gb=ref["peak_rss_gb"],
-            ref_mfu=fpt * ref["tokens_per_s"] / out["peak_flops"],
-            speedup=ours["tokens_per_s"] / ref["tokens_per_s"],
-            ref_step_s=ref["step_s"], ref_first_step_s=ref["first_step_s"],
-            ref_step_times=ref["step_times"], ref_micro_batches=ref["micro_batches"],
-            ref_loss_first=ref["loss_first"], ref_loss_last=ref["loss_last"],
-            ref_losses=ref["losses"], ref_finite=ref["finite"],
-            ref_device=ref["device"], ref_device_peak_gb=ref.get("device_peak_gb"),
-            ref_torch_threads=ref["torch_threads"],
-            ref_attn_implementation=ref["attn_implementation"], torch=ref["torch"],
-            transformers=ref["transformers"],
-            first_loss_abs_diff=abs(ours["loss_first"] - ref["loss_first"]))
+            ref_mfu=out["flops_per_token"] * out["ref_tokens_per_s"] / out["peak_flops"],
+            speedup=out["tokens_per_s"] / out["ref_tokens_per_s"],
+            rounds_speedup=[o["tokens_per_s"] / f["tokens_per_s"]
+                            for o, f in zip(ours_runs, ref_runs)],
+            first_loss_abs_diff=abs(ours_runs[0]["loss_first"] - ref_runs[0]["loss_first"]))
+
+    ours_runs, ref_runs = [], []
+    ref_skipped = args.skip_ref
+    for r in range(args.rounds):
+      # ours, ref, ref, ours, ...: a drift in the machine's speed during the run (other
+      # processes on a shared CPU) then falls on both sides alike.
+      for side in (("ours", "ref") if r % 2 == 0 else ("ref", "ours")):
+        if side == "ours":
+          res, err = run_child(args, "ours", folder)
+          if err:
+            out["ours_error"] = err
+            raise RuntimeError(err)
+          ours_runs.append(res)
+          ours = max(ours_runs, key=lambda o: o["tokens_per_s"])
+          fpt = ours["flops_per_token"]
+          out.update(
+              tokens_per_s=ours["tokens_per_s"],
+              peak_rss_gb=max(o["peak_rss_gb"] for o in ours_runs),
+              mfu=fpt * ours["tokens_per_s"] / out["peak_flops"],
+              compile_s=ours["compile_s"], step_s=ours["step_s"],
+              first_step_s=ours["first_step_s"], step_times=ours["step_times"],
+              steps=ours["steps"], micro_batches=ours["micro_batches"], remat=ours["remat"],
+              loss_chunk_tokens=ours["loss_chunk_tokens"], loss_first=ours["loss_first"],
+              loss_last=ours["loss_last"], losses=ours["losses"], finite=ours["finite"],
+              num_params=ours["num_params"], flops_per_token=fpt,
+              device_peak_gb=ours.get("device_peak_gb"), num_devices=ours["num_devices"],
+              rounds_tokens_per_s=[o["tokens_per_s"] for o in ours_runs])
+          if "peak_flops_bf16" in out:
+            out["mfu_vs_bf16_peak"] = fpt * ours["tokens_per_s"] / out["peak_flops_bf16"]
+          combine()
+          print(json.dumps({**out, "partial": True}), flush=True)
+        elif ref_skipped:
+          out["ref_error"] = "skipped (--skip-ref)"
+        else:
+          res, err = run_child(args, "ref", folder, {"JAX_PLATFORMS": "cpu"})
+          if err:
+            out["ref_error"] = err
+            ref_skipped = True
+            continue
+          ref_runs.append(res)
+          ref = max(ref_runs, key=lambda o: o["tokens_per_s"])
+          out.update(
+              ref_tokens_per_s=ref["tokens_per_s"],
+              ref_peak_rss_gb=max(o["peak_rss_gb"] for o in ref_runs),
+              ref_step_s=ref["step_s"], ref_first_step_s=ref["first_step_s"],
+              ref_step_times=ref["step_times"], ref_micro_batches=ref["micro_batches"],
+              ref_loss_first=ref["loss_first"], ref_loss_last=ref["loss_last"],
+              ref_losses=ref["losses"], ref_finite=ref["finite"],
+              ref_device=ref["device"], ref_device_peak_gb=ref.get("device_peak_gb"),
+              ref_torch_threads=ref["torch_threads"],
+              ref_attn_implementation=ref["attn_implementation"], torch=ref["torch"],
+              transformers=ref["transformers"],
+              ref_rounds_tokens_per_s=[o["tokens_per_s"] for o in ref_runs])
+          combine()
   except Terminated as e:
-    key = "ref_error" if ours is not None else "ours_error"
-    out[key] = str(e)
+    out[f"{side}_error"] = str(e)
   except Exception as e:  # still print the JSON line
     traceback.print_exc()
     if ours is None:
@@ -462,11 +490,16 @@ def main():
                       help="transformers' gradient-accumulation micro-batches (0: 4 on CPU, "
                            "1 on CUDA)")
   parser.add_argument("--skip-ref", action="store_true", help="skip the transformers reference")
+  parser.add_argument("--rounds", type=int, default=1,
+                      help="run the two children this many times each, alternating (ours, ref, "
+                           "ref, ours, ...); each side's fastest round counts")
   parser.add_argument("--peak-n", type=int, default=0,
                       help="matmul size of the peak measurement (0: 2048 on CPU, 8192 otherwise)")
   args = parser.parse_args()
   if args.steps < 1:
     parser.error("--steps must be >= 1")
+  if args.rounds < 1:
+    parser.error("--rounds must be >= 1")
   if args.side is None:
     if args.random_weights and not args.tokenizer:
       parser.error("--random-weights needs --tokenizer PATH (a SentencePiece tokenizer.model)")
