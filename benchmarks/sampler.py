@@ -8,7 +8,8 @@ python benchmarks/sampler.py
     float32 array: on CPU the faster of numpy and XLA, on an accelerator XLA on the device).
     Beside each batch size: the decode step's parameter matmuls alone (every matmul of a step,
     chained, in one compiled loop; no attention, norms or sampling) timed on the same weights,
-    a measured ceiling for any decoder made of XLA's matmuls on this machine.
+    a measured ceiling for any decoder made of XLA's matmuls on this machine; and the bound
+    that reading every parameter once per step at the measured bandwidth puts on any decoder.
 (b) a ~1,500-token shared prefix + 16 short prompts, 32 new tokens, with and without prefix
     caching (the prefix prefill is part of the timed work).
 In (a) both implementations are loaded at once and their timed runs alternate (--repeats of
@@ -303,6 +304,12 @@ def main():
       print(f"  the step's parameter matmuls alone: {1e3 * floor:.1f} ms = at most "
             f"{batch / floor:.1f} tok/s; cai_jax decodes at "
             f"{(batch * n_new / ours) / (batch / floor):.0%} of that", flush=True)
+      # Every decode step reads every parameter once, so no decoder that reads them in this
+      # dtype can beat batch x bandwidth / parameter bytes on this machine.
+      bound = batch * bandwidth * 1e9 / (bytes_per_param * num_params)
+      out[f"batch{batch}_bandwidth_bound_tok_s"] = bound
+      print(f"  reading the parameters once per step at {bandwidth:.1f} GB/s: at most "
+            f"{bound:.1f} tok/s", flush=True)
       if hf_runs:
         gen, secs = min(hf_runs, key=lambda r: r[1])
         # Leading greedy tokens of the first row on which both implementations agree (n_new
