@@ -24,8 +24,9 @@ The parent (no --side) prepares the weights, measures the matmul peak, runs the 
 after the other and prints the combined JSON object. With --rounds R it runs each child R times,
 alternating (ours, ref, ref, ours, ...) so that a change in the machine's speed during the run
 (other processes on a shared CPU) meets both sides alike; each side's fastest round counts
-(`rounds_tokens_per_s`, `ref_rounds_tokens_per_s` and the per-round `rounds_speedup` list them). Both children load the same HF folder:
-the converted Gemma 3 270M checkpoint (loader.resolve('gemma3-270m')), or with
+(`rounds_tokens_per_s`, `ref_rounds_tokens_per_s` and the per-round `rounds_speedup` list
+them). Both children load the same HF folder: the converted Gemma 3 270M checkpoint
+(loader.resolve('gemma3-270m')), or with
   --random-weights --tokenizer PATH   the gemma3-270m architecture with random parameters (the
       model's own initialisers, seed --seed) written by a short-lived child (`--side
       write-random`, on JAX's CPU backend) to a temporary HF folder with PATH as its

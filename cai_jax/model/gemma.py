@@ -206,19 +206,19 @@ class Attention(nn.Module):
     if cache is not None and mask_BLS is None:
       out, cache = cached_attention(q, k, v, positions_BL, cache, cache_index,
                                     None if self.is_global else c.sliding_window)
-      return _flat_matmul(out.reshape(B * L, N * H), wo.astype(dt)).reshape(B, L, D), cache
-    if cache is not None:
-      if cache.ring:
-        raise ValueError("a ring-buffer cache needs mask_BLS=None (masks from positions)")
-      cache = kv_cache.write(cache, k, v, positions_BL, cache_index)
-      k, v, kv_positions = cache.k_BSKH.astype(dt), cache.v_BSKH.astype(dt), cache.positions_BS
     else:
-      kv_positions = positions_BL
-    if not self.is_global:
-      distance = positions_BL[:, :, None] - kv_positions[:, None, :]
-      mask_BLS = mask_BLS & (distance < c.sliding_window)
-
-    out = _attend_grouped(q, k, v, mask_BLS)
+      if cache is not None:
+        if cache.ring:
+          raise ValueError("a ring-buffer cache needs mask_BLS=None (masks from positions)")
+        cache = kv_cache.write(cache, k, v, positions_BL, cache_index)
+        k, v = cache.k_BSKH.astype(dt), cache.v_BSKH.astype(dt)
+        kv_positions = cache.positions_BS
+      else:
+        kv_positions = positions_BL
+      if not self.is_global:
+        distance = positions_BL[:, :, None] - kv_positions[:, None, :]
+        mask_BLS = mask_BLS & (distance < c.sliding_window)
+      out = _attend_grouped(q, k, v, mask_BLS)
     return _flat_matmul(out.reshape(B * L, N * H), wo.astype(dt)).reshape(B, L, D), cache
 
 

@@ -52,6 +52,9 @@ def token_logprobs(hidden_BLD: jax.Array, embedding_VD: jax.Array, targets_BL: j
   """log p(targets_BL | hidden) under logits = hidden @ embedding.T, float32, chunked over L."""
 
   def chunk(h_BcD, t_Bc):
+    # Over [B, c], unlike the decoder's 2-D projections (gemma._flat_matmul): flattened, the
+    # embedding gradient ran as a plain XLA dot with a transposed [tokens, V] operand on CPU,
+    # 6.75 s against 6.42 s per 512-token micro-batch of Gemma 3 270M.
     logits = jnp.einsum("BcD,VD->BcV", h_BcD.astype(dtype), embedding_VD.astype(dtype))
     logits = logits.astype(jnp.float32)
     lse = jax.nn.logsumexp(logits, axis=-1)
