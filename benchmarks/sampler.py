@@ -256,7 +256,10 @@ def main():
   num_params = model.config.num_params()
   bytes_per_param = jnp.dtype(model.config.param_dtype).itemsize
   # No EOS ids: every row generates all n_new tokens, as transformers does with min_new_tokens.
-  sampler = Sampler(model.config, model.params, tok, eos_ids=())
+  # max_batch covers every case, so that each batch size runs as one batch of that many rows
+  # (the Sampler's default, 16, would split larger ones into batches of 16 run one after another).
+  sampler = Sampler(model.config, model.params, tok, eos_ids=(),
+                    max_batch=max([*batch_sizes, args.prefix_prompts]))
   out = {"device": device.device_kind, "platform": device.platform,
          "weights": "random" if args.random_weights else "gemma3-270m", "dtype": args.dtype,
          "num_params": num_params, "new_tokens": n_new, "repeats": args.repeats, **bw,

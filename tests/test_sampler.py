@@ -19,7 +19,7 @@ import pytest
 from cai_jax.model import config as model_config
 from cai_jax.model import gemma, kv_cache
 from cai_jax.sampling.sampler import Sampler
-from cai_jax.sampling.strategies import Greedy, Sampling, from_settings
+from cai_jax.sampling.strategies import Greedy, Sampling, from_settings, logprob_of
 from conftest import needs_transformers
 
 
@@ -416,6 +416,28 @@ def test_keys_and_logprobs(tiny, sampler):
   greedy = gen(None, Greedy())
   assert all(np.all(s == 0) for s in greedy.sampling_logprobs)
   assert all(np.all(lp < 0) for lp in greedy.logprobs)
+
+
+@pytest.mark.parametrize("strategy", [Greedy(), Sampling(), Sampling(temperature=0.7),
+                                      Sampling(top_k=5), Sampling(top_p=0.6)],
+                         ids=["greedy", "raw", "tempered", "top_k", "top_p"])
+def test_vocab_major_logits_give_the_same_draws(strategy):
+  """The CPU sampler hands strategies [V, B] logits (vocab_axis=0): the same key must pick the
+  same tokens with the same log-probs as from the [B, V] logits, ties and all."""
+  rng = np.random.default_rng(0)
+  logits_BV = rng.normal(size=(6, 300)).astype(np.float32) * 3
+  logits_BV[0, [7, 200]] = logits_BV[0].max() + 1  # a tie: the first index wins in both layouts
+  logits_BV = jnp.asarray(logits_BV)
+  key = jax.random.PRNGKey(11)
+  tokens, logp = jax.jit(lambda x: strategy.sample(x, key))(logits_BV)
+  tokens_vm, logp_vm = jax.jit(lambda x: strategy.sample(x, key, vocab_axis=0))(logits_BV.T)
+  np.testing.assert_array_equal(tokens_vm, tokens)
+  np.testing.assert_allclose(logp_vm, logp, atol=1e-6)
+  if isinstance(strategy, Greedy):
+    assert int(tokens[0]) == 7
+  raw = np.asarray(jax.nn.log_softmax(logits_BV, axis=-1))[np.arange(6), np.asarray(tokens)]
+  for axis, x in ((-1, logits_BV), (0, logits_BV.T)):
+    np.testing.assert_allclose(logprob_of(x, tokens, axis), raw, atol=1e-5)
 
 
 def test_new_params_take_effect(tiny):

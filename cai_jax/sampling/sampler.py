@@ -42,7 +42,7 @@ from jax.sharding import Mesh
 from cai_jax import parallel
 from cai_jax.model import gemma, kv_cache
 from cai_jax.model.config import GemmaConfig
-from cai_jax.sampling.strategies import Greedy, Sampling
+from cai_jax.sampling.strategies import Greedy, Sampling, logprob_of
 from cai_jax.shapes import pow2_bucket, truncate_left
 
 FINISH_STOP, FINISH_EOS, FINISH_LENGTH = "stop", "eos", "length"
@@ -85,7 +85,7 @@ def _project(model, cpu, params, embedding_DV, hidden_BD):
   """float32 next-token logits from final-normed hidden states [B, D]: [B, V], except on CPU
   with several rows, where [V, D] x [D, B] runs about twice as fast as [B, D] x [D, V] and the
   result stays vocab-major, [V, B] (transposing it here would make XLA fold the transpose back
-  into the slow matmul; `_decode` transposes it at the start of the next step instead).
+  into the slow matmul; `_decode` reduces over its axis 0 instead).
   With one row (CPU), the [D, V] copy of the embedding, when given, is the fast layout."""
   if _vocab_major(cpu, embedding_DV, hidden_BD.shape[0]):
     return model.apply({"params": params}, hidden_BD, method=gemma.Gemma3.vocab_major_logits)
@@ -121,11 +121,10 @@ def _decode(model, cpu, strategy, eos_ids, first_slot, params, embedding_DV, sta
 
   def body(s: DecodeState):
     key, sub = jax.random.split(s.key)
-    logits = s.logits.T if _vocab_major(cpu, embedding_DV, s.done_B.shape[0]) else s.logits
-    token, sampling_logp = strategy.sample(logits, sub)
-    # log_softmax at the chosen token only: logit - logsumexp (no [B, V] log_softmax).
-    raw_logp = (jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0]
-                - jax.nn.logsumexp(logits, axis=-1))
+    # Vocab-major logits ([V, B], see _project) are reduced over axis 0 where they lie.
+    axis = 0 if _vocab_major(cpu, embedding_DV, s.done_B.shape[0]) else -1
+    token, sampling_logp = strategy.sample(s.logits, sub, vocab_axis=axis)
+    raw_logp = logprob_of(s.logits, token, axis)
     active = ~s.done_B
     token = jnp.where(active, token, 0)
     is_eos = active & jnp.isin(token, eos_ids)

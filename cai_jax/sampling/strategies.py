@@ -1,8 +1,13 @@
-"""Sampling strategies: small frozen dataclasses with one method, `sample(logits_BV, key)`.
+"""Sampling strategies: small frozen dataclasses with one method, `sample(logits, key)`.
 
 Each returns the chosen tokens and their log-probabilities under the *sampling* distribution
 (after temperature and truncation); the sampler separately records log-probs under the raw
 model distribution, which is what PPO needs.
+
+Logits come as [B, V], or vocab-major as [V, B] with `vocab_axis=0` (the CPU sampler's fast
+matmul layout): greedy and untruncated sampling then reduce over the vocabulary where it lies,
+instead of reading a transposed view (at 64 rows XLA's fused transposed reads cost as much as
+the vocabulary projection itself).
 """
 
 from __future__ import annotations
@@ -13,23 +18,35 @@ import jax
 import jax.numpy as jnp
 
 
-def argmax(logits_BV: jax.Array) -> jax.Array:
-  """int32 index of each row's maximum, the first one on ties (as jnp.argmax), computed as a max
-  and then a min over the indices where it is reached: two plain reductions, which XLA runs
-  several times faster on CPU than argmax's reduction over (value, index) pairs."""
-  top = jnp.max(logits_BV, axis=-1, keepdims=True)
-  index = jax.lax.broadcasted_iota(jnp.int32, logits_BV.shape, logits_BV.ndim - 1)
-  last = logits_BV.shape[-1] - 1  # a NaN row (never equal to its max) gets the last id
-  return jnp.min(jnp.where(logits_BV == top, index, last), axis=-1)
+def argmax(logits: jax.Array, axis: int = -1) -> jax.Array:
+  """int32 index of the maximum along `axis`, the first one on ties (as jnp.argmax), computed as
+  a max and then a min over the indices where it is reached: two plain reductions, which XLA
+  runs several times faster on CPU than argmax's reduction over (value, index) pairs."""
+  axis = axis % logits.ndim
+  top = jnp.max(logits, axis=axis, keepdims=True)
+  index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, axis)
+  last = logits.shape[axis] - 1  # a NaN row (never equal to its max) gets the last id
+  return jnp.min(jnp.where(logits == top, index, last), axis=axis)
+
+
+def logprob_of(logits: jax.Array, tokens_B: jax.Array, axis: int = -1) -> jax.Array:
+  """log_softmax(logits)[token] per row, over the vocabulary along `axis` (0 or -1 of a 2-D
+  array): the chosen logit minus the logsumexp, with no [B, V] log_softmax."""
+  if axis % logits.ndim == 0:
+    chosen = jnp.take_along_axis(logits, tokens_B[None, :], axis=0)[0]
+  else:
+    chosen = jnp.take_along_axis(logits, tokens_B[:, None], axis=-1)[:, 0]
+  return chosen - jax.nn.logsumexp(logits, axis=axis)
 
 
 @dataclasses.dataclass(frozen=True)
 class Greedy:
   """argmax; the sampling distribution puts all mass on it (log-prob 0)."""
 
-  def sample(self, logits_BV: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def sample(self, logits: jax.Array, key: jax.Array,
+             vocab_axis: int = -1) -> tuple[jax.Array, jax.Array]:
     del key
-    tokens = argmax(logits_BV)
+    tokens = argmax(logits, vocab_axis)
     return tokens, jnp.zeros(tokens.shape, jnp.float32)
 
 
@@ -50,7 +67,8 @@ class Sampling:
       raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
   def masked_logits(self, logits_BV: jax.Array) -> jax.Array:
-    """Tempered logits with the truncated-away tokens at -inf."""
+    """Tempered logits with the truncated-away tokens at -inf ([B, V]; without truncation any
+    layout)."""
     logits = logits_BV.astype(jnp.float32) / self.temperature
     if self.top_k:
       kth = jax.lax.top_k(logits, self.top_k)[0][..., -1:]
@@ -65,14 +83,20 @@ class Sampling:
       logits = jnp.where(logits >= threshold, logits, -jnp.inf)
     return logits
 
-  def sample(self, logits_BV: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-    logits = self.masked_logits(logits_BV)
+  def sample(self, logits: jax.Array, key: jax.Array,
+             vocab_axis: int = -1) -> tuple[jax.Array, jax.Array]:
+    vocab_major = vocab_axis % logits.ndim == 0
+    if vocab_major and (self.top_k or self.top_p < 1.0):
+      logits, vocab_major = logits.T, False  # top_k and the nucleus sort work on [B, V]
+    logits = self.masked_logits(logits)
     # jax.random.categorical's own recipe (Gumbel noise, then argmax: the same draws for the
-    # same key), with the faster argmax.
-    tokens = argmax(logits + jax.random.gumbel(key, logits.shape, logits.dtype))
-    logp = (jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
-            - jax.nn.logsumexp(logits, axis=-1))
-    return tokens, logp
+    # same key), with the faster argmax. The noise is drawn as [B, V] in either layout, so a
+    # key gives the same tokens whichever way the logits lie.
+    shape_BV = logits.shape[::-1] if vocab_major else logits.shape
+    noise = jax.random.gumbel(key, shape_BV, logits.dtype)
+    axis = 0 if vocab_major else -1
+    tokens = argmax(logits + (noise.T if vocab_major else noise), axis)
+    return tokens, logprob_of(logits, tokens, axis)
 
 
 def from_settings(temperature: float, top_k: int = 0, top_p: float = 1.0):
