@@ -19,7 +19,8 @@ def get_config():
       top_p=1.0,                # 1.0 = off
       stop=("\n\nHuman:",),     # stop strings, cut from the returned text
       prefix="",                # optional shared prefix, prefilled once for every prompt
-      batch_size=8,
+      batch_size=16,            # rows per sampler batch; on a 2-core CPU 16 rows finished 1.3x the
+                                # rows/s of 8 (270M, 48 red-team prompts, temperature 1)
       max_prompt_length=2048,   # longer prompts keep BOS and lose tokens from the left
       chunk_size=32,            # decode steps between host checks for stop strings
       write_every=32,           # prompts per appended block of records
