@@ -32,10 +32,8 @@ def argmax(logits: jax.Array, axis: int = -1) -> jax.Array:
 def logprob_of(logits: jax.Array, tokens_B: jax.Array, axis: int = -1) -> jax.Array:
   """log_softmax(logits)[token] per row, over the vocabulary along `axis` (0 or -1 of a 2-D
   array): the chosen logit minus the logsumexp, with no [B, V] log_softmax."""
-  if axis % logits.ndim == 0:
-    chosen = jnp.take_along_axis(logits, tokens_B[None, :], axis=0)[0]
-  else:
-    chosen = jnp.take_along_axis(logits, tokens_B[:, None], axis=-1)[:, 0]
+  index = jnp.expand_dims(tokens_B, axis)
+  chosen = jnp.take_along_axis(logits, index, axis=axis).squeeze(axis)
   return chosen - jax.nn.logsumexp(logits, axis=axis)
 
 
