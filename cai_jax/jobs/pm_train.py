@@ -160,7 +160,7 @@ def run(config, workdir: str) -> dict:
   state, logged, start_step = runner.run_loop(
       name="pm_train", out_dir=out_dir, state=state, step_fn=step_fn, local_batches=batches,
       mesh=mesh, steps=steps, ckpts=ckpts, meta=meta, model_config=model_cfg,
-      peak_flops=c.peak_flops, show_progress=c.progress,
+      peak_flops=c.peak_flops, lm_head=False, show_progress=c.progress,
       extra_metrics=lambda m: {
           "accuracy": m["correct"] / max(m["decisive"], 1e-9),
           "abs_prob_error": m["abs_prob_error"] / max(m["weight"], 1e-9),

@@ -1,9 +1,15 @@
 """Model FLOPs (for MFU) and the machine's measured matmul peak.
 
-Training FLOPs per token = 6 x parameters (forward 2, backward 4; with tied embeddings the
-parameter count includes the vocabulary projection once, which is the matmul that happens) plus
-attention: 12 x layers x heads x head_dim x context (scores and weighted sum, forward and
-backward), with context = the sequence length (sliding-window layers count min(L, window))."""
+Training FLOPs per token = 6 x the parameters that take part in a matmul (forward 2, backward
+4) plus attention: 12 x layers x heads x head_dim x context (scores and weighted sum, forward and
+backward), with context = the sequence length (sliding-window layers count min(L, window)).
+
+The embedding lookup is a gather, not a matmul: its V x D table costs FLOPs only where the model
+projects onto the vocabulary (`lm_head=True`: the LM loss, PPO's policy). A preference or value
+model reads a scalar head instead (`lm_head=False`, + 6 x D for the head); counting the
+vocabulary there (168M of Gemma 3 270M's 268M parameters) overstated its FLOPs about 2.7x and read as
+an MFU above 1. `tests/test_train_engine.py` checks both counts against XLA's own count of the
+compiled steps."""
 
 from __future__ import annotations
 
@@ -15,12 +21,16 @@ import jax.numpy as jnp
 from cai_jax.model.config import GLOBAL, GemmaConfig
 
 
-def train_flops_per_token(config: GemmaConfig, seq_len: int) -> float:
+def train_flops_per_token(config: GemmaConfig, seq_len: int, *, lm_head: bool = True) -> float:
+  """Model FLOPs of one token's forward + backward pass at padded length `seq_len`."""
   attn = 0.0
   for kind in config.layer_types:
     context = seq_len if kind == GLOBAL else min(seq_len, config.sliding_window)
     attn += 12.0 * config.num_heads * config.head_dim * context
-  return 6.0 * config.num_params() + attn
+  if lm_head:
+    return 6.0 * config.num_params() + attn
+  body = config.num_params() - config.vocab_size * config.embed_dim
+  return 6.0 * (body + config.embed_dim) + attn
 
 
 def measure_matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 5,

@@ -38,6 +38,7 @@ def gather_params(params):
 def run_loop(*, name: str, out_dir: str, state: engine.TrainState, step_fn,
              local_batches: Iterator[tuple[dict, dict]], mesh, steps: int,
              ckpts: TrainCheckpoints, meta: dict, model_config, peak_flops: float,
+             lm_head: bool = True,
              show_progress: bool = True, extra_metrics: Callable[[dict], dict] | None = None,
              evaluate: Callable | None = None, eval_every: int = 0,
              length_of: Callable[[dict], int] = lambda b: b["tokens"].shape[-1],
@@ -46,7 +47,8 @@ def run_loop(*, name: str, out_dir: str, state: engine.TrainState, step_fn,
 
   `local_batches` yields (this process's rows, data position after them); the step's metrics
   must include `tokens` (real tokens, for tokens/s and MFU). `peak_flops` = 0 measures a float32
-  matmul at start."""
+  matmul at start; `lm_head` says whether the objective projects onto the vocabulary (see
+  `flops.train_flops_per_token`)."""
   peak = peak_flops or flops.measure_matmul_peak() * jax.device_count()
   writer = MetricsWriter(out_dir)
   start_step = int(jax.device_get(state.step))
@@ -63,8 +65,8 @@ def run_loop(*, name: str, out_dir: str, state: engine.TrainState, step_fn,
 
   def host_metrics(metrics, seconds):
     tokens = metrics["tokens"]
-    out = {"tokens_per_s": tokens / seconds,
-           "mfu": tokens * flops.train_flops_per_token(model_config, length[0]) / seconds / peak}
+    per_token = flops.train_flops_per_token(model_config, length[0], lm_head=lm_head)
+    out = {"tokens_per_s": tokens / seconds, "mfu": tokens * per_token / seconds / peak}
     if extra_metrics is not None:
       out.update(extra_metrics(metrics))
     out.update(memory_metrics())
