@@ -52,4 +52,9 @@ def get_config():
     if stage in TRAINERS:
       optim[stage] = c.optim
   config.optim = optim
+  # Held-out data from the run's own outputs, so every trainer reports a loss on examples it
+  # did not train on: revisions (sl_train's eval loss before and after) and AI-labelled pairs
+  # (the PM's held-out loss and accuracy).
+  config.sl_generate.heldout_fraction = 0.1
+  config.pm_train.heldout_fraction = 0.1
   return config

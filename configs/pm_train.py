@@ -23,6 +23,8 @@ def get_config():
       human_fraction=-1.0,      # share of each batch from human comparisons; < 0: proportional
                                 # to the two sets' sizes
       eval_ai_labels="",        # optional held-out labels (eval_ai_loss / eval_ai_accuracy)
+      heldout_fraction=0.0,     # without eval_ai_labels: this share of the AI-labelled pairs (by
+                                # a hash of the pair id) is held out and evaluated as eval_ai_*
       eval_comparisons="",      # optional held-out comparisons (eval_human_loss / _accuracy)
       batch_size=8,             # global batch (pairs per optimizer step; 2 sequences each)
       micro_batches=1,          # gradient accumulation inside the jitted step
@@ -31,12 +33,14 @@ def get_config():
       append_eos=True,          # end every sequence with <eos>; the reward is read there
       steps=0,                  # optimizer steps; 0 = `epochs` over every source
       epochs=1,
-      head_init_scale=1.0,      # head kernel ~ N(0, (scale / sqrt(embed_dim + 1))^2); 0 = zeros
+      head_init_scale=0.0,      # head kernel ~ N(0, (scale / sqrt(embed_dim + 1))^2); 0 = zeros:
+                                # every reward gap starts at 0 (loss log 2, "no preference")
       remat='',                 # '' | 'dots' | 'full'
       checkpoint_every=100,
       keep_checkpoints=3,
       async_checkpoints=True,
-      eval_every=0,             # steps between held-out evaluations (0 = only at the end)
+      eval_every=0,             # steps between held-out evaluations (0 = only before the first
+                                # step and at the end)
       eval_batch_size=8,
       export=True,              # write WORKDIR/pm_train/pm at the end
       peak_flops=0.0,           # for the MFU metric; 0 = measure a float32 matmul at start

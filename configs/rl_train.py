@@ -72,6 +72,11 @@ def get_config():
       min_response_tokens=1,    # collapse: mean answer length (the trimmed answer text
                                 # re-encoded: stop string and EOS excluded) below this ...
       collapse_patience=3,      # ... for this many iterations in a row stops the run (0 = off)
+      # ---- probe: greedy answers to fixed held-out prompts, scored by the PM (probe_score)
+      probe_prompts="red_team:test",  # must not share ids with `prompts`
+      probe_count=8,            # prompts in the probe (0 = no probe)
+      probe_every=0,            # iterations between probes; the starting policy and the last
+                                # iteration are always probed
       # ---- outputs
       checkpoint_every=10,
       keep_checkpoints=3,

@@ -3,7 +3,8 @@ the SL training file (revisions mixed with helpful answers) for `sl_train`.
 
 python -m cai_jax.main --config configs/sl_generate.py --workdir runs/slcai \
     --config.sl_generate.limit=16 --config.sl_generate.rounds=2
-Outputs in WORKDIR/sl_generate/: records.jsonl, helpful.jsonl, sl_train.jsonl, report.json.
+Outputs in WORKDIR/sl_generate/: records.jsonl, helpful.jsonl, sl_train.jsonl, sl_eval.jsonl
+(held-out revisions, with heldout_fraction > 0), report.json.
 """
 
 from cai_jax import config_defaults
@@ -33,6 +34,8 @@ def get_config():
       batch_size=8,
       chunk_size=16,              # decode steps between stop-string checks
       drop_flagged=True,          # leave degenerate outputs out of the SL file
+      heldout_fraction=0.0,       # share of the usable revisions written to sl_eval.jsonl
+                                  # instead of sl_train.jsonl (by a hash of the record id)
       output="",                  # records jsonl; default WORKDIR/sl_generate/records.jsonl
       report_examples=5,          # records printed in full by the report
   )

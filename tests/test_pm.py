@@ -65,19 +65,20 @@ def test_bt_loss_and_gradient_match_numpy():
 
 
 def test_bt_loss_sums_weights_accuracy():
-  r_a = jnp.asarray([2.0, -1.0, 0.5, 3.0, 9.0])
-  r_b = jnp.asarray([1.0, 1.0, 0.0, 3.5, -9.0])
-  p = jnp.asarray([1.0, 0.2, 0.5, 0.9, 0.0])
-  w = jnp.asarray([1.0, 1.0, 1.0, 1.0, 0.0])  # the last row is padding
+  r_a = jnp.asarray([2.0, -1.0, 0.5, 3.0, 1.5, 9.0])
+  r_b = jnp.asarray([1.0, 1.0, 0.0, 3.5, 1.5, -9.0])
+  p = jnp.asarray([1.0, 0.2, 0.5, 0.9, 0.7, 0.0])
+  w = jnp.asarray([1.0, 1.0, 1.0, 1.0, 1.0, 0.0])  # the last row is padding
   total, sums = losses.bt_loss_sums(r_a, r_b, p, w)
   loss, _, _ = numpy_bt(r_a, r_b, p)
-  assert float(total) == pytest.approx(float(np.sum(loss[:4])), rel=1e-6)
-  assert float(sums["weight"]) == 4
-  assert float(sums["sum_decisive"]) == 3  # p = 0.5 has no right answer
-  assert float(sums["sum_correct"]) == 2   # rows 0 and 1 right, row 3 wrong
+  assert float(total) == pytest.approx(float(np.sum(loss[:5])), rel=1e-6)
+  assert float(sums["weight"]) == 5
+  assert float(sums["sum_decisive"]) == 4  # p = 0.5 has no right answer
+  # rows 0 and 1 right, row 3 wrong, row 4 a tie (gap 0: half right)
+  assert float(sums["sum_correct"]) == 2.5
   sig = 1 / (1 + np.exp(-(np.asarray(r_a) - np.asarray(r_b))))
   assert float(sums["sum_abs_prob_error"]) == pytest.approx(
-      float(np.sum(np.abs(sig - np.asarray(p))[:4])), rel=1e-5)
+      float(np.sum(np.abs(sig - np.asarray(p))[:5])), rel=1e-5)
 
 
 # ------------------------------------------------------------------------------ pairs and data
@@ -359,7 +360,9 @@ def test_pm_train_job_resumes_exports_and_eval_loads_it(job_files, tmp_path):
   assert [r["step"] for r in train_recs] == list(range(1, 7))
   for key in ("loss", "accuracy", "abs_prob_error", "grad_norm", "lr", "tokens_per_s", "mfu"):
     assert all(np.isfinite(r[key]) for r in train_recs), key
-  assert [r["step"] for r in records if "eval_human_accuracy" in r] == [3, 6]
+  # held-out evaluations: before the first step, then every eval_every=3 steps
+  assert [r["step"] for r in records if "eval_human_accuracy" in r] == [0, 3, 6]
+  assert summary["initial_eval"]["eval_human_loss"] == pytest.approx(np.log(2), abs=1e-6)
   assert sorted(os.listdir(out / "checkpoints"), key=int) == ["2", "4", "6"]
   export = out / "pm"
   assert sorted(os.listdir(export)) == ["decoder", "head.npz", "pm.json"]
@@ -421,3 +424,41 @@ def test_bad_inputs_fail_before_training(job_files, tmp_path):
   with pytest.raises(ConfigError, match="not divisible by micro_batches=3"):
     pm_train.run(job_config(job_files, **{"pm_train.micro_batches": 3}), str(tmp_path / "w"))
   assert not (tmp_path / "w" / "pm_train" / "checkpoints" / "1").exists()
+
+
+def test_pm_starts_at_no_preference_on_near_half_labels(job_files, tmp_path):
+  """AI labels from a small feedback model sit near 0.5 (0.46-0.53 in the quickstart). The
+  default head (zeros) makes every reward gap 0, so the loss before any update, on training and
+  held-out pairs, is log 2 and held-out accuracy 0.5 (ties count half)."""
+  rnd = random.Random(1)
+  labels = tmp_path / "near_half.jsonl"
+  with open(labels, "w") as f:
+    for i in range(16):
+      p = f"\n\nHuman: tell me about {rnd.choice(WORDS)}\n\nAssistant:"
+      a, b = (" " + " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(2, 8)))
+              for _ in range(2))
+      f.write(json.dumps(label_record(i, p, a, b, round(rnd.uniform(0.46, 0.54), 3))) + "\n")
+
+  def start(workdir, **extra):
+    summary = pm_train.run(job_config(
+        job_files, **{"pm_train.ai_labels": str(labels), "pm_train.human_comparisons": "",
+                      "pm_train.eval_comparisons": "", "pm_train.human_fraction": 0.0,
+                      "pm_train.heldout_fraction": 0.25,
+                      "pm_train.steps": 1, "pm_train.export": False, **extra}), str(workdir))
+    return summary
+
+  summary = start(tmp_path / "zero")
+  assert summary["pairs"] == {"ai": 12} and summary["held_out_pairs"] == {"ai": 4}
+  first = summary["initial_eval"]
+  for key in ("eval_ai_loss", "eval_train_ai_loss"):
+    assert abs(first[key] - np.log(2)) < 0.05, (key, first[key])
+    assert first[key] == pytest.approx(np.log(2), abs=1e-6)  # a zero head: exactly log 2
+  assert first["eval_ai_accuracy"] == 0.5 and first["eval_train_ai_accuracy"] == 0.5
+  records = read_metrics(tmp_path / "zero" / "pm_train" / "metrics.jsonl")
+  assert records[0]["step"] == 0 and records[1]["loss"] == pytest.approx(np.log(2), abs=1e-6)
+
+  # The old default, a random head (scale 1), does not start at no preference: 0.6949 here on
+  # the tiny model (whose final hidden states are small); 1.29 held out and 1.58 on the training
+  # pairs of Gemma 3 270M's quickstart labels.
+  random_head = start(tmp_path / "random", **{"pm_train.head_init_scale": 1.0})["initial_eval"]
+  assert abs(random_head["eval_train_ai_loss"] - np.log(2)) > 1e-3

@@ -137,8 +137,13 @@ def assets(tmp_path_factory):
     for i, t in enumerate(TOPICS):
       f.write(json.dumps({"id": f"p{i}", "prompt": f"\n\nHuman: tell me about {t}\n\n"
                                                    "Assistant:"}) + "\n")
+  probes = folder / "probes.jsonl"
+  with open(probes, "w") as f:
+    for i, t in enumerate(["birds", "snow"]):
+      f.write(json.dumps({"id": f"q{i}", "prompt": f"\n\nHuman: what is {t}?\n\n"
+                                                   "Assistant:"}) + "\n")
   return {"folder": folder, "ckpt": ckpt, "pm": str(folder / "pm"), "prompts": str(prompts),
-          "model": model}
+          "probes": str(probes), "model": model}
 
 
 def settings(assets, **extra):
@@ -148,6 +153,7 @@ def settings(assets, **extra):
        "rl_train.ppo_epochs": 1, "rl_train.max_prompt_tokens": 48,
        "rl_train.max_new_tokens": 8, "rl_train.checkpoint_every": 1,
        "rl_train.sample_every": 1, "rl_train.num_samples": 2, "rl_train.progress": False,
+       "rl_train.probe_prompts": assets["probes"], "rl_train.probe_count": 2,
        "optim.learning_rate": 1e-3}
   s.update(extra)
   return s
@@ -175,7 +181,34 @@ def test_end_to_end_with_pm_then_resume(assets, tmp_path):
   summary = run(assets, tmp_path, **extra)
   out = tmp_path / "rl_train"
   records = read_metrics(out / "metrics.jsonl")
-  assert [r["step"] for r in records] == [1, 2]
+  assert [r["step"] for r in records] == [0, 1, 2]
+  probe0, records = records[0], records[1:]
+  assert set(probe0) == {"step", "time", "probe_score", "probe_score_std", "probe_answer_tokens"}
+  assert "probe_score" not in records[0] and "probe_score" in records[1]  # the last iteration
+  # the probe is the PM's score of the starting policy's greedy answers, computed here without
+  # the job: a sampler on the initial checkpoint and the saved PM applied to BOS + prompt + answer
+  # + EOS at its last token
+  probe_rows = [json.loads(x) for x in (out / "probe.jsonl").read_text().splitlines()]
+  assert [(r["iteration"], r["id"]) for r in probe_rows] == [(0, "q0"), (0, "q1"), (2, "q0"),
+                                                              (2, "q1")]
+  from cai_jax.sampling.sampler import Sampler
+  m = assets["model"]
+  probe_prompts = [json.loads(x)["prompt"] for x in open(assets["probes"])]
+  greedy = Sampler(m.config, m.params, m.tokenizer, max_prompt_length=48, max_batch=2).generate(
+      probe_prompts, max_new_tokens=8, stop=("\n\nHuman:",))
+  assert [r["answer"] for r in probe_rows[:2]] == greedy.texts
+  pm_model = heads.load_pm(assets["pm"], param_dtype="bfloat16")  # rl_train.frozen_dtype here
+  tok = m.tokenizer
+  expected = []
+  for prompt, text in zip(probe_prompts, greedy.texts):
+    ids = [tok.bos_id] + tok.encode(prompt, add_bos=False) + tok.encode(text, add_bos=False) + [tok.eos_id]
+    expected.append(float(heads.reward_apply(
+        pm_model.config, pm_model.params, jnp.asarray([ids], jnp.int32),
+        jnp.ones((1, len(ids)), bool), jnp.asarray([len(ids) - 1], jnp.int32))[0]))
+  np.testing.assert_allclose([r["score"] for r in probe_rows[:2]], expected, atol=1e-5)
+  assert probe0["probe_score"] == pytest.approx(np.mean(expected), abs=1e-5)
+  assert summary["probe"] == {"0": probe0["probe_score"], "2": records[1]["probe_score"]}
+  assert summary["kl_estimator_in_reward"] == "k1"
   for r in records:
     for key in ROLLOUT_KEYS + UPDATE_KEYS:
       assert key in r and np.isfinite(r[key]), key
@@ -206,8 +239,9 @@ def test_end_to_end_with_pm_then_resume(assets, tmp_path):
   summary = run(assets, tmp_path, **{**extra, "rl_train.iterations": 3})
   assert summary["start_iteration"] == 2
   records = read_metrics(out / "metrics.jsonl")
-  assert [r["step"] for r in records] == [1, 2, 3]
-  assert records[2]["optimizer_steps"] == 6
+  assert [r["step"] for r in records] == [0, 1, 2, 3]  # no second probe of iteration 0
+  records = records[1:]
+  assert records[2]["optimizer_steps"] == 6 and "probe_score" in records[2]
   assert records[2]["kl_coef"] == pytest.approx(records[1]["kl_coef_next"])  # restored
   assert latest(tmp_path) == 3
 
@@ -229,7 +263,9 @@ def test_target_token_reward_and_non_finite_guard(assets, tmp_path):
   assert latest(tmp_path) == 1
   assert sorted(os.listdir(tmp_path / "rl_train" / "checkpoints")) == ["1"]
   records = read_metrics(tmp_path / "rl_train" / "metrics.jsonl")
-  assert [r["step"] for r in records] == [1, 2]
+  assert [r["step"] for r in records] == [0, 1, 2]  # 0: the probe of the starting policy
+  assert 0 <= records[0]["probe_score"] <= 1  # the target-token reward of the greedy answers
+  records = records[1:]
   samples = [json.loads(x) for x in
              (tmp_path / "rl_train" / "samples.jsonl").read_text().splitlines()]
   # the score is the fraction of ':' among the generated tokens (all 8, none stopped)
@@ -273,6 +309,11 @@ def test_bad_inputs_fail_before_compute(assets, tmp_path):
     bad(**{"rl_train.batch_size": 6, "rl_train.minibatch_size": 4})
   with pytest.raises(ConfigError, match="needs rl_train.target_token_id"):
     bad(**{"rl_train.reward": "target_token"})
+  with pytest.raises(ConfigError, match="probe_prompts .* shares 8 ids with rl_train.prompts"):
+    bad(**{"rl_train.probe_prompts": assets["prompts"]})
+  with pytest.raises(ConfigError, match="has 2 prompts within max_prompt_tokens, fewer than "
+                                        "probe_count=3"):
+    bad(**{"rl_train.probe_count": 3})
   with pytest.raises(CheckpointError, match="no preference model there .*reward='pm'"):
     bad(**{"rl_train.pm": str(tmp_path / "missing")})
   with pytest.raises(CheckpointError, match="no preference model there"):

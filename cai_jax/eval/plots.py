@@ -7,6 +7,7 @@ calibration, each bin's count written above its bar) and, below, the count per b
 
 from __future__ import annotations
 
+import math
 import os
 
 
@@ -117,19 +118,70 @@ def score_distributions(scores: dict, path: str, *, title: str = "Preference-mod
   return _save(fig, path)
 
 
+def _readable_y(ax, values) -> None:
+  """Tick labels that are plain numbers: no offset ("1e-10 + 5e-2" for a float32 constant
+  beside its float64 twin), and a series flat within float rounding drawn as a constant with
+  limits around it rather than zoomed into its last bits."""
+  from matplotlib.ticker import ScalarFormatter
+
+  fmt = ScalarFormatter(useOffset=False)
+  fmt.set_scientific(False)
+  ax.yaxis.set_major_formatter(fmt)
+  finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+  if finite:
+    lo, hi = min(finite), max(finite)
+    scale = max(abs(lo), abs(hi))
+    if hi - lo <= 1e-6 * scale or scale == 0.0:
+      mid = (lo + hi) / 2
+      pad = 0.05 * abs(mid) if mid else 1.0
+      ax.set_ylim(mid - pad, mid + pad)
+
+
+def _series(panel) -> tuple[str, list, str]:
+  """(title, [(label, xs, ys), ...], ylabel) from either panel form (see `curves`)."""
+  if len(panel) == 4:
+    name, xs, ys, ylabel = panel
+    return name, [("", xs, ys)], ylabel
+  return panel
+
+
+def _fmt_value(v) -> str:
+  return f"{v:.4g}" if v is not None and math.isfinite(float(v)) else "-"
+
+
 def curves(panels: list, path: str, *, title: str = "", xlabel: str = "step") -> str:
-  """Small multiples: each panel is (panel title, x values, y values, y label)."""
+  """Small multiples. A panel is (title, x values, y values, y label), or (title, [(series
+  label, xs, ys), ...], y label) for several series on one axis (e.g. training and held-out
+  loss). Each panel's title ends with its first and last values, so the numbers can be read
+  without the axis."""
+  fig = curves_figure(panels, title=title, xlabel=xlabel)
+  return _save(fig, path)
+
+
+def curves_figure(panels: list, *, title: str = "", xlabel: str = "step"):
   from matplotlib.figure import Figure
+  from matplotlib.ticker import MaxNLocator
 
   cols = min(3, max(1, len(panels)))
   rows = (len(panels) + cols - 1) // cols
   fig = Figure(figsize=(4.2 * cols, 3.3 * rows), dpi=100)
   axes = fig.subplots(rows, cols, squeeze=False).ravel()
-  from matplotlib.ticker import MaxNLocator
-  for ax, (name, xs, ys, ylabel) in zip(axes, panels):
+  for ax, panel in zip(axes, panels):
+    name, series, ylabel = _series(panel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, color=_COLORS[0])
-    ax.set_title(name, fontsize=10)
+    values, ends = [], []
+    for k, (label, xs, ys) in enumerate(series):
+      ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3,
+              color=_COLORS[k % len(_COLORS)], label=label or None)
+      values += list(ys)
+      if len(ys):
+        ends.append((label, ys[0], ys[-1]))
+    _readable_y(ax, values)
+    if any(label for label, _, _ in series):
+      ax.legend(fontsize=7)
+    summary = "; ".join(f"{label + ' ' if label else ''}{_fmt_value(a)} -> {_fmt_value(b)}"
+                        for label, a, b in ends)
+    ax.set_title(f"{name}\n{summary}" if summary else name, fontsize=9)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -137,4 +189,5 @@ def curves(panels: list, path: str, *, title: str = "", xlabel: str = "step") ->
     ax.set_visible(False)
   if title:
     fig.suptitle(title, fontsize=11)
-  return _save(fig, path)
+  fig.tight_layout()
+  return fig

@@ -14,7 +14,8 @@ WORKDIR/<stage> of that stage and every later one first, so they run again from 
 
 Wiring (an explicitly set path wins):
   sl_generate   base model
-  sl_train      base model, data WORKDIR/sl_generate/sl_train.jsonl
+  sl_train      base model, data WORKDIR/sl_generate/sl_train.jsonl, held-out revisions
+                WORKDIR/sl_generate/sl_eval.jsonl (when it holds any)
   sample_pairs  policy WORKDIR/sl_train/export_hf
   feedback      base model (the feedback model), pairs WORKDIR/sample_pairs/pairs.jsonl
   pm_train      decoder pipeline.pm_init or the base model, AI labels WORKDIR/feedback/labels.jsonl
@@ -131,6 +132,9 @@ def stage_config(config, stage: str, workdir: str) -> ml_collections.ConfigDict:
   sl_export = path("sl_train", "export_hf")
   if stage == "sl_train":
     s.data = s.data or path("sl_generate", "sl_train.jsonl")
+    held_out = path("sl_generate", "sl_eval.jsonl")
+    if not s.eval_data and _has_records(held_out):
+      s.eval_data = held_out
   elif stage == "sample_pairs":
     c.model.checkpoint = sl_export
   elif stage == "feedback":

@@ -7,9 +7,19 @@ side drawn per pair from the seed) at a fixed number of rows per batch
 (`pm_train.human_fraction`).
 
 Initialisation: `config.model.checkpoint` is the decoder (any checkpoint `loader.load` reads),
-its parameters placed straight into their shards; the head is drawn from `config.seed`. A
-saved preference model (a folder with pm.json) is loaded whole, head included, to continue
-training it.
+its parameters placed straight into their shards; the head starts at zero by default
+(`head_init_scale=0`), so every reward gap is 0 and the first loss is exactly log 2, the loss
+of "no preference". A random head (scale 1: std 1/sqrt(D + 1)) reads the final-normed hidden
+state, whose norm in Gemma 3 270M is large enough that the untrained PM already has gaps of a
+few logits: against labels near 0.5 its first loss was 1.05, and AdamW steps grew the gaps on
+unseen pairs (the quickstart's loss went 1.05 -> 4.66 in 4 steps). A saved preference model (a
+folder with pm.json) is loaded whole, head included, to continue training it.
+
+Held-out pairs: `heldout_fraction` of the AI-labelled pairs (by a hash of the pair id,
+`data.holdout`) are kept out of training and evaluated as `eval_ai_*` when no separate
+`eval_ai_labels` file is given; the training pairs are evaluated too (`eval_train_*`) before the
+first step and at the end. Every held-out set is evaluated before the first step (step 0), every
+`eval_every` steps and at the end, so the report shows where the loss started.
 
 Outputs under WORKDIR/pm_train/: checkpoints/ (orbax, every `checkpoint_every` steps and at the
 end; a rerun resumes from the latest, data position included), metrics.jsonl and tb/ (loss,
@@ -28,6 +38,7 @@ import jax
 from cai_jax import parallel
 from cai_jax.checkpoints import loader
 from cai_jax.config_defaults import ConfigError
+from cai_jax.data import holdout
 from cai_jax.data import preferences as prefs
 from cai_jax.data.jsonl import write_json_atomic
 from cai_jax.model import heads
@@ -39,6 +50,8 @@ def check_config(c, mesh) -> None:
   for field in ("batch_size", "micro_batches", "max_length", "min_length", "eval_batch_size"):
     if c[field] <= 0:
       raise ConfigError(f"pm_train.{field} must be > 0, got {c[field]}")
+  if not 0.0 <= c.heldout_fraction < 1.0:
+    raise ConfigError(f"pm_train.heldout_fraction must be in [0, 1), got {c.heldout_fraction}")
   if c.batch_size % c.micro_batches:
     raise ConfigError(f"pm_train.batch_size={c.batch_size} is not divisible by "
                       f"micro_batches={c.micro_batches}")
@@ -56,6 +69,9 @@ def read_sources(c, seed: int) -> dict[str, list[prefs.Preference]]:
     out["train"][prefs.HUMAN] = prefs.read_human_comparisons(c.human_comparisons, seed)
   if c.eval_ai_labels:
     out["eval"]["ai"] = prefs.read_ai_labels(c.eval_ai_labels)
+  elif c.heldout_fraction > 0 and out["train"][prefs.AI]:
+    out["train"][prefs.AI], out["eval"]["ai"] = holdout.split(
+        out["train"][prefs.AI], lambda x: x.id, c.heldout_fraction, f"pm_train:{seed}")
   if c.eval_comparisons:
     out["eval"]["human"] = prefs.read_human_comparisons(c.eval_comparisons, seed)
   return out
@@ -105,7 +121,7 @@ def run(config, workdir: str) -> dict:
   tok = lambda xs: prefs.tokenize(xs, tokenizer, max_length=c.max_length,  # noqa: E731
                                   append_eos=c.append_eos)
   train = {s: tok(xs) for s, xs in train_sets.items() if rows_per.get(s)}
-  held_out = {s: tok(xs) for s, xs in data["eval"].items()}
+  held_out = {s: tok(xs) for s, xs in data["eval"].items() if xs}
   sizes = {s: len(xs) for s, xs in train.items()}
   steps = c.steps or prefs.steps_for_epochs(sizes, rows_per, c.epochs)
   opt_cfg = config.optim.copy_and_resolve_references()
@@ -144,7 +160,10 @@ def run(config, workdir: str) -> dict:
 
   def evaluate(step, st):
     result = {}
-    for name, examples in held_out.items():
+    sets = dict(held_out)
+    if step in (0, steps):  # the training pairs themselves, before and after
+      sets.update({f"train_{s}": xs for s, xs in train.items()})
+    for name, examples in sets.items():
       total = {}
       for _, local in prefs.eval_batches(examples, c.eval_batch_size, max_length=c.max_length,
                                          min_length=c.min_length,
@@ -165,10 +184,12 @@ def run(config, workdir: str) -> dict:
           "accuracy": m["correct"] / max(m["decisive"], 1e-9),
           "abs_prob_error": m["abs_prob_error"] / max(m["weight"], 1e-9),
           "truncated_pairs": float(sum(truncated.values()))},
-      evaluate=evaluate if held_out else None, eval_every=c.eval_every)
-  final_eval = evaluate(steps, state) if held_out else {}
-  logged.update(final_eval)
+      evaluate=evaluate if held_out else None, eval_every=c.eval_every, evaluate_at_start=True,
+      evaluate_at_end=True)
+  final_eval = {k: v for k, v in logged.items() if k.startswith("eval_")}
   summary = {"steps": steps, "start_step": start_step, "pairs": sizes,
+             "held_out_pairs": {s: len(xs) for s, xs in held_out.items()},
+             "initial_eval": runner.initial_metrics(out_dir),
              "rows_per_batch": rows_per, "truncated_pairs": truncated, "final": logged,
              "checkpoints": ckpts.directory}
   if c.export:

@@ -60,9 +60,17 @@ on SIGTERM are not judged): a guard stop never leaves the bad state as the lates
 A restart resumes from the latest checkpoint: state, iteration,
 prompt position, KL coefficient, reward statistics and the collapse counter.
 
+Probe (what the report reads as "did PPO raise the reward"): `probe_count` fixed prompts from
+`probe_prompts` (held out: sharing an id with `prompts` is a ConfigError) are answered greedily
+by the policy before the first update (metrics record 0), every `probe_every` iterations and
+after the last; the reward model scores the answers (`probe_score`, its std, and
+`probe_answer_tokens`; the answers in probe.jsonl). The rollouts' own mean score (`score`)
+moves with the prompts each iteration draws, so it cannot show progress on a short run.
+
 Outputs under WORKDIR/rl_train/: checkpoints/, metrics.jsonl and tb/ (one record per
-iteration), samples.jsonl (a sample table every `sample_every` iterations, also printed),
-summary.json and export_hf/ (the final policy).
+iteration, plus record 0 for the probe of the starting policy), samples.jsonl (a sample table
+every `sample_every` iterations, also printed), probe.jsonl, summary.json and export_hf/ (the
+final policy).
 """
 
 from __future__ import annotations
@@ -85,10 +93,10 @@ from cai_jax.config_defaults import ConfigError
 from cai_jax.data import sources
 from cai_jax.data.jsonl import write_json_atomic
 from cai_jax.jobs.common import policy_checkpoint, progress
-from cai_jax.metrics import MetricsWriter
+from cai_jax.metrics import MetricsWriter, read_metrics
 from cai_jax.model import heads
 from cai_jax.sampling.sampler import FINISH_LENGTH, Sampler
-from cai_jax.sampling.strategies import Sampling
+from cai_jax.sampling.strategies import Greedy, Sampling
 from cai_jax.tokenizer import Tokenizer
 from cai_jax.train import engine, optim, runner
 from cai_jax.train import pm as pm_lib
@@ -116,7 +124,7 @@ def check_config(c, mesh) -> None:
     if c[field] <= 0:
       raise ConfigError(f"rl_train.{field} must be > 0, got {c[field]}")
   for field in ("checkpoint_every", "sample_every", "kl_ceiling", "min_response_tokens",
-                "collapse_patience"):
+                "collapse_patience", "probe_count", "probe_every"):
     if c[field] < 0:
       raise ConfigError(f"rl_train.{field} must be >= 0, got {c[field]}")
   if c.batch_size % c.minibatch_size:
@@ -154,6 +162,9 @@ def check_config(c, mesh) -> None:
                        "rl_train.minibatch_size / micro_batches")
   parallel.process_rows(c.batch_size)
   parallel.process_rows(c.minibatch_size)
+  if c.probe_count:
+    parallel.check_batch(c.probe_count, mesh, "rl_train.probe_count")
+    parallel.process_rows(c.probe_count)
 
 
 def pm_folder(c, workdir: str) -> str | None:
@@ -263,6 +274,21 @@ def run(config, workdir: str) -> dict:
           f"{c.max_prompt_tokens}: {', '.join(skipped[:10])}" + (" ..." if len(skipped) > 10
                                                                   else ""), flush=True)
   prompt_ids_no_bos = [ids[1:] for ids in prompt_ids]
+  probe_records, probe_ids = [], []
+  if c.probe_count:
+    probe_records = sources.load_prompt_set(c.probe_prompts)
+    overlap = {r.id for r in probe_records} & {r.id for r in records}
+    if overlap:
+      raise ConfigError(f"rl_train.probe_prompts {c.probe_prompts!r} shares {len(overlap)} ids "
+                        f"with rl_train.prompts {c.prompts!r} (e.g. {sorted(overlap)[0]}): the "
+                        "probe must be prompts the policy is not trained on")
+    probe_records, probe_ids, _ = ro.prompt_ids(probe_records, tokenizer, c.max_prompt_tokens,
+                                                skip_long=True)
+    if len(probe_records) < c.probe_count:
+      raise ConfigError(f"rl_train.probe_prompts {c.probe_prompts!r} has {len(probe_records)} "
+                        f"prompts within max_prompt_tokens, fewer than probe_count="
+                        f"{c.probe_count}")
+    probe_records, probe_ids = probe_records[:c.probe_count], probe_ids[:c.probe_count]
   strategy = Sampling(temperature=float(c.temperature), top_k=int(c.top_k), top_p=float(c.top_p))
   if strategy != Sampling():
     print(f"warning: rollouts sample from a modified distribution ({strategy}); the KL "
@@ -362,6 +388,33 @@ def run(config, workdir: str) -> dict:
   logged: dict = {}
   pending = None  # (iteration, host snapshot): a scheduled checkpoint awaiting the next rollout
 
+  def raw_scores(prompts_no_bos, out) -> tuple[np.ndarray, int]:
+    """(the reward model's raw score of each answer, rows cut to the PM's max_length)."""
+    if c.reward != "pm":
+      return ro.target_token_scores(out.tokens, c.target_token_id), 0
+    pm_in, cut = ro.pm_batch(prompts_no_bos, out.texts, tokenizer, append_eos=pm_append_eos,
+                             max_length=pm_max_length, min_length=c.min_length)
+    rows = len(prompts_no_bos)
+    return np.asarray(_host(pm_fn(pm_model.params, parallel.global_batch(
+        _local_rows(pm_in, rows), mesh))), np.float32), cut
+
+  def probe(iteration: int) -> dict:
+    """Greedy answers of the current policy to the fixed probe prompts, scored by the reward
+    model: the objective on the same prompts every time (rollouts sample new prompts, so their
+    mean score mixes the policy's progress with the prompts' difficulty)."""
+    sampler.params = state.params["policy"]
+    out = sampler.generate([r.prompt for r in probe_records], max_new_tokens=c.max_new_tokens,
+                           strategy=Greedy(), stop=tuple(c.stop))
+    scores, _ = raw_scores([ids[1:] for ids in probe_ids], out)
+    if main_process:
+      with open(os.path.join(out_dir, "probe.jsonl"), "a", encoding="utf-8") as f:
+        for r, text, score, n in zip(probe_records, out.texts, scores, out.num_tokens):
+          f.write(json.dumps({"iteration": iteration, "id": r.id, "answer": text,
+                              "score": float(score), "num_tokens": int(n)},
+                             ensure_ascii=False) + "\n")
+    return {"probe_score": float(scores.mean()), "probe_score_std": float(scores.std()),
+            "probe_answer_tokens": float(np.mean(out.num_tokens))}
+
   def save(iteration: int, snapshot: dict, force: bool) -> None:
     ckpts.save(iteration, state, snapshot, meta, force=force)
 
@@ -376,6 +429,8 @@ def run(config, workdir: str) -> dict:
 
   try:
     with engine.StopFlag() as flag:
+      if c.probe_count and start_iteration == 0:  # the starting policy, before any update
+        writer.write(0, probe(0))
       for it in range(start_iteration + 1, c.iterations + 1):
         # ---------------------------------------------------------------- 1. rollout
         t0 = time.perf_counter()
@@ -394,15 +449,7 @@ def run(config, workdir: str) -> dict:
         scored = _host(score_fn(state.params["policy"], ref_params, state.params["value"],
                                   parallel.global_batch(_local_rows(model_in, c.batch_size),
                                                         mesh)))
-        pm_truncated = 0
-        if c.reward == "pm":
-          pm_in, pm_truncated = ro.pm_batch([prompt_ids_no_bos[i] for i in idx], out.texts,
-                                            tokenizer, append_eos=pm_append_eos,
-                                            max_length=pm_max_length, min_length=c.min_length)
-          raw = np.asarray(_host(pm_fn(pm_model.params, parallel.global_batch(
-              _local_rows(pm_in, c.batch_size), mesh))), np.float32)
-        else:
-          raw = ro.target_token_scores(out.tokens, c.target_token_id)
+        raw, pm_truncated = raw_scores([prompt_ids_no_bos[i] for i in idx], out)
         finished = np.asarray([r != FINISH_LENGTH for r in out.finish_reasons])
         if c.normalize_reward:
           norm.update(raw)
@@ -505,6 +552,8 @@ def run(config, workdir: str) -> dict:
         host.update({"iteration": it, "kl_coef": new_coef, "collapse_count": collapse_count,
                      "norm": norm.to_dict(), "prompts": order.position()})
         metrics = {**roll, **upd, "kl_coef_next": new_coef, **runner.memory_metrics()}
+        if c.probe_count and (it == c.iterations or (c.probe_every and it % c.probe_every == 0)):
+          metrics.update(probe(it))
         logged = metrics
         writer.write(it, metrics)
         if bar is not None:
@@ -536,7 +585,11 @@ def run(config, workdir: str) -> dict:
     ckpts.close()
     writer.close()
 
+  probes = [r for r in read_metrics(os.path.join(out_dir, "metrics.jsonl"))
+            if "probe_score" in r] if os.path.exists(os.path.join(out_dir, "metrics.jsonl")) else []
   summary = {"iterations": c.iterations, "start_iteration": start_iteration,
+             "kl_estimator_in_reward": c.kl_estimator,
+             "probe": {str(r["step"]): r["probe_score"] for r in probes},
              "prompts": len(records), "skipped_prompts": skipped, "reward": c.reward,
              "final": logged, "kl_coef": host["kl_coef"], "checkpoints": ckpts.directory}
   if c.export_hf:

@@ -7,6 +7,9 @@ Writes, under WORKDIR/sl_generate/ (the records file may be set with `output`):
   helpful.jsonl   answers to the helpfulness prompts: {"id", "prompt", "completion", "flags", ...}
   sl_train.jsonl  the SL file for `sl_train`: {"id", "prompt", "completion", "source"}, revisions
                   and `helpful_ratio` helpful answers per revision, shuffled with the seed
+  sl_eval.jsonl   held-out revisions in the same format: `heldout_fraction` of the usable
+                  revisions (by a hash of the record id, `data.holdout`), left out of
+                  sl_train.jsonl so that sl_train reports a loss on revisions it never saw
   report.json     counts, flags, lengths per round, wall time, tokens/s
 A restart skips ids already written (a line cut off by a crash is redone), so a killed run loses
 and duplicates nothing. Red-team conversations longer than `max_conversation_tokens` are skipped
@@ -25,7 +28,7 @@ import jax
 from cai_jax.cai.critique_revision import CritiqueReviser, Settings, degenerate_flags
 from cai_jax.config_defaults import ConfigError
 from cai_jax.constitution.schema import load_constitution
-from cai_jax.data import sources
+from cai_jax.data import holdout, sources
 from cai_jax.data.jsonl import append_jsonl, finished_ids, read_jsonl, write_json_atomic
 from cai_jax.jobs.common import batch_key, load_model, progress, sampling_strategy
 from cai_jax.sampling.sampler import Sampler
@@ -39,6 +42,8 @@ def check(g) -> None:
       raise ConfigError(f"sl_generate.{field} must be >= {minimum}, got {g[field]}")
   if g.limit < 0 or g.helpful_ratio < 0:
     raise ConfigError("sl_generate.limit and helpful_ratio must be >= 0")
+  if not 0.0 <= g.heldout_fraction < 1.0:
+    raise ConfigError(f"sl_generate.heldout_fraction must be in [0, 1), got {g.heldout_fraction}")
 
 
 def read_records(path: str) -> list[dict]:
@@ -125,29 +130,45 @@ def run(config, workdir: str) -> dict:
   records = [r for r in read_records(records_path) if r["id"] in {x.id for x in red}]
   helpful_records = [r for r in read_records(helpful_path) if r["id"] in {x.id for x in helpful}]
   sl_path = os.path.join(out_dir, "sl_train.jsonl")
-  n_sl = write_sl_file(sl_path, records, helpful_records, g.drop_flagged, config.seed)
+  eval_path = os.path.join(out_dir, "sl_eval.jsonl")
+  n_sl, n_eval = write_sl_file(sl_path, records, helpful_records, g.drop_flagged, config.seed,
+                               heldout_fraction=g.heldout_fraction, eval_path=eval_path)
   report = make_report(records, helpful_records, skipped, skipped_helpful, wall, tokens, n_sl,
                        model.tokenizer)
-  report["outputs"] = {"records": records_path, "helpful": helpful_path, "sl_train": sl_path}
+  report["sl_heldout_examples"] = n_eval
+  report["outputs"] = {"records": records_path, "helpful": helpful_path, "sl_train": sl_path,
+                       "sl_eval": eval_path}
   write_json_atomic(os.path.join(out_dir, "report.json"), report)
   print_report(report, records, g.report_examples, config.seed)
   return report
 
 
-def write_sl_file(path: str, records, helpful_records, drop_flagged: bool, seed: int) -> int:
-  rows = [{"id": r["id"], "prompt": r["prompt"], "completion": r["final"], "source": "sl_cai",
-           "principles": [x["principle_id"] for x in r["rounds"]]}
-          for r in records if not (drop_flagged and r["flags"]) and r["final"].strip()]
-  rows += [{"id": r["id"], "prompt": r["prompt"], "completion": r["completion"],
-            "source": "helpful"}
-           for r in helpful_records if not (drop_flagged and r["flags"]) and r["completion"].strip()]
-  random.Random(seed).shuffle(rows)
+def _write_rows(path: str, rows: list[dict]) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     for row in rows:
       f.write(json.dumps(row, ensure_ascii=False) + "\n")
   os.replace(tmp, path)
-  return len(rows)
+
+
+def write_sl_file(path: str, records, helpful_records, drop_flagged: bool, seed: int, *,
+                  heldout_fraction: float = 0.0, eval_path: str = "") -> tuple[int, int]:
+  """Writes the training file (and, with `eval_path`, the held-out revisions); returns their
+  row counts."""
+  revisions = [{"id": r["id"], "prompt": r["prompt"], "completion": r["final"],
+                "source": "sl_cai", "principles": [x["principle_id"] for x in r["rounds"]]}
+               for r in records if not (drop_flagged and r["flags"]) and r["final"].strip()]
+  revisions, held_out = holdout.split(revisions, lambda r: r["id"], heldout_fraction,
+                                      f"sl_generate:{seed}")
+  rows = revisions + [{"id": r["id"], "prompt": r["prompt"], "completion": r["completion"],
+                       "source": "helpful"}
+                      for r in helpful_records
+                      if not (drop_flagged and r["flags"]) and r["completion"].strip()]
+  random.Random(seed).shuffle(rows)
+  _write_rows(path, rows)
+  if eval_path:
+    _write_rows(eval_path, held_out)
+  return len(rows), len(held_out)
 
 
 def make_report(records, helpful_records, skipped, skipped_helpful, wall, tokens, n_sl,

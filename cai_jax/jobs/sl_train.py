@@ -3,6 +3,9 @@
 Outputs under WORKDIR/sl_train/: checkpoints/ (orbax, every `checkpoint_every` steps and at the
 end; a rerun resumes from the latest), metrics.jsonl and tb/ (loss, lr, grad norm, tokens/s,
 MFU, memory, eval loss), summary.json, and export_hf/ (the finetuned model as an HF folder).
+With `eval_data` the held-out loss is measured before the first step (step 0: the starting
+model), every `eval_every` steps and at the end; summary.json has `initial_eval` and the final
+one, the "before and after" of finetuning.
 """
 
 from __future__ import annotations
@@ -104,11 +107,11 @@ def run(config, workdir: str) -> dict:
       mesh=mesh, steps=steps, ckpts=ckpts, meta=meta, model_config=model_cfg,
       peak_flops=c.peak_flops, show_progress=c.progress,
       extra_metrics=lambda m: {"truncated_examples": float(truncated)},
-      evaluate=evaluate if held_out else None, eval_every=c.eval_every)
-  final_eval = evaluate(steps, state) if held_out else {}
-  if final_eval:
-    logged.update(final_eval)
+      evaluate=evaluate if held_out else None, eval_every=c.eval_every, evaluate_at_start=True,
+      evaluate_at_end=True)
+  final_eval = {k: v for k, v in logged.items() if k.startswith("eval_")}
   summary = {"steps": steps, "start_step": start_step, "examples": len(train),
+             "held_out_examples": len(held_out), "initial_eval": runner.initial_metrics(out_dir),
              "truncated_examples": truncated, "final": logged,
              "checkpoints": ckpts.directory}
   if c.export_hf:

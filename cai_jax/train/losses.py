@@ -97,13 +97,16 @@ def bt_loss_sums(r_a: jax.Array, r_b: jax.Array, p: jax.Array, weight: jax.Array
   """(sum of weight * soft BT loss, sums) over pairs, for the engine's exact averaging.
 
   sums: `weight` (sum of weights: the number of real pairs), `sum_correct` (weighted count of
-  decisive pairs, p != 1/2, whose reward gap has the label's sign), `sum_decisive` (weighted
-  count of decisive pairs) and `sum_abs_prob_error` (weighted sum of |sigmoid(r_a - r_b) - p|)."""
+  decisive pairs, p != 1/2, whose reward gap has the label's sign; a gap of exactly 0 counts
+  1/2, so a PM with no preference, such as a zero head, scores 0.5 rather than 0),
+  `sum_decisive` (weighted count of decisive pairs) and `sum_abs_prob_error` (weighted sum of
+  |sigmoid(r_a - r_b) - p|)."""
   w = weight.astype(jnp.float32)
   p = jnp.asarray(p, jnp.float32)
   d = r_a.astype(jnp.float32) - r_b.astype(jnp.float32)
   decisive = (p != 0.5).astype(jnp.float32) * w
-  correct = jnp.where(p > 0.5, d > 0, d < 0).astype(jnp.float32) * decisive
+  correct = jnp.where(d == 0, 0.5, jnp.where(p > 0.5, d > 0, d < 0).astype(jnp.float32))
+  correct = correct * decisive
   loss = jnp.sum(soft_bt_loss(r_a, r_b, p) * w)
   return loss, {"weight": jnp.sum(w), "sum_correct": jnp.sum(correct),
                 "sum_decisive": jnp.sum(decisive),

@@ -41,6 +41,7 @@ def run_loop(*, name: str, out_dir: str, state: engine.TrainState, step_fn,
              lm_head: bool = True,
              show_progress: bool = True, extra_metrics: Callable[[dict], dict] | None = None,
              evaluate: Callable | None = None, eval_every: int = 0,
+             evaluate_at_start: bool = False, evaluate_at_end: bool = False,
              length_of: Callable[[dict], int] = lambda b: b["tokens"].shape[-1],
              ) -> tuple[engine.TrainState, dict, int]:
   """Trains until `steps`; returns (state, the last logged metrics, the step it started from).
@@ -48,7 +49,10 @@ def run_loop(*, name: str, out_dir: str, state: engine.TrainState, step_fn,
   `local_batches` yields (this process's rows, data position after them); the step's metrics
   must include `tokens` (real tokens, for tokens/s and MFU). `peak_flops` = 0 measures a float32
   matmul at start; `lm_head` says whether the objective projects onto the vocabulary (see
-  `flops.train_flops_per_token`)."""
+  `flops.train_flops_per_token`). `evaluate_at_start` evaluates a run that starts at step 0
+  before its first step and logs it as step 0 (`initial_metrics` reads it back);
+  `evaluate_at_end` evaluates the final step when `eval_every` did not (the returned metrics
+  hold the last evaluation)."""
   peak = peak_flops or flops.measure_matmul_peak() * jax.device_count()
   writer = MetricsWriter(out_dir)
   start_step = int(jax.device_get(state.step))
@@ -81,8 +85,13 @@ def run_loop(*, name: str, out_dir: str, state: engine.TrainState, step_fn,
       should_save=ckpts.should_save, reached_preemption=ckpts.reached_preemption,
       log=log, evaluate=evaluate, eval_every=eval_every, progress=bar)
   try:
+    if evaluate is not None and evaluate_at_start and start_step == 0:
+      log(0, evaluate(0, state))
     state = engine.train_loop(state, step_fn, global_batches(), steps, hooks,
                               host_metrics=host_metrics)
+    if (evaluate is not None and evaluate_at_end and steps > start_step
+        and not (eval_every and steps % eval_every == 0)):
+      log(steps, evaluate(steps, state))
   finally:
     if bar is not None:
       bar.close()
@@ -91,6 +100,17 @@ def run_loop(*, name: str, out_dir: str, state: engine.TrainState, step_fn,
   if not logged:  # a finished run resumed: report its last recorded training metrics
     logged.update(_last_training_metrics(os.path.join(out_dir, "metrics.jsonl")))
   return state, logged, start_step
+
+
+def initial_metrics(out_dir: str) -> dict:
+  """The step-0 record of OUT_DIR/metrics.jsonl (the evaluation before training), or {}."""
+  path = os.path.join(out_dir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return {}
+  for record in read_metrics(path):
+    if record.get("step") == 0:
+      return {k: v for k, v in record.items() if k not in ("step", "time")}
+  return {}
 
 
 def _last_training_metrics(path: str) -> dict:
