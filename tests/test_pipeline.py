@@ -36,8 +36,13 @@ def assets(tmp_path_factory):
     for i in range(4):
       f.write(json.dumps({"id": f"p{i}", "prompt": f"\n\nHuman: tell me about {WORDS[i]}"
                                                    "\n\nAssistant:"}) + "\n")
+  probes = folder / "probes.jsonl"
+  with open(probes, "w") as f:
+    for i in range(2):
+      f.write(json.dumps({"id": f"q{i}", "prompt": f"\n\nHuman: what is {WORDS[i + 4]}?"
+                                                   "\n\nAssistant:"}) + "\n")
   return {"folder": str(folder), "ckpt": ckpt, "comparisons": str(comps),
-          "prompts": str(prompts)}
+          "prompts": str(prompts), "probes": str(probes)}
 
 
 def settings(assets, **extra):
@@ -59,6 +64,7 @@ def settings(assets, **extra):
        "rl_train.batch_size": 4, "rl_train.minibatch_size": 2, "rl_train.ppo_epochs": 1,
        "rl_train.max_prompt_tokens": 48, "rl_train.max_new_tokens": 4,
        "rl_train.sample_every": 0, "rl_train.progress": False,
+       "rl_train.probe_prompts": assets["probes"], "rl_train.probe_count": 2,
        "rl_train.async_checkpoints": False,
        "eval.comparisons": assets["comparisons"], "eval.batch_size": 2, "eval.progress": False,
        "eval.num_prompts": 2, "eval.answer_prefix": "none", "eval.answer_max_tokens": 4,
@@ -126,6 +132,19 @@ def test_whole_pipeline_then_skip_then_partial_rerun(assets, tmp_path, monkeypat
     assert recorded["job"] == stage
   assert json.loads((w / "sl_train/config.json").read_text())["sl_train"]["data"] == str(
       w / "sl_generate" / "sl_train.jsonl")
+  # held-out data of the run's own making, wired by the pipeline (heldout_fraction 0.1 each):
+  # one of the 4 revisions, evaluated by sl_train before and after
+  held_out = [json.loads(x) for x in (w / "sl_generate/sl_eval.jsonl").read_text().splitlines()]
+  trained = [json.loads(x) for x in (w / "sl_generate/sl_train.jsonl").read_text().splitlines()]
+  assert len(held_out) == 1 and held_out[0]["id"] not in {r["id"] for r in trained}
+  assert json.loads((w / "sl_train/config.json").read_text())["sl_train"]["eval_data"] == str(
+      w / "sl_generate" / "sl_eval.jsonl")
+  sl_summary = json.loads((w / "sl_train/summary.json").read_text())
+  assert sl_summary["held_out_examples"] == 1
+  assert set(sl_summary["initial_eval"]) >= {"eval_loss"} and "eval_loss" in sl_summary["final"]
+  report = (w / "report/report.md").read_text()
+  assert "loss on 1 held-out revisions (NLL per token)" in report
+  assert "**Probe** (greedy answers to the same held-out prompts" in report
   assert json.loads((w / "rl_train/config.json").read_text())["model"]["checkpoint"] == str(
       w / "sl_train" / "export_hf")
   on_disk = json.loads((w / "pipeline" / "status.json").read_text())

@@ -4,8 +4,10 @@ Reads (each part optional: a stage that did not run gets a line saying so):
   pipeline/status.json        stage status and seconds of the last pipeline invocation
   sl_generate/report.json     SL-CAI data counts and flags; sl_train/metrics.jsonl loss curve
   feedback/report.json        AI labels: count, position bias, confidence
-  pm_train/metrics.jsonl, summary.json   PM training curve and final numbers
-  rl_train/metrics.jsonl, summary.json   PPO curves (PM score, total reward, KL, entropy, length)
+  sl_train/summary.json       held-out loss on revisions before and after finetuning
+  pm_train/metrics.jsonl, summary.json   PM training and held-out curves, before/after numbers
+  rl_train/metrics.jsonl, summary.json   PPO curves (probe score, rollout PM score, total
+                              reward, KL k1 and k3, entropy, length)
   eval/report.json            stage comparison (Elo, win rates, PM scores, lengths, PM vs judge)
                               and any PM / labeller / MC evaluations
   eval/answers/*.jsonl, eval/pm_scores.json   example answers and their PM scores
@@ -21,12 +23,29 @@ import os
 from cai_jax.data.jsonl import read_jsonl, write_json_atomic
 from cai_jax.eval import plots
 
-PPO_PANELS = (("score", "mean PM score of the rollouts", "PM score (logits)"),
-              ("reward_total", "reward after the KL penalty", "reward per episode"),
-              ("kl", "KL(policy || SL-CAI) per episode", "KL (nats)"),
-              ("entropy", "policy entropy per token", "entropy (nats)"),
-              ("response_length", "answer length", "tokens"),
-              ("kl_coef", "KL coefficient", "beta"))
+# (metric keys, panel title, y label): one key = one series; several keys share the panel.
+PPO_PANELS = ((("probe_score",), "PM score of greedy answers to the fixed probe prompts",
+               "PM score (logits)"),
+              (("score",), "mean PM score of each iteration's rollouts (new prompts each time)",
+               "PM score (logits)"),
+              (("reward_total",), "reward after the KL penalty", "reward per episode"),
+              (("kl_k1", "kl_k3"), "KL(policy || SL-CAI) per episode", "KL (nats)"),
+              (("entropy",), "policy entropy per token", "entropy (nats)"),
+              (("response_length",), "answer length", "tokens"),
+              (("kl_coef",), "KL coefficient", "beta"))
+
+
+def _series(records: list[dict], key: str, label: str = "") -> tuple[str, list, list]:
+  rows = [m for m in records if key in m]
+  return label, [m["step"] for m in rows], [m[key] for m in rows]
+
+
+def _panel(records: list[dict], keys, title: str, ylabel: str):
+  """A curves panel for the keys present in `records` (None when none is)."""
+  names = {"kl_k1": "k1", "kl_k3": "k3 (never negative)"}
+  series = [_series(records, k, names.get(k, k) if len(keys) > 1 else "") for k in keys
+            if any(k in m for m in records)]
+  return (title, series, ylabel) if series else None
 
 
 def _load(path: str):
@@ -218,18 +237,34 @@ def build(workdir: str, out_dir: str | None = None, *, examples: int = 3,
                 "Reliability diagrams of these are in `eval/`.", ""]
 
   rl = _metrics(p("rl_train", "metrics.jsonl"))
+  rl_sum = _load(p("rl_train", "summary.json")) or {}
   lines += ["## RL-CAI (PPO against the preference model)", ""]
-  if rl:
+  iterations = [m for m in rl if "score" in m]
+  if iterations:
     sections.append("rl_train")
-    panels = [(t, [m["step"] for m in rl if k in m], [m[k] for m in rl if k in m], y)
-              for k, t, y in PPO_PANELS if any(k in m for m in rl)]
+    panels = [x for x in (_panel(rl, *spec) for spec in PPO_PANELS) if x]
     figures["ppo_curves"] = plots.curves(panels, os.path.join(out_dir, "ppo_curves.png"),
                                          title="PPO training curves", xlabel="PPO iteration")
-    first, last = rl[0], rl[-1]
-    lines += [f"{len(rl)} iterations. Mean PM score of the rollouts {_fmt(first.get('score'))} "
-              f"-> {_fmt(last.get('score'))}; KL to the SL-CAI policy {_fmt(last.get('kl'))} "
-              f"nats per episode at the end; entropy {_fmt(first.get('entropy'))} -> "
-              f"{_fmt(last.get('entropy'))}.", "", "![PPO curves](ppo_curves.png)", ""]
+    first, last = iterations[0], iterations[-1]
+    probes = [m for m in rl if "probe_score" in m]
+    estimator = rl_sum.get("kl_estimator_in_reward", "k1")
+    if len(probes) >= 2:
+      a, b = probes[0], probes[-1]
+      lines.append(f"**Probe** (greedy answers to the same held-out prompts, scored by the PM): "
+                   f"{_fmt(a['probe_score'], 4)} at iteration {a['step']} -> "
+                   f"{_fmt(b['probe_score'], 4)} at iteration {b['step']} "
+                   f"({b['probe_score'] - a['probe_score']:+.4f}), at a KL to the SL-CAI policy "
+                   f"of {_fmt(last.get('kl_k1'), 4)} nats per episode (k1) / "
+                   f"{_fmt(last.get('kl_k3'), 4)} (k3, never negative) in the last iteration's "
+                   f"rollouts. The reward's KL penalty uses {estimator}.")
+      lines.append("")
+    lines += [f"{len(iterations)} iterations. Mean PM score of the rollouts "
+              f"{_fmt(first.get('score'))} -> {_fmt(last.get('score'))} (each iteration "
+              "samples different prompts, so this curve mixes the policy's progress with the "
+              f"prompts drawn); entropy {_fmt(first.get('entropy'))} -> "
+              f"{_fmt(last.get('entropy'))}; approx. KL of the last update "
+              f"{_fmt(last.get('approx_kl'), 6)}, clip fraction {_fmt(last.get('clipfrac'))}.",
+              "", "![PPO curves](ppo_curves.png)", ""]
   else:
     lines += ["Not run.", ""]
 
@@ -248,20 +283,50 @@ def build(workdir: str, out_dir: str | None = None, *, examples: int = 3,
                  f"position bias {_fmt(fb.get('position_bias'))}, mean |p - 0.5| "
                  f"{_fmt(fb.get('mean_abs_p_minus_half'), 4)}; "
                  f"{fb['skipped_flagged']['count']} flagged pairs skipped.")
+  sl_sum = _load(p("sl_train", "summary.json"))
+  if sl_sum and sl_sum.get("initial_eval", {}).get("eval_loss") is not None:
+    before = sl_sum["initial_eval"]["eval_loss"]
+    after = sl_sum.get("final", {}).get("eval_loss")
+    lines.append(f"- SL-CAI finetuning: {sl_sum['steps']} steps on {sl_sum['examples']} "
+                 f"examples; loss on {sl_sum.get('held_out_examples', '?')} held-out revisions "
+                 f"(NLL per token) {_fmt(before, 4)} before -> {_fmt(after, 4)} after.")
   pm_sum = _load(p("pm_train", "summary.json"))
   if pm_sum:
     sections.append("pm_train")
     final = pm_sum.get("final", {})
     lines.append(f"- Preference model: {pm_sum['steps']} steps on {pm_sum['pairs']} pairs; "
-                 f"final training loss {_fmt(final.get('loss'))}, accuracy "
+                 f"last batch's training loss {_fmt(final.get('loss'), 4)}, accuracy "
                  f"{_fmt(final.get('accuracy'))}.")
+    start = pm_sum.get("initial_eval", {})
+    for name, what in (("ai", "held-out AI-labelled pairs"), ("human", "held-out human "
+                                                                       "comparisons"),
+                       ("train_ai", "AI-labelled training pairs")):
+      if f"eval_{name}_loss" in final:
+        n = (pm_sum.get("held_out_pairs", {}).get(name) if not name.startswith("train")
+             else pm_sum["pairs"].get(name[len("train_"):]))
+        floor = pm_sum.get("label_entropy", {}).get(name)
+        lines.append(
+            f"  - on {n} {what}: soft-BT loss {_fmt(start.get(f'eval_{name}_loss'), 5)} before "
+            f"-> {_fmt(final[f'eval_{name}_loss'], 5)} after (log 2 = 0.69315"
+            + (f"; the labels' own entropy, the lowest loss possible, {floor:.5f}"
+               if floor is not None else "")
+            + f"), accuracy against the labels {_fmt(start.get(f'eval_{name}_accuracy'))} -> "
+            f"{_fmt(final.get(f'eval_{name}_accuracy'))}.")
   panels = []
-  for stage, key, t, y in (("sl_train", "loss", "SL-CAI finetuning loss", "NLL per token"),
-                           ("pm_train", "loss", "PM training loss", "soft BT loss per pair"),
-                           ("pm_train", "accuracy", "PM training accuracy", "accuracy")):
-    ms = [m for m in _metrics(p(stage, "metrics.jsonl")) if key in m]
-    if ms:
-      panels.append((t, [m["step"] for m in ms], [m[key] for m in ms], y))
+  sl_metrics = _metrics(p("sl_train", "metrics.jsonl"))
+  pm_metrics = _metrics(p("pm_train", "metrics.jsonl"))
+  for records, keys, t, y in (
+      (sl_metrics, ("loss", "eval_loss"), "SL-CAI finetuning loss", "NLL per token"),
+      (pm_metrics, ("loss", "eval_ai_loss", "eval_human_loss"), "PM soft Bradley-Terry loss",
+       "loss per pair"),
+      (pm_metrics, ("accuracy", "eval_ai_accuracy", "eval_human_accuracy"),
+       "PM accuracy against the labels", "accuracy")):
+    if any(keys[0] in m for m in records):
+      labels = {"loss": "training batch", "accuracy": "training batch"}
+      series = [_series(records, k, labels.get(k, k.replace("eval_", "held-out ")
+                                                  .replace("_loss", "").replace("_accuracy", "")))
+                for k in keys if any(k in m for m in records)]
+      panels.append((t, series, y))
   if panels:
     figures["training_curves"] = plots.curves(
         panels, os.path.join(out_dir, "training_curves.png"),

@@ -34,6 +34,7 @@ import math
 import os
 
 import jax
+import numpy as np
 
 from cai_jax import parallel
 from cai_jax.checkpoints import loader
@@ -75,6 +76,13 @@ def read_sources(c, seed: int) -> dict[str, list[prefs.Preference]]:
   if c.eval_comparisons:
     out["eval"]["human"] = prefs.read_human_comparisons(c.eval_comparisons, seed)
   return out
+
+
+def label_entropy(examples) -> float:
+  """Mean entropy of the labels (nats): the lowest soft-BT loss any PM can reach on them (log 2
+  for labels of 0.5, 0 for hard labels)."""
+  p = np.clip(np.asarray([e.p for e in examples], np.float64), 1e-12, 1 - 1e-12)
+  return float(np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p)))) if len(p) else math.nan
 
 
 def load_initial(config, mesh, head_scale: float):
@@ -189,6 +197,8 @@ def run(config, workdir: str) -> dict:
   final_eval = {k: v for k, v in logged.items() if k.startswith("eval_")}
   summary = {"steps": steps, "start_step": start_step, "pairs": sizes,
              "held_out_pairs": {s: len(xs) for s, xs in held_out.items()},
+             "label_entropy": {**{s: label_entropy(xs) for s, xs in held_out.items()},
+                               **{f"train_{s}": label_entropy(xs) for s, xs in train.items()}},
              "initial_eval": runner.initial_metrics(out_dir),
              "rows_per_batch": rows_per, "truncated_pairs": truncated, "final": logged,
              "checkpoints": ckpts.directory}
