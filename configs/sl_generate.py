@@ -33,7 +33,8 @@ def get_config():
       max_prompt_length=4096,     # sampler budget per row after the cached few-shot prefix
       batch_size=8,
       chunk_size=16,              # decode steps between stop-string checks
-      drop_flagged=True,          # leave degenerate outputs out of the SL file
+      drop_flagged=True,          # leave degenerate outputs out of the SL file: a record whose
+                                  # final revision is flagged, a flagged helpful answer
       heldout_fraction=0.0,       # share of the usable revisions written to sl_eval.jsonl
                                   # instead of sl_train.jsonl (by a hash of the record id)
       output="",                  # records jsonl; default WORKDIR/sl_generate/records.jsonl

@@ -80,7 +80,8 @@ def main():
       "rl_train.sampler_batch": 32, "rl_train.missing_end_penalty": 0.0,
       "rl_train.kl_ceiling": args.kl_ceiling, "rl_train.vf_coef": 0.5,
       "rl_train.checkpoint_every": 0, "rl_train.sample_every": 0, "rl_train.progress": False,
-      "rl_train.export_hf": False, "optim.learning_rate": args.learning_rate,
+      "rl_train.export_hf": False, "rl_train.probe_count": 0,
+      "optim.learning_rate": args.learning_rate,
   }
   runs = {}
   for name, kl_coef in (("small_kl", args.small_kl), ("large_kl", args.large_kl)):

@@ -203,3 +203,34 @@ def test_bad_inputs(tiny_ckpt, tmp_path):
       tiny_ckpt, **{"sl_generate.prompts": str(long_prompts), "sl_generate.helpful_ratio": 0.0,
                     "sl_generate.max_conversation_tokens": 64})), str(tmp_path / "long"))
   assert report["skipped_too_long"] == ["long"] and report["records"] == 1
+
+
+def test_sl_file_drops_only_flagged_training_text_and_holds_out_revisions(tmp_path):
+  """drop_flagged looks at the text trained on (the final revision), not at the initial answer
+  or the critique; heldout_fraction moves whole records to sl_eval.jsonl, never into both."""
+  from cai_jax.jobs import sl_generate
+
+  def record(i, flags, rounds=1):
+    return {"id": f"r{i}", "prompt": f"\n\nHuman: q{i}\n\nAssistant:", "final": f" rev {i}",
+            "flags": flags, "rounds": [{"principle_id": "p"}] * rounds}
+
+  records = [record(0, []), record(1, ["initial:runaway_length"]),
+             record(2, ["round1.critique:runaway_length"]),
+             record(3, ["round1.revision:runaway_length"]),
+             record(4, ["initial:empty", "round1.revision:repetitive"]),
+             record(5, ["round1.revision:runaway_length"], rounds=2),  # round 1 is not final
+             record(6, ["initial:empty"], rounds=0),  # no rounds: the initial answer is final
+             record(7, []), record(8, [])]
+  helpful = [{"id": "h0", "prompt": "p", "completion": " ok", "flags": []},
+             {"id": "h1", "prompt": "p", "completion": " ok", "flags": ["runaway_length"]}]
+  train, held = str(tmp_path / "train.jsonl"), str(tmp_path / "eval.jsonl")
+  n, n_eval = sl_generate.write_sl_file(train, records, helpful, True, 0, heldout_fraction=0.34,
+                                        eval_path=held)
+  rows = [obj for _, obj in read_jsonl(train)]
+  held_rows = [obj for _, obj in read_jsonl(held)]
+  usable = {"r0", "r1", "r2", "r5", "r7", "r8"}
+  assert n_eval == 2 and {r["id"] for r in held_rows} < usable  # round(0.34 x 6) = 2
+  assert {r["id"] for r in rows} == (usable - {r["id"] for r in held_rows}) | {"h0"}
+  assert n == len(rows) == 5 and all(r["source"] == "sl_cai" for r in held_rows)
+  n_all, none = sl_generate.write_sl_file(train, records, helpful, False, 0)
+  assert (n_all, none) == (11, 0)

@@ -151,13 +151,22 @@ def _write_rows(path: str, rows: list[dict]) -> None:
   os.replace(tmp, path)
 
 
+def trained_text_flags(record: dict) -> list[str]:
+  """The flags of the text a record contributes to SL training, its `final` output: the last
+  round's revision (the initial answer when there are no rounds). A runaway initial answer or
+  critique does not make the revision unusable: revising such answers is the method's point."""
+  name = f"round{len(record['rounds'])}.revision" if record["rounds"] else "initial"
+  return [f for f in record["flags"] if f.rsplit(":", 1)[0] == name]
+
+
 def write_sl_file(path: str, records, helpful_records, drop_flagged: bool, seed: int, *,
                   heldout_fraction: float = 0.0, eval_path: str = "") -> tuple[int, int]:
   """Writes the training file (and, with `eval_path`, the held-out revisions); returns their
   row counts."""
   revisions = [{"id": r["id"], "prompt": r["prompt"], "completion": r["final"],
                 "source": "sl_cai", "principles": [x["principle_id"] for x in r["rounds"]]}
-               for r in records if not (drop_flagged and r["flags"]) and r["final"].strip()]
+               for r in records
+               if not (drop_flagged and trained_text_flags(r)) and r["final"].strip()]
   revisions, held_out = holdout.split(revisions, lambda r: r["id"], heldout_fraction,
                                       f"sl_generate:{seed}")
   rows = revisions + [{"id": r["id"], "prompt": r["prompt"], "completion": r["completion"],
