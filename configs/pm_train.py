@@ -35,6 +35,7 @@ def get_config():
       epochs=1,
       head_init_scale=0.0,      # head kernel ~ N(0, (scale / sqrt(embed_dim + 1))^2); 0 = zeros:
                                 # every reward gap starts at 0 (loss log 2, "no preference")
+      head_lr_scale=1.0,        # the head's learning rate = optim.learning_rate x this
       remat='',                 # '' | 'dots' | 'full'
       checkpoint_every=100,
       keep_checkpoints=3,

@@ -275,3 +275,22 @@ def test_model_flops_stay_below_xla_count_of_the_compiled_step(objective):
   if objective == "pm":  # the lm_head count is the one that overstated the preference model
     wrong = tokens * flops.train_flops_per_token(cfg, L, lm_head=True)
     assert wrong > xla_flops
+
+
+def test_subtree_learning_rate_scale():
+  """optim.make_optimizer(subtree_lr_scale={"head": k}): the head's update is k times AdamW's,
+  the decoder's unchanged; k = 1 adds nothing to the optimizer state."""
+  import ml_collections
+  cfg = ml_collections.ConfigDict(dict(
+      learning_rate=1e-3, warmup_steps=0, total_steps=10, end_factor=1.0, b1=0.9, b2=0.95,
+      eps=1e-8, weight_decay=0.0, clip_norm=0.0, decay_norms=False, decay_embedding=False))
+  params = {"decoder": {"w": jnp.ones((3, 2))}, "head": {"kernel": jnp.ones((2, 1))}}
+  grads = {"decoder": {"w": jnp.full((3, 2), 0.5)}, "head": {"kernel": jnp.full((2, 1), -2.0)}}
+  plain, scaled = optim.make_optimizer(cfg), optim.make_optimizer(cfg, subtree_lr_scale={"head": 10.0})
+  u_plain, _ = plain.update(grads, plain.init(params), params)
+  u_scaled, _ = scaled.update(grads, scaled.init(params), params)
+  np.testing.assert_allclose(u_scaled["head"]["kernel"], 10.0 * u_plain["head"]["kernel"], rtol=1e-6)
+  np.testing.assert_allclose(u_scaled["decoder"]["w"], u_plain["decoder"]["w"], rtol=1e-6)
+  assert float(u_plain["head"]["kernel"][0, 0]) == pytest.approx(1e-3, rel=1e-4)  # Adam's step 1
+  same = optim.make_optimizer(cfg, subtree_lr_scale={"head": 1.0})
+  assert jax.tree.structure(same.init(params)) == jax.tree.structure(plain.init(params))

@@ -51,6 +51,8 @@ def check_config(c, mesh) -> None:
   for field in ("batch_size", "micro_batches", "max_length", "min_length", "eval_batch_size"):
     if c[field] <= 0:
       raise ConfigError(f"pm_train.{field} must be > 0, got {c[field]}")
+  if c.head_lr_scale <= 0:
+    raise ConfigError(f"pm_train.head_lr_scale must be > 0, got {c.head_lr_scale}")
   if not 0.0 <= c.heldout_fraction < 1.0:
     raise ConfigError(f"pm_train.heldout_fraction must be in [0, 1), got {c.heldout_fraction}")
   if c.batch_size % c.micro_batches:
@@ -135,7 +137,7 @@ def run(config, workdir: str) -> dict:
   opt_cfg = config.optim.copy_and_resolve_references()
   with opt_cfg.unlocked():
     opt_cfg.total_steps = steps
-  optimizer = optim.make_optimizer(opt_cfg)
+  optimizer = optim.make_optimizer(opt_cfg, subtree_lr_scale={"head": c.head_lr_scale})
   shardings, abstract = pm.state_shardings(model_cfg, mesh, optimizer)
   meta = {"model_config": model_cfg.to_dict(), "job": "pm_train",
           "ai_labels": os.path.abspath(c.ai_labels) if c.ai_labels else "",

@@ -34,9 +34,25 @@ def decay_mask(params, decay_norms: bool = False, decay_embedding: bool = True):
   return jax.tree_util.tree_map_with_path(rule, params)
 
 
-def make_optimizer(cfg) -> optax.GradientTransformation:
+def scale_subtree(name: str, factor: float) -> optax.GradientTransformation:
+  """Multiplies the updates of every parameter under a top-level key `name` by `factor` (no
+  state): a learning rate of its own for one part of the model, e.g. a preference model's
+  scalar head beside its pretrained decoder."""
+
+  def update(updates, state, params=None):
+    del params
+    return {k: (jax.tree.map(lambda u: u * factor, v) if k == name else v)
+            for k, v in updates.items()}, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def make_optimizer(cfg, *, subtree_lr_scale: dict[str, float] | None = None
+                   ) -> optax.GradientTransformation:
   """`cfg` fields: learning_rate, warmup_steps, total_steps, end_factor, b1, b2, eps,
-  weight_decay, clip_norm (0 = off), decay_norms, decay_embedding."""
+  weight_decay, clip_norm (0 = off), decay_norms, decay_embedding. `subtree_lr_scale`
+  ({top-level key: factor}) scales the learning rate of those parameters (factor 1: nothing
+  added, so the optimizer state is the plain one)."""
   parts = []
   if float(cfg.clip_norm) > 0:
     parts.append(optax.clip_by_global_norm(float(cfg.clip_norm)))
@@ -44,4 +60,7 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
       schedule(cfg), b1=float(cfg.b1), b2=float(cfg.b2), eps=float(cfg.eps),
       weight_decay=float(cfg.weight_decay),
       mask=lambda p: decay_mask(p, bool(cfg.decay_norms), bool(cfg.decay_embedding))))
+  for name, factor in (subtree_lr_scale or {}).items():
+    if float(factor) != 1.0:
+      parts.append(scale_subtree(name, float(factor)))
   return optax.chain(*parts)
