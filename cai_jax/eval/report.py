@@ -31,7 +31,7 @@ PPO_PANELS = ((("probe_score",), "PM score of greedy answers to the fixed probe 
               (("reward_total",), "reward after the KL penalty", "reward per episode"),
               (("kl_k1", "kl_k3"), "KL(policy || SL-CAI) per episode", "KL (nats)"),
               (("entropy",), "policy entropy per token", "entropy (nats)"),
-              (("response_length",), "answer length", "tokens"),
+              (("response_length", "probe_answer_tokens"), "answer length", "tokens"),
               (("kl_coef",), "KL coefficient", "beta"))
 
 
@@ -42,7 +42,8 @@ def _series(records: list[dict], key: str, label: str = "") -> tuple[str, list, 
 
 def _panel(records: list[dict], keys, title: str, ylabel: str):
   """A curves panel for the keys present in `records` (None when none is)."""
-  names = {"kl_k1": "k1", "kl_k3": "k3 (never negative)"}
+  names = {"kl_k1": "k1", "kl_k3": "k3 (never negative)", "response_length": "rollouts",
+           "probe_answer_tokens": "probe (greedy)"}
   series = [_series(records, k, names.get(k, k) if len(keys) > 1 else "") for k in keys
             if any(k in m for m in records)]
   return (title, series, ylabel) if series else None
@@ -256,7 +257,15 @@ def build(workdir: str, out_dir: str | None = None, *, examples: int = 3,
                    f"({b['probe_score'] - a['probe_score']:+.4f}), at a KL to the SL-CAI policy "
                    f"of {_fmt(last.get('kl_k1'), 4)} nats per episode (k1) / "
                    f"{_fmt(last.get('kl_k3'), 4)} (k3, never negative) in the last iteration's "
-                   f"rollouts. The reward's KL penalty uses {estimator}.")
+                   f"rollouts. The reward's KL penalty uses {estimator}. The probe answers' "
+                   f"mean length went {_fmt(a.get('probe_answer_tokens'), 1)} -> "
+                   f"{_fmt(b.get('probe_answer_tokens'), 1)} tokens.")
+      if b.get("probe_answer_tokens", 1e9) < 0.5 * a.get("probe_answer_tokens", 0.0):
+        lines += ["", f"**The answers shrank** to under half their length while the score "
+                  "rose: the PM rewards shorter answers and PPO exploits it (reward hacking, "
+                  "towards the evasive answers the paper counters by training the PM on "
+                  "helpfulness comparisons as well). The answers are in "
+                  "`rl_train/probe.jsonl`."]
       lines.append("")
     lines += [f"{len(iterations)} iterations. Mean PM score of the rollouts "
               f"{_fmt(first.get('score'))} -> {_fmt(last.get('score'))} (each iteration "
