@@ -11,9 +11,9 @@ import shutil
 
 import pytest
 
-from cai_jax.constitution import paper_format, prompts, schema
-from cai_jax.constitution.schema import (Constitution, ConstitutionError, MCExample,
-                                         MCPrinciple, load_constitution)
+from cai_jax.constitution import loading, paper_format, prompts, schema
+from cai_jax.constitution.loading import load_constitution
+from cai_jax.constitution.schema import Constitution, ConstitutionError, MCExample, MCPrinciple
 from conftest import PAPER_PROMPTS
 
 needs_paper = pytest.mark.skipif(
@@ -111,7 +111,7 @@ def test_caveats_steers_something_else(caveats, harmless):
 
 
 def test_available_constitutions():
-  names = schema.available_constitutions()
+  names = loading.available_constitutions()
   assert {"harmless", "caveats", "helpful"} <= set(names)
   for name in names:  # every file in constitutions/ loads
     load_constitution(name)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from cai_jax.cai import feedback as F
-from cai_jax.constitution.schema import load_constitution
+from cai_jax.constitution.loading import load_constitution
 from cai_jax.data import preferences as prefs
 from cai_jax.data.jsonl import DataError
 from cai_jax.data.sources import Comparison, read_hh_comparisons

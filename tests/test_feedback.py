@@ -21,7 +21,7 @@ from cai_jax.cai import feedback as F
 from cai_jax.checkpoints import loader
 from cai_jax.config_defaults import ConfigError
 from cai_jax.constitution import prompts as P
-from cai_jax.constitution.schema import load_constitution
+from cai_jax.constitution.loading import load_constitution
 from cai_jax.data.jsonl import DataError, read_jsonl
 from cai_jax.eval.mc import MCScorer
 from cai_jax.jobs import feedback as feedback_job

@@ -344,3 +344,33 @@ def test_bad_inputs_fail_before_compute(assets, tmp_path):
                                       r"\(BOS included\): p0 \(\d+ tokens\)"):
     bad(**{"rl_train.max_prompt_tokens": 10})
   assert not (w / "rl_train" / "checkpoints").exists()  # nothing was set up, let alone computed
+
+
+def test_probe_rows_need_not_divide_the_data_axes(assets, tmp_path):
+  """3 probe prompts on a mesh of 2 data shards (2 simulated devices, in a subprocess): the PM
+  scores a batch padded to 4 rows and keeps 3, equal to the single-device probe."""
+  import subprocess
+  import sys
+  extra = {"rl_train.iterations": 1, "rl_train.probe_count": 3, "rl_train.export_hf": False,
+           "rl_train.checkpoint_every": 0, "rl_train.sample_every": 0}
+  probes = tmp_path / "probes3.jsonl"
+  with open(probes, "w") as f:
+    for i, t in enumerate(["birds", "snow", "wind"]):
+      f.write(json.dumps({"id": f"q{i}", "prompt": f"\n\nHuman: what is {t}?\n\nAssistant:"})
+              + "\n")
+  extra["rl_train.probe_prompts"] = str(probes)
+  run(assets, tmp_path / "one", **extra)
+  one = read_metrics(tmp_path / "one" / "rl_train" / "metrics.jsonl")[0]
+  flags = [f"--config.{k}={v}" for k, v in settings(assets, **extra).items()]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         "JAX_PLATFORMS": "cpu"}
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+      [sys.executable, "-m", "cai_jax.main", "--config", os.path.join(root, "configs",
+                                                                        "rl_train.py"),
+       "--workdir", str(tmp_path / "two"), "--config.mesh.data=2", *flags],
+      env=env, cwd=root, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  two = read_metrics(tmp_path / "two" / "rl_train" / "metrics.jsonl")[0]
+  assert one["step"] == two["step"] == 0
+  assert two["probe_score"] == pytest.approx(one["probe_score"], abs=1e-6)

@@ -20,7 +20,8 @@ from cai_jax import main
 from cai_jax.cai.critique_revision import CritiqueReviser, Settings, degenerate_flags, \
     draw_principles
 from cai_jax.constitution import prompts as P
-from cai_jax.constitution.schema import ConstitutionError, load_constitution
+from cai_jax.constitution.loading import load_constitution
+from cai_jax.constitution.schema import ConstitutionError
 from cai_jax.data.jsonl import DataError, read_jsonl
 from cai_jax.sampling.strategies import Greedy
 from configs_loader import load_config

@@ -100,8 +100,9 @@ def test_outputs_metrics_and_export(reference_run, tiny_ckpt):
   for key in ("loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "peak_rss_gb"):
     assert all(np.isfinite(r[key]) for r in train), key
   evals = [r for r in records if "eval_loss" in r]
-  assert [r["step"] for r in evals] == [8, 16, 24, 32, 40]
-  assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+  assert [r["step"] for r in evals] == [0, 8, 16, 24, 32, 40]  # 0: before the first step
+  assert evals[-1]["eval_loss"] < evals[1]["eval_loss"] < evals[0]["eval_loss"]
+  assert summary["initial_eval"]["eval_loss"] == evals[0]["eval_loss"]
   assert np.mean([r["loss"] for r in train[-5:]]) < np.mean([r["loss"] for r in train[:5]])
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(out / "tb"))
   assert sorted(os.listdir(out / "checkpoints"), key=int)[-3:] == ["32", "36", "40"]

@@ -238,7 +238,6 @@ def test_model_flops_stay_below_xla_count_of_the_compiled_step(objective):
   63% of the parameters), so counting it for the preference model, which never projects onto
   the vocabulary, breaks the bound (the bug that showed MFU 1.21 in the quickstart)."""
   from cai_jax.data import preferences as prefs
-  from cai_jax.model import heads
   from cai_jax.train import pm
 
   cfg = model_config.preset("tiny", vocab_size=16384)

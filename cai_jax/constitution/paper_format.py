@@ -30,16 +30,12 @@ from __future__ import annotations
 import os
 
 from cai_jax.constitution import schema
-from cai_jax.constitution.schema import (Constitution, ConstitutionError,
-                                         CritiqueRevisionPrinciple, MCExample, MCPrinciple)
+# The five file names live with the schema, which names them in an error message.
+from cai_jax.constitution.schema import (COT_FEW_SHOT, CRITIQUE_FEW_SHOT, CRITIQUE_INSTRUCTIONS,
+                                         MC_FEW_SHOT, MC_INSTRUCTIONS, PAPER_FILES, Constitution,
+                                         ConstitutionError, CritiqueRevisionPrinciple, MCExample,
+                                         MCPrinciple)
 
-CRITIQUE_INSTRUCTIONS = "CritiqueRevisionInstructions.json"
-CRITIQUE_FEW_SHOT = "CritiqueRevisionFewShotPrompts.json"
-MC_INSTRUCTIONS = "RLMadisonInstructions.json"
-MC_FEW_SHOT = "RLMadisonFewShotPrompts.json"
-COT_FEW_SHOT = "RLMadisonPrecogFewShotPrompts.json"
-PAPER_FILES = (CRITIQUE_INSTRUCTIONS, CRITIQUE_FEW_SHOT, MC_INSTRUCTIONS, MC_FEW_SHOT,
-               COT_FEW_SHOT)
 PAPER_VERSION = "paper"
 
 
@@ -174,9 +170,10 @@ def is_paper_folder(folder: str) -> bool:
   return all(os.path.isfile(os.path.join(folder, f)) for f in PAPER_FILES)
 
 
-def load_paper_folder(folder: str, helpful_from: str = schema.DEFAULT) -> Constitution:
+def load_paper_folder(folder: str, helpful_from: Constitution) -> Constitution:
   """The paper's constitution from its five prompt files (module docstring). The helpful
-  exchanges for the initial answer come from our constitution `helpful_from` (a name or path)."""
+  exchanges for the initial answer come from our constitution `helpful_from` (the paper's files
+  have none; `loading.load_constitution` passes the default one)."""
   missing = [f for f in PAPER_FILES if not os.path.isfile(os.path.join(folder, f))]
   if missing:
     raise ConstitutionError(
@@ -186,7 +183,7 @@ def load_paper_folder(folder: str, helpful_from: str = schema.DEFAULT) -> Consti
   def f(name):
     return os.path.join(folder, name)
 
-  helpful = schema.load_constitution(helpful_from)
+  helpful = helpful_from
   return Constitution(
       name="paper",
       version=PAPER_VERSION,

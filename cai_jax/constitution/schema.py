@@ -37,6 +37,15 @@ from cai_jax.constitution import prompts
 FORMAT = "cai_jax.constitution"
 FORMAT_VERSION = 1
 DEFAULT = "harmless"
+# The paper's five prompt files (read by `paper_format`; named here for the error that says a
+# single one of them was given where a folder holding all five was meant).
+CRITIQUE_INSTRUCTIONS = "CritiqueRevisionInstructions.json"
+CRITIQUE_FEW_SHOT = "CritiqueRevisionFewShotPrompts.json"
+MC_INSTRUCTIONS = "RLMadisonInstructions.json"
+MC_FEW_SHOT = "RLMadisonFewShotPrompts.json"
+COT_FEW_SHOT = "RLMadisonPrecogFewShotPrompts.json"
+PAPER_FILES = (CRITIQUE_INSTRUCTIONS, CRITIQUE_FEW_SHOT, MC_INSTRUCTIONS, MC_FEW_SHOT,
+               COT_FEW_SHOT)
 
 # The folder of our constitutions: `constitutions/` at the repository root, beside `cai_jax/`.
 CONSTITUTIONS_DIR = os.path.normpath(
@@ -326,7 +335,7 @@ def parse_constitution(doc: Any, path: str) -> Constitution:
   r = _Reader(path)
   if not isinstance(doc, dict):
     hint = ""
-    if os.path.basename(path) in _paper_file_names():
+    if os.path.basename(path) in PAPER_FILES:
       hint = " (this is one of the paper's prompt files: pass the folder that holds all five)"
     r.fail("", f"expected a JSON object with \"format\": {FORMAT!r}, "
            f"got {type(doc).__name__}{hint}")
@@ -416,48 +425,3 @@ def load_file(path: str) -> Constitution:
     raise ConstitutionError(f"{path}: unknown file type {ext or '(none)'!r}: a constitution is "
                             "a .json (or .yaml) file, or the paper's prompt folder")
   return parse_constitution(read_document(path), path)
-
-
-def _paper_file_names() -> tuple[str, ...]:
-  from cai_jax.constitution import paper_format
-  return paper_format.PAPER_FILES
-
-
-def available_constitutions() -> list[str]:
-  """Names of the constitutions in `constitutions/`."""
-  if not os.path.isdir(CONSTITUTIONS_DIR):
-    return []
-  return sorted(os.path.splitext(f)[0] for f in os.listdir(CONSTITUTIONS_DIR)
-                if f.endswith(".json"))
-
-
-def _is_bare_name(spec: str) -> bool:
-  return re.fullmatch(r"[A-Za-z0-9_\-]+", spec) is not None
-
-
-def load_constitution(spec: str) -> Constitution:
-  """A constitution from a name, a file in our format, or the paper's prompt folder.
-
-  - an existing folder: the paper's five prompt files (`paper_format.load_paper_folder`);
-  - an existing file: our format (`.json`, or `.yaml`/`.yml` with PyYAML);
-  - a bare name such as `"harmless"` or `"caveats"`: `constitutions/<name>.json` at the
-    repository root (`CONSTITUTIONS_DIR`). An install without the repository's folder (not
-    `pip install -e`) has no named constitutions: give a path instead.
-  """
-  if not isinstance(spec, str) or not spec.strip():
-    raise ConstitutionError(f"{spec!r}: empty constitution (give a name such as {DEFAULT!r}, "
-                            "a .json file or the paper's prompt folder)")
-  path = os.path.expanduser(spec)
-  if os.path.isdir(path):
-    from cai_jax.constitution import paper_format
-    return paper_format.load_paper_folder(path)
-  if os.path.isfile(path):
-    return load_file(path)
-  if _is_bare_name(spec):
-    candidate = os.path.join(CONSTITUTIONS_DIR, spec + ".json")
-    if os.path.isfile(candidate):
-      return load_file(candidate)
-    have = ", ".join(available_constitutions()) or "none"
-    raise ConstitutionError(f"{candidate}: no constitution named {spec!r} "
-                            f"(available in {CONSTITUTIONS_DIR}: {have})")
-  raise ConstitutionError(f"{spec}: no such file or folder")

@@ -261,7 +261,7 @@ def build(workdir: str, out_dir: str | None = None, *, examples: int = 3,
                    f"mean length went {_fmt(a.get('probe_answer_tokens'), 1)} -> "
                    f"{_fmt(b.get('probe_answer_tokens'), 1)} tokens.")
       if b.get("probe_answer_tokens", 1e9) < 0.5 * a.get("probe_answer_tokens", 0.0):
-        lines += ["", f"**The answers shrank** to under half their length while the score "
+        lines += ["", "**The answers shrank** to under half their length while the score "
                   "rose: the PM rewards shorter answers and PPO exploits it (reward hacking, "
                   "towards the evasive answers the paper counters by training the PM on "
                   "helpfulness comparisons as well). The answers are in "

@@ -4,22 +4,16 @@ sampling settings, open a progress bar."""
 from __future__ import annotations
 
 import os
-import sys
 
 from cai_jax.checkpoints import loader
 from cai_jax.config_defaults import ConfigError
+from cai_jax.progress import progress  # noqa: F401 - the jobs' progress bar
 
 
 def load_model(config) -> loader.LoadedModel:
   m = config.model
   return loader.load(m.checkpoint, cache_dir=os.path.expanduser(m.cache_dir),
                      param_dtype=m.param_dtype, dtype=m.dtype)
-
-
-def progress(total: int, desc: str, unit: str):
-  from tqdm import tqdm
-  return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr,
-              mininterval=1.0)
 
 
 SL_EXPORT = os.path.join("sl_train", "export_hf")

@@ -84,7 +84,7 @@ def _answer_fingerprint(record: dict) -> str:
 def check_stages(config) -> dict:
   """Read and validate everything the stage comparison needs (stages, sampling settings, prompt
   sets, judge constitutions) without loading a model, so that a bad setting fails at once."""
-  from cai_jax.constitution.schema import load_constitution
+  from cai_jax.constitution.loading import load_constitution
   from cai_jax.eval import stage_compare as SC
   from cai_jax.jobs.common import sampling_strategy
 

@@ -24,7 +24,7 @@ import time
 
 from cai_jax.cai import feedback as F
 from cai_jax.config_defaults import ConfigError
-from cai_jax.constitution.schema import load_constitution
+from cai_jax.constitution.loading import load_constitution
 from cai_jax.data.jsonl import finished_ids, write_json_atomic
 from cai_jax.eval.mc import MCScorer
 from cai_jax.jobs.common import batch_key, load_model, progress, sampling_strategy

@@ -162,9 +162,6 @@ def check_config(c, mesh) -> None:
                        "rl_train.minibatch_size / micro_batches")
   parallel.process_rows(c.batch_size)
   parallel.process_rows(c.minibatch_size)
-  if c.probe_count:
-    parallel.check_batch(c.probe_count, mesh, "rl_train.probe_count")
-    parallel.process_rows(c.probe_count)
 
 
 def pm_folder(c, workdir: str) -> str | None:
@@ -372,6 +369,7 @@ def run(config, workdir: str) -> dict:
       shardings, mesh)
   finite_fn = parallel.run_under(mesh, jax.jit(ro.all_finite, out_shardings=replicated))
   per_shard = parallel.batch_size_per_shard(mesh)
+  pm_rows_multiple = math.lcm(per_shard, jax.process_count())
   sampler = Sampler(policy_cfg.replace(remat=False), state.params["policy"], tokenizer,
                     max_prompt_length=c.max_prompt_tokens,
                     max_batch=-(-c.sampler_batch // per_shard) * per_shard,
@@ -395,8 +393,15 @@ def run(config, workdir: str) -> dict:
     pm_in, cut = ro.pm_batch(prompts_no_bos, out.texts, tokenizer, append_eos=pm_append_eos,
                              max_length=pm_max_length, min_length=c.min_length)
     rows = len(prompts_no_bos)
-    return np.asarray(_host(pm_fn(pm_model.params, parallel.global_batch(
-        _local_rows(pm_in, rows), mesh))), np.float32), cut
+    # The probe's rows need not divide the data axes or the processes: pad with copies of the
+    # last row, scored and dropped (the rollout batch is checked to divide them).
+    padded = -(-rows // pm_rows_multiple) * pm_rows_multiple
+    if padded > rows:
+      pm_in = {k: np.concatenate([v, np.repeat(v[-1:], padded - rows, axis=0)])
+               for k, v in pm_in.items()}
+    scores = _host(pm_fn(pm_model.params, parallel.global_batch(_local_rows(pm_in, padded),
+                                                                 mesh)))
+    return np.asarray(scores, np.float32)[:rows], cut
 
   def probe(iteration: int) -> dict:
     """Greedy answers of the current policy to the fixed probe prompts, scored by the reward

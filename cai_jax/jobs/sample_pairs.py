@@ -30,7 +30,7 @@ from cai_jax.cai.feedback import pair_flags
 from cai_jax.checkpoints import loader
 from cai_jax.config_defaults import ConfigError
 from cai_jax.constitution import prompts as P
-from cai_jax.constitution.schema import load_constitution
+from cai_jax.constitution.loading import load_constitution
 from cai_jax.data import sources
 from cai_jax.data.jsonl import append_jsonl, finished_ids, read_jsonl, write_json_atomic
 from cai_jax.jobs.common import batch_key, policy_checkpoint, progress, sampling_strategy

@@ -27,7 +27,7 @@ import jax
 
 from cai_jax.cai.critique_revision import CritiqueReviser, Settings, degenerate_flags
 from cai_jax.config_defaults import ConfigError
-from cai_jax.constitution.schema import load_constitution
+from cai_jax.constitution.loading import load_constitution
 from cai_jax.data import holdout, sources
 from cai_jax.data.jsonl import append_jsonl, finished_ids, read_jsonl, write_json_atomic
 from cai_jax.jobs.common import batch_key, load_model, progress, sampling_strategy

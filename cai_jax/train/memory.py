@@ -455,7 +455,7 @@ def stages_of(config) -> tuple[str, ...]:
 
 
 def stage_config_for(config, stage: str, workdir: str = ESTIMATE_WORKDIR):
-  """The config `stage` runs with. From a pipeline config: `cai_jax.jobs.pipeline.stage_config`
+  """The config `stage` runs with. From a pipeline config: `cai_jax.pipeline.stages.stage_config`
   (the stage's section, optimizer and mesh, and its dtypes: the trainers at model.param_dtype,
   the sampling stages at pipeline.sampling_param_dtype), with pm_train's AI labels pointed at
   where feedback writes them (stage_config checks that file for records; nothing reads it
@@ -464,7 +464,7 @@ def stage_config_for(config, stage: str, workdir: str = ESTIMATE_WORKDIR):
     if config.job != stage:
       raise ValueError(f"a {config.job} config has no stage {stage!r}")
     return config
-  from cai_jax.jobs import pipeline  # noqa: PLC0415 - the jobs import the training code
+  from cai_jax.pipeline import stages as pipeline  # noqa: PLC0415
   c = config.copy_and_resolve_references()
   if stage == "pm_train" and not c.pm_train.ai_labels:
     c.pm_train.ai_labels = c.feedback.output or os.path.join(workdir, "feedback", "labels.jsonl")

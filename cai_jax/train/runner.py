@@ -13,8 +13,8 @@ import jax
 import numpy as np
 
 from cai_jax import parallel
-from cai_jax.jobs.common import progress
 from cai_jax.metrics import MetricsWriter, read_metrics
+from cai_jax.progress import progress
 from cai_jax.train import engine, flops
 from cai_jax.train.checkpointing import TrainCheckpoints
 

@@ -1,0 +1,146 @@
+"""The pipeline's stages and the wiring between them (which files a stage reads, what counts as
+finished, the config each stage runs with): pure functions of the config and the workdir's
+files, shared by the `pipeline` job (cai_jax/jobs/pipeline.py, which runs them) and the memory
+planner (cai_jax/train/memory.py, which sizes them). See the job's docstring for the wiring."""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from cai_jax import config_defaults
+from cai_jax.config_defaults import ConfigError
+
+STAGES = ("sl_generate", "sl_train", "sample_pairs", "feedback", "pm_train", "rl_train", "eval",
+          "report")
+
+# Top-level fields of each stage's own config (configs/<stage>.py) besides job, seed, model and
+# the stage's section; tests/test_pipeline.py checks they match the config files.
+SHARED_FIELDS = {
+    "sl_generate": ("constitution",),
+    "sl_train": ("mesh", "distributed", "optim"),
+    "sample_pairs": ("constitution",),
+    "feedback": ("constitution",),
+    "pm_train": ("mesh", "distributed", "optim"),
+    "rl_train": ("mesh", "distributed", "optim"),
+    "eval": ("mesh", "distributed"),
+    "report": (),
+}
+
+
+# Stages that only sample and score (no optimizer): `pipeline.sampling_param_dtype` stores
+# their weights in a narrower dtype than the trainers' float32 master weights.
+SAMPLING_STAGES = ("sl_generate", "sample_pairs", "feedback", "eval")
+
+
+def _exists(workdir: str, *paths: str) -> bool:
+  return all(os.path.exists(os.path.join(workdir, p)) for p in paths)
+
+
+# Finished-output checks (files every stage writes last, after its main outputs).
+DONE = {
+    "sl_generate": ("sl_generate/report.json", "sl_generate/sl_train.jsonl"),
+    "sl_train": ("sl_train/summary.json", "sl_train/export_hf"),
+    "sample_pairs": ("sample_pairs/report.json",),
+    "feedback": ("feedback/report.json",),
+    "pm_train": ("pm_train/pm/pm.json",),
+    "rl_train": ("rl_train/summary.json", "rl_train/export_hf"),
+    "eval": ("eval/report.json",),
+    "report": ("report/report.md",),
+}
+
+
+def done(stage: str, workdir: str) -> bool:
+  return _exists(workdir, *DONE[stage])
+
+
+def _has_records(path: str) -> bool:
+  if not os.path.exists(path):
+    return False
+  with open(path, encoding="utf-8", errors="replace") as f:
+    return any(line.strip() for line in f)
+
+
+def compared_stages(config, workdir: str) -> str:
+  """eval.stages for the pipeline: base, sl, rl (those whose checkpoint exists), or ''."""
+  if config.eval.stages or not config.pipeline.compare_stages:
+    return config.eval.stages
+  found = [("base", config.model.checkpoint)] + [
+      (name, os.path.join(workdir, stage, "export_hf"))
+      for name, stage in (("sl", "sl_train"), ("rl", "rl_train"))
+      if os.path.isdir(os.path.join(workdir, stage, "export_hf"))]
+  return ",".join(f"{n}={c}" for n, c in found) if len(found) > 1 else ""
+
+
+def _eval_has_work(config, workdir: str) -> bool:
+  e = config.eval
+  return bool(e.comparisons or e.hhh or e.mc_files or e.feedback_labels
+              or compared_stages(config, workdir))
+
+
+def _copy(value):
+  return value.copy_and_resolve_references() if isinstance(value, ml_collections.ConfigDict) \
+      else value
+
+
+def stage_config(config, stage: str, workdir: str) -> ml_collections.ConfigDict:
+  """The config `stage` runs with: configs/<stage>.py's layout, the pipeline's shared fields
+  (seed, base model, constitution, mesh, distributed), the pipeline's section for the stage
+  (config.<stage>) and optimizer (config.optim.<stage>), and the paths between stages."""
+  c = config_defaults.base_config(stage)
+  c.seed = config.seed
+  c.model = config.model.copy_and_resolve_references()
+  for field in SHARED_FIELDS[stage]:
+    value = config.optim[stage] if field == "optim" else config[field]
+    c[field] = _copy(value)
+  c[stage] = _copy(config[stage])
+  if stage in SAMPLING_STAGES and config.pipeline.sampling_param_dtype:
+    c.model.param_dtype = config.pipeline.sampling_param_dtype
+  s = c[stage]
+  path = lambda *p: os.path.join(workdir, *p)  # noqa: E731
+  sl_export = path("sl_train", "export_hf")
+  if stage == "sl_train":
+    s.data = s.data or path("sl_generate", "sl_train.jsonl")
+    held_out = path("sl_generate", "sl_eval.jsonl")
+    if not s.eval_data and _has_records(held_out):
+      s.eval_data = held_out
+  elif stage == "sample_pairs":
+    c.model.checkpoint = sl_export
+  elif stage == "feedback":
+    s.pairs = s.pairs or config.sample_pairs.output or path("sample_pairs", "pairs.jsonl")
+  elif stage == "pm_train":
+    c.model.checkpoint = config.pipeline.pm_init or config.model.checkpoint
+    if not s.ai_labels:
+      labels = config.feedback.output or path("feedback", "labels.jsonl")
+      if _has_records(labels):
+        s.ai_labels = labels
+      elif s.human_comparisons:
+        print(f"pipeline: {labels} holds no AI labels (every pair flagged?); pm_train trains on "
+              "pm_train.human_comparisons only", flush=True)
+      else:
+        raise ConfigError(f"pm_train has no data: {labels} holds no AI labels (feedback skips "
+                          "flagged pairs) and pm_train.human_comparisons is not set")
+  elif stage == "rl_train":
+    c.model.checkpoint = sl_export
+    s.pm = s.pm or path("pm_train", "pm")
+  elif stage == "eval":
+    s.pm = s.pm or path("pm_train", "pm")
+    s.stages = compared_stages(config, workdir)
+  return c
+
+
+def selected_stages(p) -> list[str]:
+  def check(name, field):
+    if name not in STAGES:
+      raise ConfigError(f"pipeline.{field}: unknown stage {name!r}; stages: {', '.join(STAGES)}")
+  names = [s.strip() for s in p.stages.split(",") if s.strip()] if p.stages else list(STAGES)
+  for n in names:
+    check(n, "stages")
+  for field in ("stop_after", "rerun_from"):
+    if p[field]:
+      check(p[field], field)
+  out = [s for s in STAGES if s in names]
+  if p.stop_after:
+    out = [s for s in out if STAGES.index(s) <= STAGES.index(p.stop_after)]
+  return out
