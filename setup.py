@@ -5,7 +5,8 @@ from setuptools import find_packages, setup
 setup(
     name="cai_jax",
     version="0.1.0",
-    description="Constitutional AI (SL-CAI and RLAIF) in JAX/Flax, on Gemma 3",
+    description="Constitutional AI (SL-CAI and RLAIF) in JAX/Flax, on Gemma, Llama, Qwen and "
+                "Mistral checkpoints",
     packages=find_packages(include=["cai_jax", "cai_jax.*"]),
     python_requires=">=3.10",
     install_requires=[
@@ -16,6 +17,9 @@ setup(
         "ml-collections>=1.0",
         "absl-py>=2.0",
         "sentencepiece>=0.2",
+        # Byte-level BPE vocabularies (Llama 3, SmolLM2, Qwen) and chat templates.
+        "tokenizers>=0.20",
+        "jinja2>=3.1",
         "protobuf>=4.21",
         "gguf>=0.16",
         "numpy>=1.26",

@@ -182,19 +182,19 @@ def random_model(tokenizer_path: str, dtype: str, seed: int):
   finite) and a tokenizer.model from disk; shaped like loader.LoadedModel, source=None."""
   import jax
 
-  from cai_jax.model import config as model_config
-  from cai_jax.model import gemma
+  from cai_jax.model import families
+  from cai_jax.model import decoder
   from cai_jax.tokenizer import Tokenizer
 
   tok = Tokenizer.from_file(tokenizer_path)
-  config = model_config.preset("gemma3-270m", param_dtype=dtype, dtype=dtype)
+  config = families.preset("gemma3-270m", param_dtype=dtype, dtype=dtype)
   if tok.vocab_size > config.vocab_size:
     raise SystemExit(f"{tokenizer_path}: {tok.vocab_size} pieces, more than the model's "
                      f"{config.vocab_size} vocabulary rows")
   # Initialised on the host CPU backend (an accelerator spent over a minute compiling the
   # initialisers), then moved to the default device.
   with jax.default_device(jax.devices("cpu")[0]):
-    params = jax.jit(gemma.init_params, static_argnums=0)(config, jax.random.PRNGKey(seed))
+    params = jax.jit(decoder.init_params, static_argnums=0)(config, jax.random.PRNGKey(seed))
   params = jax.block_until_ready(jax.device_put(params, jax.devices()[0]))
   return types.SimpleNamespace(config=config, params=params, tokenizer=tok, source=None)
 

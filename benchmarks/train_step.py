@@ -110,17 +110,17 @@ def write_random_folder(args) -> dict:
   import jax
 
   from cai_jax.checkpoints import hf
-  from cai_jax.model import config as model_config
-  from cai_jax.model import gemma
+  from cai_jax.model import families
+  from cai_jax.model import decoder
   from cai_jax.tokenizer import Tokenizer
 
   tok = Tokenizer.from_file(args.tokenizer)
-  config = model_config.preset("gemma3-270m")
+  config = families.preset("gemma3-270m")
   if tok.vocab_size > config.vocab_size:
     raise SystemExit(f"{args.tokenizer}: {tok.vocab_size} pieces, more than the model's "
                      f"{config.vocab_size} vocabulary rows")
   params, init_s = timed(lambda: jax.block_until_ready(
-      jax.jit(gemma.init_params, static_argnums=0)(config, jax.random.PRNGKey(args.seed))))
+      jax.jit(decoder.init_params, static_argnums=0)(config, jax.random.PRNGKey(args.seed))))
   _, save_s = timed(lambda: hf.save_hf_folder(args.folder, config, params, tok))
   print(f"random gemma3-270m parameters: init {init_s:.1f} s, HF folder written in {save_s:.1f} s",
         flush=True)

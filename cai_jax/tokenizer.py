@@ -1,4 +1,6 @@
-"""Gemma 3's SentencePiece tokenizer, rebuilt from a GGUF vocabulary or read from tokenizer.model.
+"""SentencePiece tokenizers (the Gemma families'), rebuilt from a GGUF vocabulary or read from
+tokenizer.model; `load_tokenizer` / `tokenizer_from_gguf_reader` pick this or byte-level BPE
+(`cai_jax.bpe_tokenizer`) by what a checkpoint holds.
 
 The GGUF holds the vocabulary (pieces, scores, types) but not the SentencePiece model itself, so
 `from_gguf_reader` writes a ModelProto with Gemma's settings: BPE, byte fallback, no dummy prefix,
@@ -14,6 +16,7 @@ BOS is never implicit: every `encode` call says `add_bos=`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Iterable
@@ -40,7 +43,7 @@ _TAG_LIKE = re.compile(r"[^\s\u2581]+")
 
 
 class Tokenizer:
-  """SentencePiece tokenizer for Gemma 3. BOS is explicit at every call site."""
+  """A SentencePiece tokenizer. BOS is explicit at every call site."""
 
   def __init__(self, proto: sp_pb2.ModelProto, source: str = "<memory>"):
     self._proto = proto
@@ -154,6 +157,33 @@ class Tokenizer:
     with open(os.fspath(path), "wb") as f:
       f.write(self._serialized)
 
+  def save_hf_files(self, folder: str, *, model_max_length: int) -> None:
+    """tokenizer.model and the tokenizer_config.json with which transformers reads it."""
+    self.save(os.path.join(folder, "tokenizer.model"))
+    piece = lambda i: self._proto.pieces[i].piece  # noqa: E731
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+      json.dump({"tokenizer_class": "GemmaTokenizer", "add_bos_token": True,
+                 "add_eos_token": False, "bos_token": piece(self.bos_id),
+                 "eos_token": piece(self.eos_id), "pad_token": piece(self.pad_id),
+                 "unk_token": piece(self.unk_id), "padding_side": "left",
+                 "model_max_length": model_max_length}, f, indent=2)
+
+  @property
+  def adds_bos(self) -> bool:
+    """Whether the checkpoint's own tokenizer puts BOS before a text (Gemma's does)."""
+    return True
+
+  @property
+  def start_ids(self) -> list[int]:
+    """What every sequence starts with: [BOS]."""
+    return [self.bos_id]
+
+  @property
+  def end_of_turn_ids(self) -> tuple[int, ...]:
+    """Ids that end an assistant turn in the checkpoint's chat format (`<end_of_turn>`)."""
+    i = self._sp.PieceToId("<end_of_turn>")
+    return () if i == self.unk_id else (i,)
+
   def serialized_proto(self) -> bytes:
     return self._serialized
 
@@ -237,3 +267,29 @@ class Tokenizer:
   def piece_type(self, i: int) -> int:
     """SentencePiece type of piece i (sentencepiece_model_pb2.ModelProto.SentencePiece.Type)."""
     return self._proto.pieces[int(i)].type
+
+
+def tokenizer_from_gguf_reader(reader, path: str):
+  """The tokenizer a GGUF's `tokenizer.ggml.model` names: SentencePiece ('llama') or byte-level
+  BPE ('gpt2')."""
+  field = reader.fields.get("tokenizer.ggml.model")
+  if field is None:
+    raise ValueError(f"{path}: GGUF metadata field 'tokenizer.ggml.model' is missing "
+                     "(no tokenizer?)")
+  kind = field.contents()
+  if kind == "gpt2":
+    from cai_jax.bpe_tokenizer import BpeTokenizer
+    return BpeTokenizer.from_gguf_reader(reader, path)
+  if kind == "llama":
+    return Tokenizer.from_gguf_reader(reader, path)
+  raise ValueError(f"{path}: tokenizer.ggml.model is {kind!r}; cai_jax reads 'llama' "
+                   "(SentencePiece) and 'gpt2' (byte-level BPE) vocabularies")
+
+
+def load_tokenizer(folder: str):
+  """The tokenizer of a checkpoint folder: tokenizer.json (byte-level BPE) or tokenizer.model
+  (SentencePiece)."""
+  if os.path.isfile(os.path.join(folder, "tokenizer.json")):
+    from cai_jax.bpe_tokenizer import BpeTokenizer
+    return BpeTokenizer.from_folder(folder)
+  return Tokenizer.from_file(os.path.join(folder, "tokenizer.model"))

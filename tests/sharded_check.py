@@ -13,19 +13,19 @@ import optax
 
 from cai_jax import parallel
 from cai_jax.data import sl
-from cai_jax.model import config as model_config
-from cai_jax.model import gemma, kv_cache
+from cai_jax.model import families
+from cai_jax.model import decoder, kv_cache
 from cai_jax.train import engine, lm
 
 MESHES = [(8, 1, 1), (2, 2, 2), (1, 4, 2)]
 
 
 def batch_and_params():
-  cfg = model_config.preset("tiny")
+  cfg = families.preset("tiny")
   rng = np.random.default_rng(0)
   examples = [sl.Example(rng.integers(3, cfg.vocab_size, n).astype(np.int32), np.arange(n) > n // 3)
               for n in rng.integers(5, 64, 16)]
-  return cfg, sl.make_batch(examples, 64), gemma.init_params(cfg, jax.random.PRNGKey(0))
+  return cfg, sl.make_batch(examples, 64), decoder.init_params(cfg, jax.random.PRNGKey(0))
 
 
 def train(cfg, batch, params0, mesh, micro_batches=1, steps=3):
@@ -87,7 +87,7 @@ def sampler_check():
 
   tok = tiny_model.small_tokenizer()
   cfg = tiny_model.tiny_config(tok)
-  params = gemma.init_params(cfg, jax.random.PRNGKey(3))
+  params = decoder.init_params(cfg, jax.random.PRNGKey(3))
   prompts = ["Human: hello there", "x", "Why is the sky blue? Because", "ok", "a b c d e f"]
 
   def generate(sampler):

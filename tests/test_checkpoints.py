@@ -26,8 +26,9 @@ import pytest
 from cai_jax.checkpoints import gguf as gguf_io
 from cai_jax.checkpoints import hf, loader, orbax_io
 from cai_jax.checkpoints.hf import CheckpointError
-from cai_jax.model import gemma
-from cai_jax.model.config import PRESETS, GemmaConfig, layer_types_from_pattern, preset
+from cai_jax.model import decoder
+from cai_jax.model.config import DecoderConfig, layer_types_from_pattern
+from cai_jax.model.families import PRESETS, preset
 from cai_jax.tokenizer import Tokenizer
 from fake_gguf import FakeReader
 
@@ -43,7 +44,7 @@ def _is_box(x):
   return isinstance(x, nn.LogicallyPartitioned)
 
 
-def random_params(config: GemmaConfig, seed: int = 0):
+def random_params(config: DecoderConfig, seed: int = 0):
   """Random float32 parameters (NumPy, shapes from abstract_params). Norm scales are multiples of
   2**-10 in (-1, 1), so llama.cpp's stored (1 + w) converts back to w exactly."""
   rng = np.random.default_rng(seed)
@@ -56,7 +57,7 @@ def random_params(config: GemmaConfig, seed: int = 0):
       x = rng.standard_normal(shape) * (1.0 if path[-1].key == "embedding" else 0.125)
     return jnp.asarray(x, box.value.dtype)
 
-  return jax.tree_util.tree_map_with_path(draw, gemma.abstract_params(config), is_leaf=_is_box)
+  return jax.tree_util.tree_map_with_path(draw, decoder.abstract_params(config), is_leaf=_is_box)
 
 
 def assert_trees_equal(a, b):
@@ -71,8 +72,8 @@ def assert_trees_equal(a, b):
 
 
 def our_logits(config, params, tokens=TOKENS) -> np.ndarray:
-  positions, mask = gemma.sequence_inputs(jnp.ones(tokens.shape, bool))
-  fn = jax.jit(lambda p, t: gemma.Gemma3(config).apply({"params": p}, t, positions, mask)[0])
+  positions, mask = decoder.sequence_inputs(jnp.ones(tokens.shape, bool))
+  fn = jax.jit(lambda p, t: decoder.Decoder(config).apply({"params": p}, t, positions, mask)[0])
   return np.asarray(fn(params, jnp.asarray(tokens)))
 
 
@@ -213,7 +214,7 @@ def hf_models(tmp_path_factory, tiny_params):
 
   out = {}
   for scale in (1.0, 8.0):
-    config = TINY.replace(global_rope_scale=scale)
+    config = TINY.replace(global_rope_scale=scale, rope_scaling="linear" if scale != 1 else "none")
     folder = str(tmp_path_factory.mktemp(f"hf_export_scale{scale:g}"))
     hf.save_hf_folder(folder, config, tiny_params)
     model, info = transformers.AutoModelForCausalLM.from_pretrained(
@@ -255,7 +256,7 @@ def test_transformers_bf16_sharded_folder_loads(hf_models, tmp_path, tiny_params
   assert hf.read_safetensors(os.path.join(folder, shards[0])).popitem()[1].dtype == (
       ml_dtypes.bfloat16)
   config, params = hf.load_hf_folder(folder)
-  assert config == TINY.replace(global_rope_scale=8.0)  # transformers-5 rope_parameters read
+  assert config == TINY.replace(rope_scaling="linear", global_rope_scale=8.0)  # transformers-5 rope_parameters read
   as_bf16 = jax.tree.map(
       lambda x: np.asarray(x).astype(ml_dtypes.bfloat16).astype(np.float32), tiny_params)
   assert_trees_equal(params, as_bf16)
@@ -265,8 +266,8 @@ def test_transformers_bf16_sharded_folder_loads(hf_models, tmp_path, tiny_params
       np.dtype(ml_dtypes.bfloat16)}
 
 
-def _text_config_dict(config: GemmaConfig) -> dict:
-  d = hf.config_to_hf(config, hf.GEMMA_SPECIAL_IDS)
+def _text_config_dict(config: DecoderConfig) -> dict:
+  d = hf.config_to_hf(config)
   del d["architectures"]
   return d
 
@@ -275,7 +276,7 @@ def _text_config_dict(config: GemmaConfig) -> dict:
 def test_multimodal_folder_loads_the_text_tower(tmp_path, tiny_params, prefix):
   from safetensors.numpy import save_file
 
-  config = TINY.replace(global_rope_scale=8.0)
+  config = TINY.replace(rope_scaling="linear", global_rope_scale=8.0)
   raw = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
          "text_config": _text_config_dict(config),
          "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 8},
@@ -333,7 +334,7 @@ def test_corrupt_safetensors_names_the_file(tmp_path):
 # ----------------------------------------------------------------------------- GGUF files
 
 
-def write_gguf(path, config: GemmaConfig, params, weights: str = "f32", arch: str = "gemma3",
+def write_gguf(path, config: DecoderConfig, params, weights: str = "f32", arch: str = "gemma3",
                tokenizer: bool = True) -> None:
   """A Gemma 3 GGUF as llama.cpp's converter writes it: HF tensors ([out, in], stored with
   reversed dims), norms as (1 + w), 2-D weights in `weights` (f32, f16 or q8_0)."""
@@ -394,7 +395,7 @@ def gguf_f32(tmp_path_factory, gguf_params) -> str:
   return path
 
 
-def assert_gguf_config(got: GemmaConfig, want: GemmaConfig):
+def assert_gguf_config(got: DecoderConfig, want: DecoderConfig):
   """Equal, except that GGUF stores rms_norm_eps as float32 (see the test that wants it exact)."""
   assert got.rms_norm_eps == pytest.approx(want.rms_norm_eps, rel=1e-6)
   assert got.replace(rms_norm_eps=want.rms_norm_eps) == want
@@ -402,7 +403,7 @@ def assert_gguf_config(got: GemmaConfig, want: GemmaConfig):
 
 @pytest.mark.parametrize("weights,scale", [("f32", 1.0), ("f16", 1.0), ("q8_0", 8.0)])
 def test_load_gguf(tmp_path, gguf_params, weights, scale):
-  config = GGUF_TINY.replace(global_rope_scale=scale)
+  config = GGUF_TINY.replace(global_rope_scale=scale, rope_scaling="linear" if scale != 1 else "none")
   path = str(tmp_path / f"tiny-{weights}.gguf")
   write_gguf(path, config, gguf_params, weights)
   loaded_config, state, tokenizer = gguf_io.load_gguf(path)
@@ -575,7 +576,7 @@ def test_orbax_marker_of_another_shape(orbax_folder, tmp_path, change):
 def test_orbax_marker_with_an_invalid_config(orbax_folder, tmp_path):
   # A marker written by a newer cai_jax (an unknown field) or edited by hand (inconsistent):
   # still a checkpoint we cannot read, so CheckpointError naming the marker file. (Fails until
-  # orbax_io.read_config also catches GemmaConfig.from_dict's ValueError.)
+  # orbax_io.read_config also catches DecoderConfig.from_dict's ValueError.)
   for i, change in enumerate([{"attention_sinks": 4}, {"num_layers": 3}]):
     folder = _copy_with_config(orbax_folder, tmp_path / f"bad{i}", **change)
     _raises_naming(os.path.join(folder, orbax_io.MARKER), orbax_io.load, folder)

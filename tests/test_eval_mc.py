@@ -15,8 +15,8 @@ import pytest
 
 from cai_jax.data.jsonl import DataError
 from cai_jax.eval import mc
-from cai_jax.model import config as model_config
-from cai_jax.model import gemma
+from cai_jax.model import families
+from cai_jax.model import decoder
 from conftest import PAPER_PROMPTS, needs_transformers
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "mc_paper_format.jsonl")
@@ -25,6 +25,7 @@ FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "mc_paper_format.j
 class CharTokenizer:
   """Test double for the tiny preset: one id per character (BOS = 2)."""
   bos_id = 2
+  start_ids = [2]  # BOS starts every sequence
 
   def encode(self, text, *, add_bos):
     return ([self.bos_id] if add_bos else []) + [3 + (ord(c) % 500) for c in text]
@@ -35,17 +36,17 @@ class CharTokenizer:
 
 @pytest.fixture(scope="module")
 def tiny():
-  config = model_config.preset("tiny")
-  return config, gemma.init_params(config, jax.random.PRNGKey(0))
+  config = families.preset("tiny")
+  return config, decoder.init_params(config, jax.random.PRNGKey(0))
 
 
 def naive_scores(config, params, prompt_ids, options_ids):
   """One unpacked forward pass per option: the definition the packed scorer must equal."""
-  model = gemma.Gemma3(config)
+  model = decoder.Decoder(config)
   scores = []
   for option in options_ids:
     ids = jnp.asarray([list(prompt_ids) + list(option)])
-    positions, mask = gemma.sequence_inputs(jnp.ones_like(ids, bool))
+    positions, mask = decoder.sequence_inputs(jnp.ones_like(ids, bool))
     logits, _ = model.apply({"params": params}, ids, positions, mask)
     logp = jax.nn.log_softmax(logits[0].astype(jnp.float32), axis=-1)
     p = len(prompt_ids)
@@ -206,11 +207,11 @@ def test_scores_after_a_cached_prefix_equal_full_scores():
   import jax
   import tiny_model
   from cai_jax.eval.mc import MCItem, MCScorer
-  from cai_jax.model import gemma
+  from cai_jax.model import decoder
 
   tok = tiny_model.small_tokenizer()
   cfg = tiny_model.tiny_config(tok)
-  params = gemma.init_params(cfg, jax.random.PRNGKey(4))
+  params = decoder.init_params(cfg, jax.random.PRNGKey(4))
   scorer = MCScorer(cfg, params, tok, max_length=512, tokens_per_batch=512)
   prefix = "Examples of careful answers. Q: is fire hot? A: yes.\n\n"
   items = [MCItem(prefix + q, (" (A)", " (B)", " maybe"), (True, False, False)) for q in

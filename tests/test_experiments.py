@@ -24,7 +24,7 @@ from cai_jax.data import preferences as prefs
 from cai_jax.data.jsonl import DataError
 from cai_jax.data.sources import Comparison, read_hh_comparisons
 from cai_jax.eval import analysis
-from cai_jax.model import gemma, heads
+from cai_jax.model import decoder, heads
 import tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,12 +137,12 @@ def saved_pm(tmp_path_factory):
   folder = tmp_path_factory.mktemp("exp_pm")
   tok = tiny_model.small_tokenizer()
   config = tiny_model.tiny_config(tok)
-  # random weights drawn with NumPy on the decoder's shapes (compiling gemma.init_params would
+  # random weights drawn with NumPy on the decoder's shapes (compiling decoder.init_params would
   # take longer than the test)
-  shapes = jax.eval_shape(lambda key: gemma.init_params(config, key), jax.random.PRNGKey(0))
+  shapes = jax.eval_shape(lambda key: decoder.init_params(config, key), jax.random.PRNGKey(0))
   rng = np.random.default_rng(4)
-  decoder = jax.tree.map(lambda x: (0.05 * rng.standard_normal(x.shape)).astype(x.dtype), shapes)
-  params = {"decoder": decoder, "head": heads.init_head(config, jax.random.PRNGKey(5), scale=1.0)}
+  dec_params = jax.tree.map(lambda x: (0.05 * rng.standard_normal(x.shape)).astype(x.dtype), shapes)
+  params = {"decoder": dec_params, "head": heads.init_head(config, jax.random.PRNGKey(5), scale=1.0)}
   heads.save_pm(str(folder / "pm"), config, params, tok, {"append_eos": True, "max_length": 128})
   return str(folder / "pm"), params, types.SimpleNamespace(config=config, tokenizer=tok)
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cai_jax.model import gemma
+from cai_jax.model import decoder
 from conftest import needs_transformers
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "golden"))
@@ -39,11 +39,11 @@ PROMPTS = SHORT_PROMPTS + [long_prompt()]
 @pytest.fixture(scope="module")
 def our_logprobs(gemma270m):
   """log_softmax of cai_jax's logits per prompt: short prompts in one padded batch."""
-  model = gemma.Gemma3(gemma270m.config)
+  model = decoder.Decoder(gemma270m.config)
 
   @jax.jit
   def logprobs(params, tokens, valid):
-    positions, mask = gemma.sequence_inputs(valid)
+    positions, mask = decoder.sequence_inputs(valid)
     logits, _ = model.apply({"params": params}, tokens, positions, mask)
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 

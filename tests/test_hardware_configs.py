@@ -28,7 +28,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from cai_jax import config_defaults, parallel
-from cai_jax.model import config as model_config
+from cai_jax.model import families
 from cai_jax.model import heads, kv_cache
 from cai_jax.train import engine, memory, optim
 
@@ -68,6 +68,7 @@ def test_the_folder_covers_every_size_on_gpus_and_tpus():
   presets = {config_of(n).hardware.preset for n in NAMES}
   kinds = {config_of(n).hardware.kind for n in NAMES}
   assert {"gemma3-1b", "gemma3-4b", "gemma3-12b", "gemma3-27b"} <= presets, presets
+  assert {"llama3.1-8b", "qwen2.5-7b", "qwen3-32b"} <= presets, presets
   assert {"gpu", "tpu"} <= kinds, kinds
 
 
@@ -83,7 +84,7 @@ def test_config_loads_like_the_cli_loads_it(name):
   assert config.job == "pipeline"
   assert config.model.checkpoint == "/models/gemma"
   hw = config.hardware
-  assert hw.preset in model_config.PRESETS and hw.kind in ("gpu", "tpu")
+  assert hw.preset in families.PRESETS and hw.kind in ("gpu", "tpu")
   assert hw.num_devices >= 1 and hw.hosts >= 1 and hw.num_devices % hw.hosts == 0
   assert 0 < hw.hbm_gib_per_device < 1024
   # the docstring says what to run and what to set
@@ -150,7 +151,7 @@ def test_mesh_covers_the_devices_and_batches_divide_the_data_axes(name):
       assert config[section][field] % hw.hosts == 0, (section, field)
   assert config.distributed.auto == (hw.hosts > 1)
   r = config.rl_train
-  assert r.max_prompt_tokens + r.max_new_tokens <= model_config.PRESETS[hw.preset].max_seq_len
+  assert r.max_prompt_tokens + r.max_new_tokens <= families.PRESETS[hw.preset].max_seq_len
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -204,7 +205,7 @@ def test_sampling_stages_are_estimated_in_sampling_param_dtype():
   """2 bytes a parameter at sampling_param_dtype=bfloat16, twice that at float32 (and with ''
   they follow model.param_dtype, float32); the trainers do not change."""
   bf16, f32, default = (_sampling_estimates(d) for d in ("bfloat16", "float32", ""))
-  cfg = model_config.preset("gemma3-1b")
+  cfg = families.preset("gemma3-1b")
   n, head = cfg.num_params(), cfg.embed_dim + 1  # decoder; the PM's scalar head
   for stage in ("sl_generate", "sample_pairs", "feedback"):
     assert bf16[stage].parts["params (whole model)"] == 2 * n, stage
@@ -235,7 +236,7 @@ def test_the_memory_cli_prints_every_stage(capsys):
 # cai_jax.train.memory
 
 
-TINY = model_config.preset("tiny")
+TINY = families.preset("tiny")
 
 
 def _hand_param_bytes(cfg, data_fsdp_tensor, itemsize):
@@ -286,7 +287,7 @@ def test_float32_parameters_take_twice_the_bytes_of_bfloat16():
 
 
 def test_more_fsdp_devices_hold_fewer_bytes():
-  cfg = model_config.preset("gemma3-4b", param_dtype="bfloat16", dtype="bfloat16")
+  cfg = families.preset("gemma3-4b", param_dtype="bfloat16", dtype="bfloat16")
   boxed = memory.decoder_params(cfg)
   opt = adamw()
   per_device = [memory.state_bytes(memory.abstract_train_state(
@@ -309,7 +310,7 @@ def test_reward_params_are_the_reward_models():
 
 
 def test_remat_micro_batches_and_the_loss_chunk_move_the_estimate_the_right_way():
-  cfg = model_config.preset("gemma3-1b", param_dtype="bfloat16", dtype="bfloat16")
+  cfg = families.preset("gemma3-1b", param_dtype="bfloat16", dtype="bfloat16")
   mesh = memory.abstract_mesh((1, 1, 1))
   act = lambda remat, rows=8, L=1024: memory.activation_bytes(  # noqa: E731
       cfg, global_rows=rows, length=L, mesh=mesh, remat=remat)["activations"]
@@ -369,7 +370,7 @@ def test_estimate_against_the_measured_gpu_peak(result):
   with open(path) as f:
     r = json.load(f)
   assert r["num_devices"] == 1 and r["weights"] in ("random", "gemma3-270m")
-  cfg = model_config.preset("gemma3-270m", param_dtype=r["dtype"], dtype=r["dtype"])
+  cfg = families.preset("gemma3-270m", param_dtype=r["dtype"], dtype=r["dtype"])
   opt_cfg = config_defaults.optim_config(learning_rate=1e-5, warmup_steps=0)  # as the benchmark
   opt_cfg.total_steps = 4
   est = memory.train_step_estimate(
@@ -385,9 +386,9 @@ def test_estimate_against_the_measured_gpu_peak(result):
 _SHARD_SCRIPT = r"""
 import json, jax, numpy as np, optax
 from cai_jax import config_defaults, parallel
-from cai_jax.model import config as model_config
+from cai_jax.model import families
 from cai_jax.train import engine, memory
-cfg = model_config.preset("tiny")
+cfg = families.preset("tiny")
 opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3, weight_decay=0.1))
 out = {}
 for sizes in ((2, 2, 2), (1, 8, 1), (1, 2, 4)):

@@ -24,8 +24,9 @@ import pytest
 
 import numpy_reference as ref
 from cai_jax.checkpoints import hf
-from cai_jax.model import gemma, kv_cache
-from cai_jax.model.config import GLOBAL, LOCAL, PRESETS, GemmaConfig, preset
+from cai_jax.model import decoder, kv_cache
+from cai_jax.model.config import GLOBAL, LOCAL, DecoderConfig
+from cai_jax.model.families import PRESETS, preset
 
 TINY = preset("tiny")
 REF_RTOL = 1e-4     # float32 Flax vs. float64 NumPy, relative to max |logit|
@@ -37,7 +38,7 @@ def _is_box(x):
   return isinstance(x, nn.LogicallyPartitioned)
 
 
-def random_params(config: GemmaConfig, seed: int = 0):
+def random_params(config: DecoderConfig, seed: int = 0):
   """Random parameters in our layout, drawn with NumPy from `abstract_params` shapes (no
   compiled init): unit-variance embedding, 1/sqrt(fan_in) projections, and norm scales that are
   not zero, so the (1 + w) convention and every norm's placement matter in the comparisons."""
@@ -56,17 +57,17 @@ def random_params(config: GemmaConfig, seed: int = 0):
       std = shape[0] ** -0.5
     return jnp.asarray(std * rng.standard_normal(shape), dtype)
 
-  abstract = gemma.abstract_params(config)
+  abstract = decoder.abstract_params(config)
   return jax.tree_util.tree_map_with_path(draw, abstract, is_leaf=_is_box)
 
 
 @functools.lru_cache(maxsize=None)
-def _forward_fn(config: GemmaConfig, return_hidden: bool = False):
-  model = gemma.Gemma3(config)
+def _forward_fn(config: DecoderConfig, return_hidden: bool = False):
+  model = decoder.Decoder(config)
 
   @jax.jit
   def fn(params, tokens, valid):
-    positions, mask = gemma.sequence_inputs(valid)
+    positions, mask = decoder.sequence_inputs(valid)
     out, _ = model.apply({"params": params}, tokens, positions, mask,
                          return_hidden=return_hidden)
     return out
@@ -103,7 +104,7 @@ TOKENS = _tokens((2, 20))  # longer than the window of 8; one shape shared to re
 
 VARIANTS = {
     "tiny": {},
-    "global_rope_scale_8": {"global_rope_scale": 8.0},
+    "global_rope_scale_8": {"rope_scaling": "linear", "global_rope_scale": 8.0},
     # 27B-like shapes (heads * head_dim != embed_dim, query_pre_attn_scalar != head_dim) with
     # multi-query attention (one kv head for all four query heads).
     "wide_heads_mqa": {"head_dim": 32, "query_pre_attn_scalar": 24.0, "num_kv_heads": 1},
@@ -125,7 +126,7 @@ def test_rope_scale_variant_is_distinguishable():
   """The scale-8 comparison is meaningful: the scale moves the logits far beyond tolerance."""
   params = random_params(TINY)
   base = forward(TINY, params, TOKENS)
-  scaled = forward(TINY.replace(global_rope_scale=8.0), params, TOKENS)
+  scaled = forward(TINY.replace(rope_scaling="linear", global_rope_scale=8.0), params, TOKENS)
   assert rel_err(scaled, base) > 100 * REF_RTOL
 
 
@@ -136,8 +137,8 @@ def test_return_hidden_projects_to_logits(tiny_params):
   hidden = forward(TINY, tiny_params, TOKENS, return_hidden=True)
   logits = forward(TINY, tiny_params, TOKENS)
   assert hidden.shape == (2, 20, TINY.embed_dim)
-  projected = gemma.Gemma3(TINY).apply({"params": tiny_params}, jnp.asarray(hidden),
-                                       method=gemma.Gemma3.logits)
+  projected = decoder.Decoder(TINY).apply({"params": tiny_params}, jnp.asarray(hidden),
+                                       method=decoder.Decoder.logits)
   assert rel_err(projected, logits) < 1e-6
   state = hf.hf_state_from_params(TINY, tiny_params)
   want = ref.forward_one(state, TINY, TOKENS[0], return_hidden=True)
@@ -213,7 +214,7 @@ def test_window_boundary_single_layer():
 
 
 def test_kv_cache_prefill_and_decode_match_full_forward(tiny_params):
-  config, model = TINY, gemma.Gemma3(TINY)
+  config, model = TINY, decoder.Decoder(TINY)
   prompt_lens, steps = [12, 9], 10  # right-padded prompts, then 10 single-token steps each
   P, B = max(prompt_lens), len(prompt_lens)
   S = P + steps  # 22 slots, so decoding crosses the window of 8 on the local layers
@@ -230,7 +231,7 @@ def test_kv_cache_prefill_and_decode_match_full_forward(tiny_params):
 
   @jax.jit
   def step(params, tokens, positions, slot_positions, cache, index):
-    mask = gemma.causal_mask(positions, slot_positions)
+    mask = decoder.causal_mask(positions, slot_positions)
     return model.apply({"params": params}, tokens, positions, mask, cache=cache,
                        cache_index=index)
 
@@ -277,8 +278,8 @@ def test_every_parameter_has_logical_axis_names():
   # A real `init` (one layer: every kind of parameter, compiled once) ...
   config = TINY.replace(num_layers=1, layer_types=(GLOBAL,))
   tokens = jnp.zeros((1, 4), jnp.int32)
-  positions, mask = gemma.sequence_inputs(jnp.ones((1, 4), bool))
-  variables = jax.jit(gemma.Gemma3(config).init)(jax.random.PRNGKey(0), tokens, positions, mask)
+  positions, mask = decoder.sequence_inputs(jnp.ones((1, 4), bool))
+  variables = jax.jit(decoder.Decoder(config).init)(jax.random.PRNGKey(0), tokens, positions, mask)
   boxed = _check_boxes(variables["params"])
   assert len(boxed) == 2 + 13
 
@@ -298,7 +299,7 @@ def test_every_parameter_has_logical_axis_names():
   assert specs["final_norm"]["scale"] == P("norm")
 
   # ... and the full tiny tree through abstract_params (eval_shape of the same init).
-  abstract = _check_boxes(gemma.abstract_params(TINY))
+  abstract = _check_boxes(decoder.abstract_params(TINY))
   assert len(abstract) == 2 + 13 * TINY.num_layers
   assert [b.names for b in abstract[:len(boxed)]] == [b.names for b in boxed]
 
@@ -319,7 +320,7 @@ def test_bfloat16_compute_stays_close_to_float32(tiny_params):
 
 
 def test_bfloat16_parameter_dtype():
-  abstract = gemma.abstract_params(TINY.replace(param_dtype="bfloat16"))
+  abstract = decoder.abstract_params(TINY.replace(param_dtype="bfloat16"))
   dtypes = {b.value.dtype for b in jax.tree.leaves(abstract, is_leaf=_is_box)}
   assert dtypes == {jnp.dtype(jnp.bfloat16)}
 
@@ -330,8 +331,8 @@ def test_bfloat16_parameter_dtype():
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_config_dict_round_trip(name):
   config = PRESETS[name].replace(dtype="bfloat16", remat=True)
-  assert GemmaConfig.from_dict(config.to_dict()) == config
-  assert GemmaConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+  assert DecoderConfig.from_dict(config.to_dict()) == config
+  assert DecoderConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -350,7 +351,7 @@ def test_from_dict_rejects_unknown_fields_and_presets():
   d = TINY.to_dict()
   d["rope_type"] = "yarn"
   with pytest.raises(ValueError, match="rope_type"):
-    GemmaConfig.from_dict(d)
+    DecoderConfig.from_dict(d)
   with pytest.raises(ValueError, match="unknown model preset"):
     preset("gemma3-2b")
 
@@ -370,7 +371,25 @@ PUBLISHED = {"gemma3-270m": 268e6, "gemma3-1b": 1.0e9, "gemma3-4b": 3.9e9,
 @pytest.mark.parametrize("name", list(PUBLISHED))
 def test_preset_parameter_counts(name):
   config = PRESETS[name]
-  leaves = jax.tree.leaves(gemma.abstract_params(config), is_leaf=_is_box)  # nothing allocated
+  leaves = jax.tree.leaves(decoder.abstract_params(config), is_leaf=_is_box)  # nothing allocated
   count = sum(int(np.prod(b.value.shape)) for b in leaves)
   assert count == config.num_params()
   assert abs(count / PUBLISHED[name] - 1) < 0.05, count
+
+
+def test_configs_saved_before_families_read_as_gemma3():
+  """Checkpoint metadata written before DecoderConfig named its family (no `family`, no family
+  fields; a RoPE scale other than 1 meant linear scaling) reads back as the Gemma 3 config."""
+  from cai_jax.model import families
+
+  for name in ("gemma3-270m", "gemma3-4b"):
+    config = PRESETS[name]
+    legacy = {k: v for k, v in config.to_dict().items()
+              if k in ("vocab_size", "embed_dim", "mlp_dim", "num_layers", "num_heads",
+                       "num_kv_heads", "head_dim", "query_pre_attn_scalar", "sliding_window",
+                       "layer_types", "local_rope_base", "global_rope_base",
+                       "global_rope_scale", "rms_norm_eps", "max_seq_len", "param_dtype",
+                       "dtype", "remat")}
+    assert families.config_from_dict(legacy) == config
+    with pytest.raises(ValueError, match="family"):
+      DecoderConfig.from_dict(legacy)

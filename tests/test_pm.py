@@ -26,7 +26,7 @@ from cai_jax.data.sources import Comparison
 from cai_jax.jobs import eval as eval_job
 from cai_jax.jobs import pm_train
 from cai_jax.metrics import read_metrics
-from cai_jax.model import config as model_config
+from cai_jax.model import families
 from cai_jax.model import heads
 from cai_jax.train import engine, losses, optim, pm
 from configs_loader import load_config
@@ -87,6 +87,7 @@ def test_bt_loss_sums_weights_accuracy():
 class CharTokenizer:
   """One id per character; pad and EOS share id 1 (as some tokenizers do)."""
   bos_id, eos_id, pad_id = 2, 1, 1
+  start_ids = [2]  # BOS starts every sequence
 
   def encode_batch(self, texts, *, add_bos):
     return [([self.bos_id] if add_bos else []) + [10 + ord(c) % 90 for c in t] for t in texts]
@@ -94,7 +95,7 @@ class CharTokenizer:
 
 @pytest.fixture(scope="module")
 def tiny_cfg():
-  return model_config.preset("tiny")
+  return families.preset("tiny")
 
 
 def test_reward_reads_the_explicit_last_token_when_pad_equals_eos(tiny_cfg):

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cai_jax.model import config as model_config
-from cai_jax.model import gemma, kv_cache
+from cai_jax.model import families
+from cai_jax.model import decoder, kv_cache
 from cai_jax.sampling.sampler import Sampler
 from cai_jax.sampling.strategies import Greedy, Sampling, from_settings, logprob_of
 from conftest import needs_transformers
@@ -26,6 +26,7 @@ from conftest import needs_transformers
 class CharTokenizer:
   """Test double for the tiny preset: one id per character (BOS = 2, EOS = 1)."""
   bos_id = 2
+  start_ids = [2]  # BOS starts every sequence
   eos_id = 1
 
   def encode(self, text, *, add_bos):
@@ -58,8 +59,8 @@ def tiny():
   Gemma mostly repeats its last input token (tied embeddings), which would make these tests
   vacuous. More extreme scales vary it more but amplify float32 rounding past 1e-4; with these,
   cached and uncached log-probs differ by at most ~5e-5."""
-  config = model_config.preset("tiny")
-  params = jax.jit(gemma.init_params, static_argnums=0)(config, jax.random.PRNGKey(2))
+  config = families.preset("tiny")
+  params = jax.jit(decoder.init_params, static_argnums=0)(config, jax.random.PRNGKey(2))
   flat = flax.traverse_util.flatten_dict(params)
   rng = np.random.default_rng(2)
   for k, v in flat.items():
@@ -79,8 +80,8 @@ def tiny():
 
 @functools.partial(jax.jit, static_argnums=0)
 def _forward_logprobs(config, params, tokens_BL, valid_BL):
-  positions, mask = gemma.sequence_inputs(valid_BL)
-  logits, _ = gemma.Gemma3(config).apply({"params": params}, tokens_BL, positions, mask)
+  positions, mask = decoder.sequence_inputs(valid_BL)
+  logits, _ = decoder.Decoder(config).apply({"params": params}, tokens_BL, positions, mask)
   return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 
@@ -202,7 +203,7 @@ def test_prefill_in_chunks(tiny, sampler):
 def test_ring_cache_layout():
   """Ring layers hold min(window, length) slots; writes land at position % window, only a
   chunk's last `window` positions are kept, padding (-1) is never written."""
-  config = model_config.preset("tiny")
+  config = families.preset("tiny")
   W = config.sliding_window
   cache = kv_cache.init_cache(config, 2, 40, ring=True)
   for layer, kind in zip(cache, config.layer_types):
@@ -247,12 +248,12 @@ def test_chunked_prefill_into_rings_equals_full_forward(tiny):
 
 
 def _check_chunked_prefill_into_rings(config, params):
-  model = gemma.Gemma3(config)
+  model = decoder.Decoder(config)
   rng = np.random.default_rng(3)
   seq = rng.integers(3, config.vocab_size, size=(2, 23)).astype(np.int32)
   valid = np.ones(seq.shape, bool)
   valid[1, 17:] = False  # row 1 is shorter: padding at the end of its last chunks
-  positions, mask = gemma.sequence_inputs(jnp.asarray(valid))
+  positions, mask = decoder.sequence_inputs(jnp.asarray(valid))
   want, _ = model.apply({"params": params}, jnp.asarray(seq), positions, mask)
 
   @jax.jit
@@ -562,8 +563,8 @@ def _explain_divergence(gemma270m, hf_model, ids, ours, ref):
   t = next(i for i, (a, b) in enumerate(zip(ours, ref)) if a != b)
   context = list(ids) + list(ref[:t])
   tokens = jnp.asarray([context], jnp.int32)
-  positions, mask = gemma.sequence_inputs(jnp.ones_like(tokens, bool))
-  logits, _ = gemma.Gemma3(gemma270m.config).apply({"params": gemma270m.params}, tokens,
+  positions, mask = decoder.sequence_inputs(jnp.ones_like(tokens, bool))
+  logits, _ = decoder.Decoder(gemma270m.config).apply({"params": gemma270m.params}, tokens,
                                                    positions, mask)
   our_top, our_gap = _top2(np.asarray(logits[0, -1], np.float32))
   with torch.no_grad():
@@ -645,7 +646,7 @@ def test_prefix_cache_equals_uncached_real_model(gemma270m):
   class SplitAtPrefix:
     """The real tokenizer, except that prefix + prompt encodes as prefix and prompt apart,
     which is what generation with a prefix cache sees."""
-    bos_id, eos_id = tok.bos_id, tok.eos_id
+    bos_id, eos_id, start_ids = tok.bos_id, tok.eos_id, tok.start_ids
     decode = staticmethod(tok.decode)
 
     def encode(self, text, *, add_bos):

@@ -264,11 +264,11 @@ def test_gemma270m_overfits_a_repeated_batch_and_export_loads_in_transformers(
 
   export = summary["export_hf"]
   ours = loader.load(export, cache_dir=model_cache_dir)
-  from cai_jax.model import gemma
+  from cai_jax.model import decoder
   ids = ours.tokenizer.encode(OVERFIT[0]["prompt"] + OVERFIT[0]["completion"], add_bos=True)
   tokens = np.asarray([ids], np.int32)
-  positions, mask = gemma.sequence_inputs(np.ones_like(tokens, bool))
-  our_logits, _ = gemma.Gemma3(ours.config).apply({"params": ours.params}, tokens, positions, mask)
+  positions, mask = decoder.sequence_inputs(np.ones_like(tokens, bool))
+  our_logits, _ = decoder.Decoder(ours.config).apply({"params": ours.params}, tokens, positions, mask)
   model = AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32).eval()
   with torch.no_grad():
     hf_logits = model(torch.tensor(tokens, dtype=torch.long)).logits.numpy()

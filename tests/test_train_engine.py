@@ -18,8 +18,8 @@ import pytest
 from cai_jax import parallel
 from cai_jax.config_defaults import ConfigError
 from cai_jax.data import sl
-from cai_jax.model import config as model_config
-from cai_jax.model import gemma
+from cai_jax.model import families
+from cai_jax.model import decoder
 from cai_jax.train import engine, flops, lm, losses, optim
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -27,8 +27,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 @pytest.fixture(scope="module")
 def tiny():
-  cfg = model_config.preset("tiny")
-  params = gemma.init_params(cfg, jax.random.PRNGKey(0))
+  cfg = families.preset("tiny")
+  params = decoder.init_params(cfg, jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   examples = [sl.Example(rng.integers(3, cfg.vocab_size, n).astype(np.int32),
                          np.arange(n) > n // 3) for n in rng.integers(5, 48, 8)]
@@ -183,8 +183,8 @@ def test_unshardable_dimension_is_replicated_not_an_error():
 
 
 def test_weight_decay_mask_and_schedule():
-  cfg = model_config.preset("tiny")
-  params = jax.eval_shape(lambda: gemma.init_params(cfg, jax.random.PRNGKey(0)))
+  cfg = families.preset("tiny")
+  params = jax.eval_shape(lambda: decoder.init_params(cfg, jax.random.PRNGKey(0)))
   mask = optim.decay_mask(params, decay_norms=False, decay_embedding=False)
   assert mask["embedder"]["embedding"] is False
   assert mask["layer_0"]["pre_attn_norm"]["scale"] is False
@@ -203,7 +203,7 @@ def test_weight_decay_mask_and_schedule():
 
 
 def test_flops_formula():
-  cfg = model_config.preset("gemma3-270m")
+  cfg = families.preset("gemma3-270m")
   per_token = flops.train_flops_per_token(cfg, 512)
   n = cfg.num_params()
   assert 260e6 < n < 275e6
@@ -212,11 +212,11 @@ def test_flops_formula():
 
 
 def test_bfloat16_state_keeps_its_types_and_compiles_once():
-  cfg = model_config.preset("tiny", param_dtype="bfloat16", dtype="bfloat16")
+  cfg = families.preset("tiny", param_dtype="bfloat16", dtype="bfloat16")
   optimizer = optax.adamw(1e-3)
   mesh = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
   shardings, _ = engine.state_shardings(cfg, mesh, optimizer)
-  state = engine.new_state(gemma.init_params(cfg, jax.random.PRNGKey(0)), optimizer,
+  state = engine.new_state(decoder.init_params(cfg, jax.random.PRNGKey(0)), optimizer,
                            jax.random.PRNGKey(1), shardings)
   step = engine.compile_step(engine.make_train_step(lm.make_lm_loss(cfg), optimizer), shardings,
                              mesh)
@@ -240,7 +240,7 @@ def test_model_flops_stay_below_xla_count_of_the_compiled_step(objective):
   from cai_jax.data import preferences as prefs
   from cai_jax.train import pm
 
-  cfg = model_config.preset("tiny", vocab_size=16384)
+  cfg = families.preset("tiny", vocab_size=16384)
   B, L = 2, 64
   rng = np.random.default_rng(0)
   optimizer = optax.adamw(1e-3)

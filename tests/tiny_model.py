@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 
 from cai_jax.checkpoints import hf
-from cai_jax.model import config as model_config
-from cai_jax.model import gemma
+from cai_jax.model import families
+from cai_jax.model import decoder
 from cai_jax.tokenizer import Tokenizer
 from fake_gguf import FakeReader
 
@@ -30,7 +30,7 @@ def small_tokenizer() -> Tokenizer:
 
 def tiny_config(tok: Tokenizer | None = None, **overrides):
   tok = tok or small_tokenizer()
-  return model_config.preset("tiny", vocab_size=tok.vocab_size, **overrides)
+  return families.preset("tiny", vocab_size=tok.vocab_size, **overrides)
 
 
 def write_hf_checkpoint(folder: str, *, seed: int = 0, flat_logits: bool = False,
@@ -39,7 +39,7 @@ def write_hf_checkpoint(folder: str, *, seed: int = 0, flat_logits: bool = False
   sampling seeds give different outputs; `overrides` change the tiny preset's shape."""
   tok = small_tokenizer()
   config = tiny_config(tok, **overrides)
-  params = jax.jit(gemma.init_params, static_argnums=0)(config, jax.random.PRNGKey(seed))
+  params = jax.jit(decoder.init_params, static_argnums=0)(config, jax.random.PRNGKey(seed))
   if flat_logits:
     params["final_norm"]["scale"] = jnp.full_like(params["final_norm"]["scale"], -0.9)
   hf.save_hf_folder(folder, config, params, tok)

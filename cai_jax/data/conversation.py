@@ -38,7 +38,7 @@ def format_turns(turns: list[tuple[str, str]]) -> str:
 def tokenize_conversation(tokenizer, text: str, *, add_bos: bool = True,
                           append_eos: bool = False) -> tuple[list[int], list[bool]]:
   """(ids, mask): mask is True on the assistant turns' content tokens (and the final EOS)."""
-  ids = [tokenizer.bos_id] if add_bos else []
+  ids = list(tokenizer.start_ids) if add_bos else []
   mask = [False] * len(ids)
   for role, content in parse(text):
     marker = tokenizer.encode(HUMAN if role == "Human" else ASSISTANT, add_bos=False)
@@ -53,8 +53,9 @@ def tokenize_conversation(tokenizer, text: str, *, add_bos: bool = True,
 
 def tokenize_prompt_completion(tokenizer, prompt: str, completion: str, *,
                                append_eos: bool = True) -> tuple[list[int], list[bool]]:
-  """BOS + prompt + completion (+ EOS); the mask covers the completion and the EOS."""
-  p = [tokenizer.bos_id] + tokenizer.encode(prompt, add_bos=False)
+  """BOS (where the tokenizer uses one) + prompt + completion (+ EOS); the mask covers the
+  completion and the EOS."""
+  p = list(tokenizer.start_ids) + tokenizer.encode(prompt, add_bos=False)
   c = tokenizer.encode(completion, add_bos=False) if completion else []
   if append_eos:
     c = c + [tokenizer.eos_id]

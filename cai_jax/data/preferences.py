@@ -146,11 +146,14 @@ def write_pairs_for_comparisons(comparisons: Sequence[Comparison], path: str, se
 # Tokenising.
 
 
-def encode_sequence(prompt_ids: Sequence[int], response_ids: Sequence[int], *, bos_id: int,
-                    eos_id: int, max_length: int, append_eos: bool) -> tuple[np.ndarray, bool]:
-  """BOS + prompt + response (+ EOS), left-truncated after BOS to `max_length`."""
-  ids = [bos_id] + list(prompt_ids) + list(response_ids) + ([eos_id] if append_eos else [])
-  ids, truncated = truncate_left(ids, max_length, keep_first=True)
+def encode_sequence(prompt_ids: Sequence[int], response_ids: Sequence[int], *,
+                    start_ids: Sequence[int], eos_id: int, max_length: int, append_eos: bool
+                    ) -> tuple[np.ndarray, bool]:
+  """start (BOS, or nothing for tokenizers without one) + prompt + response (+ EOS),
+  left-truncated after the start to `max_length`."""
+  ids = (list(start_ids) + list(prompt_ids) + list(response_ids)
+         + ([eos_id] if append_eos else []))
+  ids, truncated = truncate_left(ids, max_length, keep_first=bool(start_ids))
   return np.asarray(ids, np.int32), truncated
 
 
@@ -163,7 +166,7 @@ def tokenize(prefs: Sequence[Preference], tokenizer, *, max_length: int, append_
   seconds = tokenizer.encode_batch([x.responses[1] for x in prefs], add_bos=False)
   out = []
   for x, p_ids, r0, r1 in zip(prefs, prompts, firsts, seconds):
-    kw = dict(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, max_length=max_length,
+    kw = dict(start_ids=tokenizer.start_ids, eos_id=tokenizer.eos_id, max_length=max_length,
               append_eos=append_eos)
     a, ta = encode_sequence(p_ids, r0, **kw)
     b, tb = encode_sequence(p_ids, r1, **kw)

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cai_jax.data.jsonl import DataError, read_jsonl, require
-from cai_jax.model import gemma, kv_cache
-from cai_jax.model.config import GemmaConfig
+from cai_jax.model import decoder, kv_cache
+from cai_jax.model.config import DecoderConfig
 from cai_jax.shapes import pow2_bucket, truncate_left
 
 PAD_BRANCH = -1  # padding slots; 0 = prompt, j + 1 = option j
@@ -68,12 +68,13 @@ class PackedItem:
 
 
 def pack(prompt_ids: Sequence[int], option_ids: Sequence[Sequence[int]],
-         max_length: int) -> PackedItem:
+         max_length: int, *, keep_first: bool = True) -> PackedItem:
+  """`keep_first`: the prompt starts with BOS, which left-truncation keeps."""
   option_tokens = sum(len(o) for o in option_ids)
   budget = max_length - option_tokens
   if budget < 2:
     raise ValueError(f"options alone take {option_tokens} tokens; max_length is {max_length}")
-  prompt_ids, truncated = truncate_left(prompt_ids, budget, keep_first=True)
+  prompt_ids, truncated = truncate_left(prompt_ids, budget, keep_first=keep_first)
   p = len(prompt_ids)
   tokens, positions, branch = [list(prompt_ids)], [np.arange(p)], [np.zeros(p, np.int32)]
   pred, target, option = [], [], []
@@ -124,21 +125,21 @@ def packed_mask(positions_BL, branch_BL):
   i's own option."""
   bq, bk = branch_BL[:, :, None], branch_BL[:, None, :]
   same_branch = (bk == bq) | (bk == 0)
-  return same_branch & (bk != PAD_BRANCH) & gemma.causal_mask(positions_BL, positions_BL)
+  return same_branch & (bk != PAD_BRANCH) & decoder.causal_mask(positions_BL, positions_BL)
 
 
-def _summed_option_logprobs(model: gemma.Gemma3, params, hidden_BLD, batch,
+def _summed_option_logprobs(model: decoder.Decoder, params, hidden_BLD, batch,
                             num_options: int) -> jax.Array:
   """Logits only where option tokens are predicted, summed per option: [rows, options]."""
   h = jnp.take_along_axis(hidden_BLD, batch["pred_index"][..., None], axis=1)
-  logits = model.apply({"params": params}, h, method=gemma.Gemma3.logits).astype(jnp.float32)
+  logits = model.apply({"params": params}, h, method=decoder.Decoder.logits).astype(jnp.float32)
   logp = jax.nn.log_softmax(logits, axis=-1)
   token_logp = jnp.take_along_axis(logp, batch["target"][..., None], axis=-1)[..., 0]
   one_hot = jax.nn.one_hot(batch["option"], num_options, dtype=jnp.float32)
   return jnp.einsum("BT,BTO->BO", token_logp, one_hot)
 
 
-def option_scores(model: gemma.Gemma3, params, batch, num_options: int) -> jax.Array:
+def option_scores(model: decoder.Decoder, params, batch, num_options: int) -> jax.Array:
   """[rows, options] summed log-probabilities (float32) of each option's tokens."""
   mask = packed_mask(batch["positions"], batch["branch"])
   hidden, _ = model.apply({"params": params}, batch["tokens"], batch["positions"], mask,
@@ -146,7 +147,7 @@ def option_scores(model: gemma.Gemma3, params, batch, num_options: int) -> jax.A
   return _summed_option_logprobs(model, params, hidden, batch, num_options)
 
 
-def option_scores_after_prefix(model: gemma.Gemma3, params, batch, cache, prefix_slots: int,
+def option_scores_after_prefix(model: decoder.Decoder, params, batch, cache, prefix_slots: int,
                                num_options: int) -> jax.Array:
   """`option_scores` for rows that continue a cached prefix: `cache` holds the prefix in slots
   [0, prefix_slots) of every row and room for the row after it; the row's tokens read every
@@ -163,8 +164,8 @@ def option_scores_after_prefix(model: gemma.Gemma3, params, batch, cache, prefix
   return _summed_option_logprobs(model, params, hidden, batch, num_options)
 
 
-def _prefill(model: gemma.Gemma3, params, tokens_BL, positions_BL, cache):
-  mask = gemma.causal_mask(positions_BL, positions_BL) & (positions_BL >= 0)[:, :, None]
+def _prefill(model: decoder.Decoder, params, tokens_BL, positions_BL, cache):
+  mask = decoder.causal_mask(positions_BL, positions_BL) & (positions_BL >= 0)[:, :, None]
   _, cache = model.apply({"params": params}, tokens_BL, positions_BL, mask, cache=cache,
                          cache_index=0, return_hidden=True)
   return cache
@@ -193,19 +194,19 @@ class MCResult:
 class MCScorer:
   """Scores multiple-choice items with one compiled program per shape bucket."""
 
-  def __init__(self, config: GemmaConfig, params, tokenizer, *, max_length: int = 4096,
+  def __init__(self, config: DecoderConfig, params, tokenizer, *, max_length: int = 4096,
                tokens_per_batch: int = 4096):
     self.params = params
     self.tokenizer = tokenizer
     self.max_length = max_length
     self.tokens_per_batch = tokens_per_batch
     self.config = config
-    self._score = jax.jit(functools.partial(option_scores, gemma.Gemma3(config)),
+    self._score = jax.jit(functools.partial(option_scores, decoder.Decoder(config)),
                           static_argnames="num_options")
     self._score_after = jax.jit(functools.partial(option_scores_after_prefix,
-                                                  gemma.Gemma3(config)),
+                                                  decoder.Decoder(config)),
                                 static_argnames=("prefix_slots", "num_options"))
-    self._prefill = jax.jit(functools.partial(_prefill, gemma.Gemma3(config)),
+    self._prefill = jax.jit(functools.partial(_prefill, decoder.Decoder(config)),
                             donate_argnums=(3,))
 
   def rows_for(self, length: int) -> int:
@@ -215,7 +216,8 @@ class MCScorer:
   def pack_items(self, items: Sequence[MCItem]) -> list[PackedItem]:
     prompts = self.tokenizer.encode_batch([it.prompt for it in items], add_bos=True)
     options = [self.tokenizer.encode_batch(list(it.options), add_bos=False) for it in items]
-    return [pack(p, o, self.max_length) for p, o in zip(prompts, options)]
+    keep_first = bool(self.tokenizer.start_ids)
+    return [pack(p, o, self.max_length, keep_first=keep_first) for p, o in zip(prompts, options)]
 
   def score_packed(self, packed: Sequence[PackedItem], progress=None) -> list[np.ndarray]:
     """Per item, its options' scores; items are batched longest first, results in input order."""

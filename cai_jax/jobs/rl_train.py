@@ -97,7 +97,7 @@ from cai_jax.metrics import MetricsWriter, read_metrics
 from cai_jax.model import heads
 from cai_jax.sampling.sampler import FINISH_LENGTH, Sampler
 from cai_jax.sampling.strategies import Greedy, Sampling
-from cai_jax.tokenizer import Tokenizer
+from cai_jax.tokenizer import load_tokenizer
 from cai_jax.train import engine, optim, runner
 from cai_jax.train import pm as pm_lib
 from cai_jax.train.checkpointing import TrainCheckpoints
@@ -189,9 +189,9 @@ def read_model_config(folder: str):
     raise CheckpointError(f"{path}: cannot read config ({e})") from e
 
 
-def read_tokenizer(folder: str) -> Tokenizer:
+def read_tokenizer(folder: str):
   try:
-    return Tokenizer.from_file(os.path.join(folder, "tokenizer.model"))
+    return load_tokenizer(folder)
   except ValueError as e:
     raise CheckpointError(str(e)) from e
 

@@ -1,7 +1,10 @@
-"""Gemma 3 text-decoder hyper-parameters and the published presets.
+"""Decoder hyper-parameters: one frozen dataclass for every supported family.
 
-One frozen dataclass describes every size; checkpoint importers fill it from file metadata and
-exporters write it back, so it round-trips through JSON (`to_dict` / `from_dict`).
+A family (`cai_jax/model/families/`) is a set of choices among the fields below: the norm
+convention, which norms exist, biases, the activation, RoPE, windows, soft-caps. The Flax module
+(`decoder.py`) reads only these fields, so a new family that recombines them needs no model code.
+Checkpoint importers fill the dataclass from file metadata and exporters write it back; it
+round-trips through JSON (`to_dict` / `from_dict`).
 """
 
 from __future__ import annotations
@@ -9,18 +12,23 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-LOCAL = "local"
-GLOBAL = "global"
+LOCAL = "local"    # sliding-window attention
+GLOBAL = "global"  # full causal attention
+
+ACTIVATIONS = ("silu", "gelu_tanh")
+ROPE_SCALINGS = ("none", "linear", "llama3")
 
 
 def layer_types_from_pattern(num_layers: int, pattern: int) -> tuple[str, ...]:
-  """Gemma 3 interleaves (pattern - 1) sliding-window layers with one global layer."""
+  """(pattern - 1) sliding-window layers, then one global layer, repeated."""
   return tuple(GLOBAL if (i + 1) % pattern == 0 else LOCAL for i in range(num_layers))
 
 
 @dataclasses.dataclass(frozen=True)
-class GemmaConfig:
-  """Architecture of a Gemma 3 text decoder (the Flax module and the checkpoint formats read it)."""
+class DecoderConfig:
+  """Architecture of a decoder-only transformer (the Flax module and checkpoint formats read it).
+
+  Defaults are the plain pre-norm decoder (Llama's choices); families override what differs."""
 
   vocab_size: int
   embed_dim: int
@@ -29,13 +37,33 @@ class GemmaConfig:
   num_heads: int
   num_kv_heads: int
   head_dim: int
+  # Queries are multiplied by query_pre_attn_scalar ** -0.5 (head_dim in most families).
   query_pre_attn_scalar: float
-  sliding_window: int
   layer_types: tuple[str, ...]
+  # The family that wrote this config (registry key in cai_jax.model.families): it decides the
+  # checkpoint formats' names; the model itself reads only the fields below.
+  family: str = "llama"
+  sliding_window: int = 0             # window of LOCAL layers (positions), 0 when none are
   local_rope_base: float = 10_000.0
-  global_rope_base: float = 1_000_000.0
-  # Linear RoPE scaling ("position interpolation") on global layers: 8.0 for the 4B-27B models.
-  global_rope_scale: float = 1.0
+  global_rope_base: float = 10_000.0
+  # RoPE scaling of GLOBAL layers: 'none', 'linear' (frequencies / factor) or 'llama3'
+  # (Llama 3.1's piecewise rule: low frequencies / factor, high ones kept, a smooth band between).
+  rope_scaling: str = "none"
+  global_rope_scale: float = 1.0      # the factor of 'linear' and 'llama3'
+  rope_low_freq_factor: float = 1.0   # 'llama3' only
+  rope_high_freq_factor: float = 4.0  # 'llama3' only
+  rope_original_max_len: int = 8192   # 'llama3' only
+  # RMSNorm multiplies by (norm_offset + w): 0 with w initialised to ones, or Gemma's 1 + w with
+  # w initialised to zeros (the init follows from the offset: every norm starts as identity).
+  norm_offset: float = 0.0
+  post_norms: bool = False            # norms on the attention and MLP outputs too (Gemma 2/3)
+  qk_norm: bool = False               # RMSNorm of each query / key head (Gemma 3, Qwen 3)
+  qkv_bias: bool = False              # biases on the q, k, v projections (Qwen 2)
+  activation: str = "silu"            # of the gated MLP: 'silu' or 'gelu_tanh'
+  embed_scale: bool = False           # embeddings times sqrt(embed_dim) (Gemma)
+  tie_embeddings: bool = True         # output head = the embedding table; else its own table
+  attn_softcap: float = 0.0           # cap * tanh(logits / cap) on attention logits; 0 = off
+  final_softcap: float = 0.0          # the same on the output logits; 0 = off
   rms_norm_eps: float = 1e-6
   max_seq_len: int = 32_768
   # Storage dtype of the parameters and dtype of the matmuls; norms, RoPE and softmax stay float32.
@@ -52,11 +80,22 @@ class GemmaConfig:
     bad = set(self.layer_types) - {LOCAL, GLOBAL}
     if bad:
       raise ValueError(f"unknown layer types {sorted(bad)}; expected {LOCAL!r} or {GLOBAL!r}")
+    if LOCAL in self.layer_types and self.sliding_window <= 0:
+      raise ValueError("sliding-window layers need sliding_window > 0")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads={self.num_heads} is not a multiple of "
                        f"num_kv_heads={self.num_kv_heads}")
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"activation {self.activation!r}; expected one of {ACTIVATIONS}")
+    if self.rope_scaling not in ROPE_SCALINGS:
+      raise ValueError(f"rope_scaling {self.rope_scaling!r}; expected one of {ROPE_SCALINGS}")
+    if self.rope_scaling == "none" and self.global_rope_scale != 1.0:
+      raise ValueError(f"global_rope_scale={self.global_rope_scale} with rope_scaling='none'; "
+                       "name the scaling ('linear' or 'llama3')")
+    if self.head_dim % 2:
+      raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
 
-  def replace(self, **kwargs) -> GemmaConfig:
+  def replace(self, **kwargs) -> DecoderConfig:
     return dataclasses.replace(self, **kwargs)
 
   def to_dict(self) -> dict[str, Any]:
@@ -65,59 +104,32 @@ class GemmaConfig:
     return d
 
   @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> GemmaConfig:
+  def from_dict(cls, d: dict[str, Any]) -> DecoderConfig:
+    """The inverse of `to_dict` (`families.config_from_dict` also reads older dicts)."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - known
     if unknown:
-      raise ValueError(f"unknown GemmaConfig fields: {sorted(unknown)}")
+      raise ValueError(f"unknown DecoderConfig fields: {sorted(unknown)}")
+    if "family" not in d:
+      raise ValueError("a DecoderConfig dict without 'family' (read it with "
+                       "families.config_from_dict)")
     d = dict(d)
     d["layer_types"] = tuple(d["layer_types"])
     return cls(**d)
 
+  @property
+  def window(self) -> int | None:
+    """The sliding window of LOCAL layers (None when every layer is global)."""
+    return self.sliding_window if LOCAL in self.layer_types else None
+
   def num_params(self) -> int:
-    """Parameter count (tied embedding counted once)."""
-    attn = self.embed_dim * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
-    mlp = 3 * self.embed_dim * self.mlp_dim
-    norms = 4 * self.embed_dim + 2 * self.head_dim
-    return (self.vocab_size * self.embed_dim + self.num_layers * (attn + mlp + norms)
-            + self.embed_dim)
+    """Parameter count (a tied embedding counted once)."""
+    D, N, K, H = self.embed_dim, self.num_heads, self.num_kv_heads, self.head_dim
+    attn = D * H * (2 * N + 2 * K)
+    if self.qkv_bias:
+      attn += H * (N + 2 * K)
+    mlp = 3 * D * self.mlp_dim
+    norms = (4 if self.post_norms else 2) * D + (2 * H if self.qk_norm else 0)
+    head = 0 if self.tie_embeddings else self.vocab_size * D
+    return self.vocab_size * D + head + self.num_layers * (attn + mlp + norms) + D
 
-
-def _preset(num_layers, pattern=6, **kw) -> GemmaConfig:
-  return GemmaConfig(num_layers=num_layers,
-                     layer_types=layer_types_from_pattern(num_layers, pattern), **kw)
-
-
-# Values from the published Gemma 3 model cards / configs (text towers). The 4B+ checkpoints carry
-# 262,208 vocabulary rows (image tokens included), the 270M and 1B 262,144.
-PRESETS: dict[str, GemmaConfig] = {
-    "gemma3-270m": _preset(
-        18, vocab_size=262_144, embed_dim=640, mlp_dim=2048, num_heads=4, num_kv_heads=1,
-        head_dim=256, query_pre_attn_scalar=256, sliding_window=512),
-    "gemma3-1b": _preset(
-        26, vocab_size=262_144, embed_dim=1152, mlp_dim=6912, num_heads=4, num_kv_heads=1,
-        head_dim=256, query_pre_attn_scalar=256, sliding_window=512),
-    "gemma3-4b": _preset(
-        34, vocab_size=262_208, embed_dim=2560, mlp_dim=10240, num_heads=8, num_kv_heads=4,
-        head_dim=256, query_pre_attn_scalar=256, sliding_window=1024, global_rope_scale=8.0,
-        max_seq_len=131_072),
-    "gemma3-12b": _preset(
-        48, vocab_size=262_208, embed_dim=3840, mlp_dim=15360, num_heads=16, num_kv_heads=8,
-        head_dim=256, query_pre_attn_scalar=256, sliding_window=1024, global_rope_scale=8.0,
-        max_seq_len=131_072),
-    "gemma3-27b": _preset(
-        62, vocab_size=262_208, embed_dim=5376, mlp_dim=21504, num_heads=32, num_kv_heads=16,
-        head_dim=128, query_pre_attn_scalar=168, sliding_window=1024, global_rope_scale=8.0,
-        max_seq_len=131_072),
-    # A few-hundred-KB model for unit tests: every code path of the real ones (GQA, both layer
-    # kinds, a window smaller than test sequences) at a size that compiles in seconds.
-    "tiny": _preset(
-        4, pattern=2, vocab_size=512, embed_dim=64, mlp_dim=128, num_heads=4, num_kv_heads=2,
-        head_dim=16, query_pre_attn_scalar=16, sliding_window=8, max_seq_len=1024),
-}
-
-
-def preset(name: str, **overrides) -> GemmaConfig:
-  if name not in PRESETS:
-    raise ValueError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
-  return PRESETS[name].replace(**overrides)

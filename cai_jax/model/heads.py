@@ -1,12 +1,12 @@
-"""Scalar heads on the Gemma 3 decoder: the preference (reward) model, and its saved form.
+"""Scalar heads on the decoder: the preference (reward) model, and its saved form.
 
-`RewardModel` runs the decoder (`Gemma3(..., return_hidden=True)`, final-normed hidden states),
+`RewardModel` runs the decoder (`Decoder(..., return_hidden=True)`, final-normed hidden states),
 takes the hidden state of each row at an EXPLICIT index `last_B` (the row's last real token,
 computed on the host from the tokenized length: never inferred from the token ids, since a
 tokenizer's pad and EOS ids may coincide and a response may end with EOS) and maps it to a
 scalar with `ScalarHead` (Dense embed -> 1 with bias, computed in float32).
 
-Parameters: `{"decoder": <Gemma3 params, as in gemma.py>, "head": {"kernel": [D, 1], "bias":
+Parameters: `{"decoder": <Decoder params, as in decoder.py>, "head": {"kernel": [D, 1], "bias":
 [1]}}`; the head's kernel carries the logical axes ("embed", None), so the same
 `cai_jax.parallel` rules shard it (embed over fsdp). Loading a decoder checkpoint into a reward
 model = putting its params under "decoder" and initialising the head (`init_head`).
@@ -40,15 +40,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from cai_jax.checkpoints.hf import CheckpointError
-from cai_jax.model import gemma
-from cai_jax.model.config import GemmaConfig
+from cai_jax.model import decoder
+from cai_jax.model.config import DecoderConfig
 
 PM_MARKER = "pm.json"
 PM_FORMAT = "cai_jax_pm"
 PM_FORMAT_VERSION = 1
 
 
-def head_init_std(config: GemmaConfig, scale: float = 1.0) -> float:
+def head_init_std(config: DecoderConfig, scale: float = 1.0) -> float:
   return float(scale) / float(np.sqrt(config.embed_dim + 1))
 
 
@@ -80,15 +80,15 @@ def gather_last(hidden_BLD: jax.Array, last_B: jax.Array) -> jax.Array:
 class RewardModel(nn.Module):
   """(tokens_BL, valid_BL, last_B) -> rewards_B (float32). Rows are right-padded; `valid_BL`
   marks real tokens and `last_B` is each row's last real token (an explicit index)."""
-  config: GemmaConfig
+  config: DecoderConfig
   head_init_std: float = 0.0
 
   def setup(self):
-    self.decoder = gemma.Gemma3(self.config)
+    self.decoder = decoder.Decoder(self.config)
     self.head = ScalarHead(self.config.param_dtype, self.head_init_std)
 
   def __call__(self, tokens_BL, valid_BL, last_B):
-    positions, mask = gemma.sequence_inputs(valid_BL)
+    positions, mask = decoder.sequence_inputs(valid_BL)
     hidden, _ = self.decoder(tokens_BL, positions, mask, return_hidden=True)
     return self.head(gather_last(hidden, last_B))
 
@@ -100,28 +100,28 @@ def _dummy_inputs(abstract: bool):
   return jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), bool), jnp.full((1,), 3, jnp.int32)
 
 
-def abstract_params(config: GemmaConfig):
+def abstract_params(config: DecoderConfig):
   """Shapes/dtypes of the reward model's parameters with logical partitioning boxes."""
   return jax.eval_shape(
       lambda t, v, l: RewardModel(config).init(jax.random.PRNGKey(0), t, v, l)["params"],
       *_dummy_inputs(True))
 
 
-def init_params(config: GemmaConfig, rng: jax.Array, head_scale: float = 1.0):
+def init_params(config: DecoderConfig, rng: jax.Array, head_scale: float = 1.0):
   """Randomly initialised (unboxed) reward-model parameters (decoder and head)."""
   variables = RewardModel(config, head_init_std(config, head_scale)).init(
       rng, *_dummy_inputs(False))
   return nn.unbox(variables["params"])
 
 
-def init_head(config: GemmaConfig, rng: jax.Array, scale: float = 1.0) -> dict:
+def init_head(config: DecoderConfig, rng: jax.Array, scale: float = 1.0) -> dict:
   """The head's parameters alone (host NumPy arrays in param_dtype): kernel [D, 1], bias [1]."""
   variables = ScalarHead(config.param_dtype, head_init_std(config, scale)).init(
       rng, jnp.zeros((1, config.embed_dim), jnp.float32))
   return jax.tree.map(np.asarray, nn.unbox(variables["params"]))
 
 
-def reward_apply(config: GemmaConfig, params, tokens_BL, valid_BL, last_B) -> jax.Array:
+def reward_apply(config: DecoderConfig, params, tokens_BL, valid_BL, last_B) -> jax.Array:
   return RewardModel(config).apply({"params": params}, tokens_BL, valid_BL, last_B)
 
 
@@ -131,7 +131,7 @@ def reward_apply(config: GemmaConfig, params, tokens_BL, valid_BL, last_B) -> ja
 
 @dataclasses.dataclass
 class LoadedPM:
-  config: GemmaConfig
+  config: DecoderConfig
   params: Any            # {"decoder": ..., "head": ...}
   tokenizer: Any
   settings: dict         # {"append_eos": bool, "max_length": int, ...}
@@ -142,7 +142,7 @@ def is_pm_folder(path: str) -> bool:
   return os.path.isfile(os.path.join(path, PM_MARKER))
 
 
-def save_pm(folder: str, config: GemmaConfig, params, tokenizer, settings: dict) -> None:
+def save_pm(folder: str, config: DecoderConfig, params, tokenizer, settings: dict) -> None:
   """Writes the folder described in the module docstring, atomically (a sibling temporary
   folder renamed into place; an older `folder` is replaced)."""
   from cai_jax.checkpoints import hf
@@ -179,7 +179,7 @@ def read_pm_meta(folder: str) -> dict:
 
 
 def load_pm(folder: str, *, param_dtype: str = "float32", dtype: str = "float32",
-            shardings_for: Callable[[GemmaConfig], Any] | None = None) -> LoadedPM:
+            shardings_for: Callable[[DecoderConfig], Any] | None = None) -> LoadedPM:
   """A saved preference model. `shardings_for(config)` (a tree like {"decoder", "head"}) places
   each parameter in its shards, as `loader.load` does for a decoder."""
   from cai_jax.checkpoints import loader

@@ -22,7 +22,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from cai_jax.model.config import GLOBAL, GemmaConfig
+from cai_jax.model.config import GLOBAL, DecoderConfig
 
 
 @flax.struct.dataclass
@@ -38,7 +38,7 @@ class LayerCache:
     return self.positions_BS.shape[1]
 
 
-def init_cache(config: GemmaConfig, batch: int, length: int, dtype=None, *,
+def init_cache(config: DecoderConfig, batch: int, length: int, dtype=None, *,
                ring: bool = False) -> list[LayerCache]:
   """An empty cache for every layer: `length` slots per row, or with `ring=True`
   min(sliding_window, length) ring slots on the sliding-window layers."""

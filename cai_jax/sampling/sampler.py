@@ -40,8 +40,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from cai_jax import parallel
-from cai_jax.model import gemma, kv_cache
-from cai_jax.model.config import GemmaConfig
+from cai_jax.model import decoder, kv_cache
+from cai_jax.model.config import DecoderConfig
 from cai_jax.sampling.strategies import Greedy, Sampling, logprob_of
 from cai_jax.shapes import pow2_bucket, truncate_left
 
@@ -88,9 +88,9 @@ def _project(model, cpu, params, embedding_DV, hidden_BD):
   into the slow matmul; `_decode` reduces over its axis 0 instead).
   With one row (CPU), the [D, V] copy of the embedding, when given, is the fast layout."""
   if _vocab_major(cpu, embedding_DV, hidden_BD.shape[0]):
-    return model.apply({"params": params}, hidden_BD, method=gemma.Gemma3.vocab_major_logits)
+    return model.apply({"params": params}, hidden_BD, method=decoder.Decoder.vocab_major_logits)
   return model.apply({"params": params}, hidden_BD[:, None], embedding_DV,
-                     method=gemma.Gemma3.logits)[:, 0].astype(jnp.float32)
+                     method=decoder.Decoder.logits)[:, 0].astype(jnp.float32)
 
 
 def _vocab_major(cpu, embedding_DV, batch: int) -> bool:
@@ -152,7 +152,7 @@ def _decode(model, cpu, strategy, eos_ids, first_slot, params, embedding_DV, sta
 class Sampler:
   """Generates from one model; compiled programs are reused across calls of equal shapes."""
 
-  def __init__(self, config: GemmaConfig, params, tokenizer, *, max_prompt_length: int = 2048,
+  def __init__(self, config: DecoderConfig, params, tokenizer, *, max_prompt_length: int = 2048,
                max_batch: int = 16, chunk_size: int = 32, eos_ids: Sequence[int] | None = None,
                mesh: Mesh | None = None, ring_buffer: bool = True,
                prefill_chunk: int = 256):
@@ -182,7 +182,7 @@ class Sampler:
     self.eos_ids = tuple(eos_ids) if eos_ids is not None else (tokenizer.eos_id,)
     self.ring_buffer = ring_buffer
     self.prefill_chunk = prefill_chunk
-    self.model = gemma.Gemma3(config)
+    self.model = decoder.Decoder(config)
     leaf = jax.tree.leaves(params)[0]
     devices = leaf.devices() if hasattr(leaf, "devices") else jax.devices()
     self._cpu = all(d.platform == "cpu" for d in devices)
@@ -234,7 +234,8 @@ class Sampler:
       if not p:
         raise ValueError(f"prompt {i} is empty")
     ids = self.tokenizer.encode_batch(list(prompts), add_bos=add_bos)
-    rows = [truncate_left(row, self.max_prompt_length, keep_first=add_bos) for row in ids]
+    keep_first = add_bos and bool(self.tokenizer.start_ids)
+    rows = [truncate_left(row, self.max_prompt_length, keep_first=keep_first) for row in ids]
     return [r for r, _ in rows], [t for _, t in rows]
 
   def prefill_prefix(self, prefix: str) -> PrefixCache:
@@ -283,7 +284,7 @@ class Sampler:
     if not (self._cpu and rows == 1):
       return None
     if self._embedding_DV is None:
-      self._embedding_DV = self._under_mesh(jax.jit(gemma.decode_embedding))(self.params)
+      self._embedding_DV = self._under_mesh(jax.jit(decoder.decode_embedding))(self.params)
     return self._embedding_DV
 
   def generate(self, prompts: Sequence[str], *, max_new_tokens: int,

@@ -272,8 +272,8 @@ def tokens_per_second(tokens: float, seconds: float) -> float:
 
 def model_shardings(config, mesh: Mesh):
   """NamedShardings of the decoder's parameters under the logical rules."""
-  from cai_jax.model import gemma
-  return parallel.named(mesh, parallel.param_specs(gemma.abstract_params(config), mesh))
+  from cai_jax.model import decoder
+  return parallel.named(mesh, parallel.param_specs(decoder.abstract_params(config), mesh))
 
 
 def state_shardings_for(boxed_params, mesh: Mesh, optimizer) -> tuple[TrainState, TrainState]:
@@ -287,8 +287,8 @@ def state_shardings_for(boxed_params, mesh: Mesh, optimizer) -> tuple[TrainState
 
 def state_shardings(config, mesh: Mesh, optimizer) -> tuple[TrainState, TrainState]:
   """`state_shardings_for` the decoder's parameters."""
-  from cai_jax.model import gemma
-  return state_shardings_for(gemma.abstract_params(config), mesh, optimizer)
+  from cai_jax.model import decoder
+  return state_shardings_for(decoder.abstract_params(config), mesh, optimizer)
 
 
 def new_state(params, optimizer, rng, shardings: TrainState) -> TrainState:

@@ -18,10 +18,10 @@ import time
 import jax
 import jax.numpy as jnp
 
-from cai_jax.model.config import GLOBAL, GemmaConfig
+from cai_jax.model.config import GLOBAL, DecoderConfig
 
 
-def train_flops_per_token(config: GemmaConfig, seq_len: int, *, lm_head: bool = True) -> float:
+def train_flops_per_token(config: DecoderConfig, seq_len: int, *, lm_head: bool = True) -> float:
   """Model FLOPs of one token's forward + backward pass at padded length `seq_len`."""
   attn = 0.0
   for kind in config.layer_types:

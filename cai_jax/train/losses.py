@@ -1,6 +1,6 @@
 """Token log-probabilities without `[batch, length, vocab]` logits, and the losses built on them.
 
-Gemma's tied vocabulary projection has 262,144 rows: full float32 logits for 8 x 512 tokens take
+A vocabulary projection of 262,144 rows (Gemma 3's): full float32 logits for 8 x 512 tokens take
 4 GiB, and their gradient as much again. `token_logprobs` instead scans over length chunks; each
 chunk's logits are computed, reduced to (log-prob of the target, logsumexp) and dropped, and
 `jax.checkpoint` recomputes them in the backward pass (`map_chunks`). Peak extra memory is one
@@ -47,16 +47,23 @@ def map_chunks(chunk_fn, hidden_BLD: jax.Array, targets_BL: jax.Array, chunk_tok
   return jax.tree.map(lambda y: y.swapaxes(0, 1).reshape(B, L), out)
 
 
+def capped(logits: jax.Array, softcap: float) -> jax.Array:
+  """cap * tanh(logits / cap), the final-logit soft-cap of some families; identity for 0."""
+  return jnp.tanh(logits / softcap) * softcap if softcap else logits
+
+
 def token_logprobs(hidden_BLD: jax.Array, embedding_VD: jax.Array, targets_BL: jax.Array,
-                   *, chunk_tokens: int = 1024, dtype=jnp.float32) -> jax.Array:
-  """log p(targets_BL | hidden) under logits = hidden @ embedding.T, float32, chunked over L."""
+                   *, chunk_tokens: int = 1024, dtype=jnp.float32, softcap: float = 0.0
+                   ) -> jax.Array:
+  """log p(targets_BL | hidden) under logits = hidden @ embedding.T (soft-capped when the
+  model caps them), float32, chunked over L."""
 
   def chunk(h_BcD, t_Bc):
-    # Over [B, c], unlike the decoder's 2-D projections (gemma._flat_matmul): flattened, the
+    # Over [B, c], unlike the decoder's 2-D projections (decoder._flat_matmul): flattened, the
     # embedding gradient ran as a plain XLA dot with a transposed [tokens, V] operand on CPU,
     # 6.75 s against 6.42 s per 512-token micro-batch of Gemma 3 270M.
     logits = jnp.einsum("BcD,VD->BcV", h_BcD.astype(dtype), embedding_VD.astype(dtype))
-    logits = logits.astype(jnp.float32)
+    logits = capped(logits.astype(jnp.float32), softcap)
     lse = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, t_Bc[..., None], axis=-1)[..., 0]
     return picked - lse
@@ -64,10 +71,11 @@ def token_logprobs(hidden_BLD: jax.Array, embedding_VD: jax.Array, targets_BL: j
   return map_chunks(chunk, hidden_BLD, targets_BL, chunk_tokens)
 
 
-def naive_token_logprobs(hidden_BLD, embedding_VD, targets_BL, dtype=jnp.float32):
+def naive_token_logprobs(hidden_BLD, embedding_VD, targets_BL, dtype=jnp.float32,
+                         softcap: float = 0.0):
   """The same quantity through full logits; the reference the chunked version is tested against."""
   logits = jnp.einsum("BLD,VD->BLV", hidden_BLD.astype(dtype), embedding_VD.astype(dtype))
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  logp = jax.nn.log_softmax(capped(logits.astype(jnp.float32), softcap), axis=-1)
   return jnp.take_along_axis(logp, targets_BL[..., None], axis=-1)[..., 0]
 
 

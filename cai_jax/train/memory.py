@@ -114,9 +114,9 @@ from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 
 from cai_jax import parallel
 from cai_jax.config_defaults import ConfigError
-from cai_jax.model import config as model_config
-from cai_jax.model import gemma, heads
-from cai_jax.model.config import GLOBAL, GemmaConfig
+from cai_jax.model import families
+from cai_jax.model import decoder, heads
+from cai_jax.model.config import GLOBAL, DecoderConfig
 from cai_jax.shapes import pow2_bucket
 from cai_jax.train import engine, losses, optim
 
@@ -199,17 +199,17 @@ def state_bytes(abstract: engine.TrainState) -> dict[str, int]:
 # Abstract parameters (cached: tracing a 27B init takes a second)
 
 
-def decoder_params(cfg: GemmaConfig):
-  """`gemma.abstract_params` (boxed ShapeDtypeStructs), traced once per architecture and dtype."""
+def decoder_params(cfg: DecoderConfig):
+  """`decoder.abstract_params` (boxed ShapeDtypeStructs), traced once per architecture and dtype."""
   return _decoder_params(cfg.replace(remat=False))
 
 
 @functools.lru_cache(maxsize=None)
-def _decoder_params(cfg: GemmaConfig):
-  return gemma.abstract_params(cfg)
+def _decoder_params(cfg: DecoderConfig):
+  return decoder.abstract_params(cfg)
 
 
-def reward_params(cfg: GemmaConfig):
+def reward_params(cfg: DecoderConfig):
   """`heads.abstract_params`' tree {"decoder", "head"}, reusing the traced decoder (the tests
   check it equals `heads.abstract_params`)."""
   head = jax.eval_shape(
@@ -218,7 +218,7 @@ def reward_params(cfg: GemmaConfig):
   return {"decoder": decoder_params(cfg), "head": head}
 
 
-def rl_trainable_params(policy_cfg: GemmaConfig, value_cfg: GemmaConfig):
+def rl_trainable_params(policy_cfg: DecoderConfig, value_cfg: DecoderConfig):
   """rl_train's {"policy", "value": {"decoder", "head"}} (as `rollout.boxed_trainable`)."""
   return {"policy": decoder_params(policy_cfg), "value": reward_params(value_cfg)}
 
@@ -242,7 +242,7 @@ def _rows_per_device(rows: int, mesh) -> int:
   return -(-int(rows) // _data_ways(mesh))
 
 
-def _dims(cfg: GemmaConfig, mesh):
+def _dims(cfg: DecoderConfig, mesh):
   t = lambda d: d // _split(mesh, "tensor", d)  # noqa: E731
   heads_split = _split(mesh, "tensor", cfg.num_kv_heads)  # q is reshaped to [K, N/K]
   return dict(D=cfg.embed_dim, F=t(cfg.mlp_dim), N=cfg.num_heads // heads_split,
@@ -250,7 +250,7 @@ def _dims(cfg: GemmaConfig, mesh):
               a=jnp.dtype(cfg.dtype).itemsize, p=jnp.dtype(cfg.param_dtype).itemsize)
 
 
-def block_intermediates(cfg: GemmaConfig, rows: int, length: int, mesh) -> int:
+def block_intermediates(cfg: DecoderConfig, rows: int, length: int, mesh) -> int:
   """S: the tensors one block keeps for its backward pass without remat (module docstring)."""
   d = _dims(cfg, mesh)
   u = rows * length
@@ -259,7 +259,7 @@ def block_intermediates(cfg: GemmaConfig, rows: int, length: int, mesh) -> int:
   return u * per_token + scores
 
 
-def block_saved(cfg: GemmaConfig, rows: int, length: int, mesh, remat) -> int:
+def block_saved(cfg: DecoderConfig, rows: int, length: int, mesh, remat) -> int:
   """What one block keeps until the backward pass under the remat policy."""
   d = _dims(cfg, mesh)
   u = rows * length
@@ -272,7 +272,7 @@ def block_saved(cfg: GemmaConfig, rows: int, length: int, mesh, remat) -> int:
   raise ValueError(f"remat={remat!r}: use '', 'dots' or 'full'")
 
 
-def loss_chunk_bytes(cfg: GemmaConfig, global_rows: int, length: int, chunk_tokens: int,
+def loss_chunk_bytes(cfg: DecoderConfig, global_rows: int, length: int, chunk_tokens: int,
                      mesh, *, entropy: bool = False) -> int:
   """The chunked vocabulary projection's live logits on one device (0 without a vocab loss)."""
   if not chunk_tokens:
@@ -283,7 +283,7 @@ def loss_chunk_bytes(cfg: GemmaConfig, global_rows: int, length: int, chunk_toke
   return tokens * d["V"] * (4 + 2 * d["a"] + (4 if entropy else 0))
 
 
-def activation_bytes(cfg: GemmaConfig, *, global_rows: int, length: int, mesh, remat,
+def activation_bytes(cfg: DecoderConfig, *, global_rows: int, length: int, mesh, remat,
                      loss_chunk_tokens: int = 0, entropy: bool = False) -> dict[str, int]:
   """Activations of one micro-batch's forward + backward on one device."""
   rows = _rows_per_device(global_rows, mesh)
@@ -296,7 +296,7 @@ def activation_bytes(cfg: GemmaConfig, *, global_rows: int, length: int, mesh, r
   }
 
 
-def forward_bytes(cfg: GemmaConfig, *, global_rows: int, length: int, mesh,
+def forward_bytes(cfg: DecoderConfig, *, global_rows: int, length: int, mesh,
                   loss_chunk_tokens: int = 0, entropy: bool = False) -> int:
   """A forward pass without gradients: the residual stream, one block's intermediates and the
   projection chunk."""
@@ -305,7 +305,7 @@ def forward_bytes(cfg: GemmaConfig, *, global_rows: int, length: int, mesh,
           + loss_chunk_bytes(cfg, global_rows, length, loss_chunk_tokens, mesh, entropy=entropy))
 
 
-def gathered_bytes(cfg: GemmaConfig, mesh) -> int:
+def gathered_bytes(cfg: DecoderConfig, mesh) -> int:
   """FSDP's working copies: the embedding and two blocks with the fsdp sharding undone, as
   weights and as gradients; with fsdp = 1 only the gradients' (nothing is gathered)."""
   d = _dims(cfg, mesh)
@@ -315,7 +315,7 @@ def gathered_bytes(cfg: GemmaConfig, mesh) -> int:
   return copies * (embedding + 2 * block) * d["p"]
 
 
-def kv_cache_bytes(cfg: GemmaConfig, rows: int, slots: int, ring: bool = True) -> int:
+def kv_cache_bytes(cfg: DecoderConfig, rows: int, slots: int, ring: bool = True) -> int:
   """`kv_cache.init_cache(cfg, rows, slots, ring=ring)`: keys and values in `dtype`, int32
   positions; with `ring` (the sampler's default) sliding-window layers hold at most
   `sliding_window` slots."""
@@ -324,7 +324,7 @@ def kv_cache_bytes(cfg: GemmaConfig, rows: int, slots: int, ring: bool = True) -
              for kind in cfg.layer_types)
 
 
-def prefill_bytes(cfg: GemmaConfig, rows: int, prompt: int, slots: int, mesh=None) -> int:
+def prefill_bytes(cfg: DecoderConfig, rows: int, prompt: int, slots: int, mesh=None) -> int:
   """One block's working set while prefilling `prompt` tokens against `slots` keys (scores
   [rows, N, prompt, slots] in float32 and `dtype`, the block's other tensors as in S), plus the
   decode loop's next-token logits (float32, and their sampling copy)."""
@@ -375,7 +375,7 @@ def _mesh_sizes(mesh) -> tuple[int, ...]:
 class Pass(NamedTuple):
   """One decoder run inside a loss: its config, global rows per micro-batch, padded length, and
   the vocabulary projection's chunk (0 = no vocabulary loss) with or without the entropy."""
-  config: GemmaConfig
+  config: DecoderConfig
   rows: int
   length: int
   loss_chunk_tokens: int = 0
@@ -416,20 +416,20 @@ def architecture_of(config) -> str:
   name = ""
   if "hardware" in config and config.hardware.get("preset"):
     name = config.hardware.preset
-  elif config.model.checkpoint in model_config.PRESETS:
+  elif config.model.checkpoint in families.PRESETS:
     name = config.model.checkpoint
   if not name:
     raise ConfigError("the memory estimate needs the architecture: set config.hardware.preset "
-                      f"to one of {', '.join(model_config.PRESETS)}")
+                      f"to one of {', '.join(families.PRESETS)}")
   return name
 
 
-def model_config_for(config, architecture: str | None = None) -> GemmaConfig:
+def model_config_for(config, architecture: str | None = None) -> DecoderConfig:
   """The architecture (`architecture_of(config)` unless named) in `config.model`'s dtypes. For
   a pipeline stage pass the stage's own config (`stage_config_for`): its dtypes are the ones the
   stage runs with (the sampling stages' `pipeline.sampling_param_dtype`)."""
   name = architecture or architecture_of(config)
-  return model_config.preset(name, param_dtype=config.model.param_dtype, dtype=config.model.dtype)
+  return families.preset(name, param_dtype=config.model.param_dtype, dtype=config.model.dtype)
 
 
 def mesh_for(config, num_devices: int | None = None) -> AbstractMesh:
@@ -471,7 +471,7 @@ def stage_config_for(config, stage: str, workdir: str = ESTIMATE_WORKDIR):
   return pipeline.stage_config(c, stage, workdir)
 
 
-def sl_train_estimate(config, model_cfg: GemmaConfig, mesh) -> Estimate:
+def sl_train_estimate(config, model_cfg: DecoderConfig, mesh) -> Estimate:
   c = config.sl_train
   cfg = model_cfg.replace(remat=c.remat or False)
   rows = c.batch_size // c.micro_batches
@@ -481,7 +481,7 @@ def sl_train_estimate(config, model_cfg: GemmaConfig, mesh) -> Estimate:
       micro_batches=c.micro_batches, remat=c.remat)
 
 
-def pm_train_estimate(config, model_cfg: GemmaConfig, mesh) -> Estimate:
+def pm_train_estimate(config, model_cfg: DecoderConfig, mesh) -> Estimate:
   c = config.pm_train
   cfg = model_cfg.replace(remat=c.remat or False)
   rows = 2 * (c.batch_size // c.micro_batches)  # two sequences per pair, one [2B, L] batch
@@ -490,7 +490,7 @@ def pm_train_estimate(config, model_cfg: GemmaConfig, mesh) -> Estimate:
       passes=[Pass(cfg, rows, c.max_length)], micro_batches=c.micro_batches, remat=c.remat)
 
 
-def rl_train_estimate(config, model_cfg: GemmaConfig, mesh, *, pm_max_length: int = 0
+def rl_train_estimate(config, model_cfg: DecoderConfig, mesh, *, pm_max_length: int = 0
                       ) -> Estimate:
   """rl_train's peak (module docstring). The value model and the PM are assumed to have the
   policy's architecture (the pipeline trains the PM from the base model). `model_cfg`'s
@@ -551,7 +551,7 @@ def rl_train_estimate(config, model_cfg: GemmaConfig, mesh, *, pm_max_length: in
                   state=update.state)
 
 
-def sampling_estimate(stage: str, model_cfg: GemmaConfig, *, rows: int, prompt: int,
+def sampling_estimate(stage: str, model_cfg: DecoderConfig, *, rows: int, prompt: int,
                       slots: int, prefix_slots: int = 0) -> Estimate:
   """A sampling job on ONE device (sl_generate, sample_pairs and feedback take no mesh): all
   parameters, the KV cache of `rows` rows x `slots` slots (a cached prefix is copied into every
@@ -573,7 +573,7 @@ ASSUMED_PREFIX_TOKENS = 2048
 ASSUMED_REQUEST_TOKENS = 128
 
 
-def sl_generate_estimate(config, model_cfg: GemmaConfig) -> Estimate:
+def sl_generate_estimate(config, model_cfg: DecoderConfig) -> Estimate:
   g = config.sl_generate
   transcript = g.max_conversation_tokens + g.rounds * (
       g.max_critique_tokens + g.max_revision_tokens + 2 * ASSUMED_REQUEST_TOKENS)
@@ -584,7 +584,7 @@ def sl_generate_estimate(config, model_cfg: GemmaConfig) -> Estimate:
                            prefix_slots=ASSUMED_PREFIX_TOKENS)
 
 
-def sample_pairs_estimate(config, model_cfg: GemmaConfig) -> Estimate:
+def sample_pairs_estimate(config, model_cfg: DecoderConfig) -> Estimate:
   g = config.sample_pairs
   prompt = pow2_bucket(min(g.max_conversation_tokens, g.max_prompt_length), 32)
   return sampling_estimate("sample_pairs", model_cfg, rows=2 * g.batch_size, prompt=prompt,
@@ -592,7 +592,7 @@ def sample_pairs_estimate(config, model_cfg: GemmaConfig) -> Estimate:
                            prefix_slots=ASSUMED_PREFIX_TOKENS)
 
 
-def mc_scorer_estimate(stage: str, model_cfg: GemmaConfig, *, max_length: int,
+def mc_scorer_estimate(stage: str, model_cfg: DecoderConfig, *, max_length: int,
                        tokens_per_batch: int) -> Estimate:
   """The multiple-choice scorer: tokens_per_batch tokens of forward pass at max_length."""
   length = pow2_bucket(max_length, 32)
@@ -602,13 +602,13 @@ def mc_scorer_estimate(stage: str, model_cfg: GemmaConfig, *, max_length: int,
   return est
 
 
-def feedback_estimate(config, model_cfg: GemmaConfig) -> Estimate:
+def feedback_estimate(config, model_cfg: DecoderConfig) -> Estimate:
   f = config.feedback
   return mc_scorer_estimate("feedback", model_cfg, max_length=f.max_length,
                             tokens_per_batch=f.tokens_per_batch)
 
 
-def eval_estimate(config, model_cfg: GemmaConfig, mesh, *, pm_max_length: int = 0) -> Estimate:
+def eval_estimate(config, model_cfg: DecoderConfig, mesh, *, pm_max_length: int = 0) -> Estimate:
   """eval's peak over its phases, which hold one model at a time (the job deletes each before
   loading the next): the answers of each compared stage (a sampler on one device, the few-shot
   prefix assumed ASSUMED_PREFIX_TOKENS long, prompts at eval.max_prompt_length), the AI judge

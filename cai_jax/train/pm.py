@@ -17,11 +17,11 @@ from jax.sharding import Mesh
 
 from cai_jax import parallel
 from cai_jax.model import heads
-from cai_jax.model.config import GemmaConfig
+from cai_jax.model.config import DecoderConfig
 from cai_jax.train import engine, losses
 
 
-def pair_rewards(config: GemmaConfig, params, batch) -> jax.Array:
+def pair_rewards(config: DecoderConfig, params, batch) -> jax.Array:
   """[B, 2] float32 rewards of each pair's two sequences."""
   tokens = batch["tokens"]
   B, S, L = tokens.shape
@@ -30,7 +30,7 @@ def pair_rewards(config: GemmaConfig, params, batch) -> jax.Array:
   return r.reshape(B, S)
 
 
-def make_pm_loss(config: GemmaConfig):
+def make_pm_loss(config: DecoderConfig):
   """loss_fn(params, batch, rng) -> (sum of weight * BT loss, {"weight", "sum_correct",
   "sum_decisive", "sum_abs_prob_error", "sum_tokens"})."""
 
@@ -44,17 +44,17 @@ def make_pm_loss(config: GemmaConfig):
   return loss_fn
 
 
-def make_reward_fn(config: GemmaConfig):
+def make_reward_fn(config: DecoderConfig):
   """(params, batch) -> [B, 2] rewards; compile with `engine.compile_eval_step`."""
   return lambda params, batch: pair_rewards(config, params, batch)
 
 
-def param_shardings(config: GemmaConfig, mesh: Mesh):
+def param_shardings(config: DecoderConfig, mesh: Mesh):
   """NamedShardings of {"decoder", "head"} under the logical rules."""
   return parallel.named(mesh, parallel.param_specs(heads.abstract_params(config), mesh))
 
 
-def state_shardings(config: GemmaConfig, mesh: Mesh, optimizer
+def state_shardings(config: DecoderConfig, mesh: Mesh, optimizer
                     ) -> tuple[engine.TrainState, engine.TrainState]:
   """(NamedShardings of the reward model's TrainState, its abstract restore target)."""
   return engine.state_shardings_for(heads.abstract_params(config), mesh, optimizer)

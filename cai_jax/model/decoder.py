@@ -1,6 +1,9 @@
-"""The Gemma 3 text decoder as a pure-functional Flax linen module.
+"""The decoder-only transformer of every supported family, as a pure-functional Flax module.
 
-`Gemma3.apply(params, tokens_BL, positions_BL, mask_BLS)` -> (logits_BLV or hidden_BLD, cache).
+`Decoder(config).apply(params, tokens_BL, positions_BL, mask_BLS)` -> (logits_BLV or hidden_BLD,
+cache). A `DecoderConfig` names the family's choices (norm convention, post-norms, q/k-norm,
+q/k/v biases, activation, embedding scale, tied head, RoPE and its scaling, windows, soft-caps);
+nothing here depends on which family set them.
 Masks are explicit booleans over keys (query i may read key j), so padded batches, packed
 multiple-choice options and cached decoding all use the same code; sliding-window layers
 additionally require `query_pos - key_pos < sliding_window`, computed from positions.
@@ -20,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cai_jax.model import kv_cache
-from cai_jax.model.config import GLOBAL, GemmaConfig
+from cai_jax.model.config import GLOBAL, DecoderConfig
 
 # Large finite negative instead of -inf: a fully masked row (padding) softmaxes to uniform
 # weights rather than NaN, and never leaks into valid rows.
@@ -46,11 +49,31 @@ def sequence_inputs(valid_BL: jax.Array) -> tuple[jax.Array, jax.Array]:
   return positions, causal_mask(positions, positions)
 
 
-def rope(x_BLNH: jax.Array, positions_BL: jax.Array, base: float, scale: float) -> jax.Array:
-  """Rotary embedding, half-split ("rotate_half") layout; linear scaling divides frequencies."""
-  head_dim = x_BLNH.shape[-1]
+def rope_inverse_frequencies(config: DecoderConfig, is_global: bool) -> jax.Array:
+  """float32 [head_dim / 2]: a layer's rotation frequencies, its RoPE scaling applied, computed
+  in float32 in the reference implementations' order (their roundings are ours)."""
+  head_dim = config.head_dim
+  base = config.global_rope_base if is_global else config.local_rope_base
   exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
-  inv_freq = 1.0 / (base ** exponents) / scale
+  inv_freq = 1.0 / (base ** exponents)
+  kind = config.rope_scaling if is_global else "none"
+  factor = config.global_rope_scale
+  if kind == "linear":
+    return inv_freq / factor
+  if kind == "llama3":
+    old = float(config.rope_original_max_len)
+    low, high = config.rope_low_freq_factor, config.rope_high_freq_factor
+    wavelen = 2 * np.pi / inv_freq
+    scaled = jnp.where(wavelen > old / low, inv_freq / factor, inv_freq)
+    smooth = (old / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old / high) & ~(wavelen > old / low)
+    return jnp.where(medium, smoothed, scaled)
+  return inv_freq
+
+
+def rope(x_BLNH: jax.Array, positions_BL: jax.Array, inv_freq: jax.Array) -> jax.Array:
+  """Rotary embedding, half-split ("rotate_half") layout, at the given frequencies."""
   angles = positions_BL.astype(jnp.float32)[..., None] * inv_freq  # [B, L, H/2]
   compute = jnp.promote_types(x_BLNH.dtype, jnp.float32)
   sin = jnp.sin(angles)[:, :, None, :].astype(compute)
@@ -62,34 +85,62 @@ def rope(x_BLNH: jax.Array, positions_BL: jax.Array, base: float, scale: float) 
 
 
 class RMSNorm(nn.Module):
-  """RMSNorm with Gemma's (1 + scale) convention, zero-initialised scale, computed in float32."""
+  """RMSNorm times (offset + scale), computed in float32. offset 1 (Gemma) starts the scale at
+  zeros, offset 0 (everyone else) at ones: every norm starts as the identity map."""
   eps: float
   param_dtype: str
   axis_name: str = "norm"
+  offset: float = 1.0
 
   @nn.compact
   def __call__(self, x):
-    scale = _param(self, "scale", nn.initializers.zeros_init(), (x.shape[-1],),
-                   (self.axis_name,), jnp.dtype(self.param_dtype))
+    init = nn.initializers.zeros_init() if self.offset else nn.initializers.ones_init()
+    scale = _param(self, "scale", init, (x.shape[-1],), (self.axis_name,),
+                   jnp.dtype(self.param_dtype))
     compute = jnp.promote_types(x.dtype, jnp.float32)
     x32 = x.astype(compute)
     y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-    return (y * (1.0 + scale.astype(compute))).astype(x.dtype)
+    if self.offset:
+      return (y * (self.offset + scale.astype(compute))).astype(x.dtype)
+    return (y * scale.astype(compute)).astype(x.dtype)
+
+
+def _norm(c: DecoderConfig, name: str, axis_name: str = "norm") -> RMSNorm:
+  return RMSNorm(c.rms_norm_eps, c.param_dtype, axis_name, c.norm_offset, name=name)
+
+
+def softcap(x: jax.Array, cap: float) -> jax.Array:
+  """cap * tanh(x / cap) (Gemma 2's logit soft-capping); the identity for cap 0."""
+  if not cap:
+    return x
+  return jnp.tanh(x / cap) * cap
 
 
 class Embedder(nn.Module):
-  """Token embedding, scaled by sqrt(embed_dim); the same table projects hidden states to logits."""
-  config: GemmaConfig
+  """Token embedding (times sqrt(embed_dim) where the family scales it) and the output head: the
+  same table when tied, else a separate `lm_head` table of the same [V, D] shape."""
+  config: DecoderConfig
 
   def setup(self):
     c = self.config
     self.embedding = _param(self, "embedding", nn.initializers.normal(stddev=1.0),
                             (c.vocab_size, c.embed_dim), ("vocab", "embed"),
                             jnp.dtype(c.param_dtype))
+    if not c.tie_embeddings:
+      self.lm_head = _param(self, "lm_head", nn.initializers.normal(stddev=c.embed_dim ** -0.5),
+                            (c.vocab_size, c.embed_dim), ("vocab", "embed"),
+                            jnp.dtype(c.param_dtype))
+
+  @property
+  def output_table(self):
+    """[V, D]: the table that projects hidden states to logits."""
+    return self.embedding if self.config.tie_embeddings else self.lm_head
 
   def encode(self, tokens_BL):
     dtype = jnp.dtype(self.config.dtype)
     x = jnp.take(self.embedding, tokens_BL, axis=0).astype(dtype)
+    if not self.config.embed_scale:
+      return x
     return x * jnp.asarray(np.sqrt(self.config.embed_dim), dtype)
 
   def decode(self, hidden_BLD, embedding_DV=None):
@@ -98,8 +149,10 @@ class Embedder(nn.Module):
     dtype = jnp.dtype(self.config.dtype)
     hidden = hidden_BLD.astype(dtype)
     if embedding_DV is not None:
-      return jnp.einsum("BLD,DV->BLV", hidden, embedding_DV.astype(dtype))
-    return jnp.einsum("BLD,VD->BLV", hidden, self.embedding.astype(dtype))
+      logits = jnp.einsum("BLD,DV->BLV", hidden, embedding_DV.astype(dtype))
+    else:
+      logits = jnp.einsum("BLD,VD->BLV", hidden, self.output_table.astype(dtype))
+    return softcap(logits, self.config.final_softcap)
 
 
 def visible(q_positions_BL, kv_positions_BS, window: int | None):
@@ -110,7 +163,7 @@ def visible(q_positions_BL, kv_positions_BS, window: int | None):
   return mask if window is None else mask & (distance < window)
 
 
-def _attend(q_BLNH, k_BSKH, v_BSKH, mask_BLS):
+def _attend(q_BLNH, k_BSKH, v_BSKH, mask_BLS, cap: float = 0.0):
   """softmax(q k / masked) v for grouped queries: [B, L, N, H]."""
   B, L, N, H = q_BLNH.shape
   S, K = k_BSKH.shape[1:3]
@@ -121,28 +174,28 @@ def _attend(q_BLNH, k_BSKH, v_BSKH, mask_BLS):
     # One KV head (Gemma 3 270M and 1B): plain batched matmuls over [B, L*G, ...] with no
     # size-1 axes, which XLA lays out without transposing the cache every step.
     q = q_BLNH.reshape(B, L * G, H)
-    logits = jnp.einsum("BMH,BSH->BMS", q, k_BSKH[:, :, 0]).astype(f32)
+    logits = softcap(jnp.einsum("BMH,BSH->BMS", q, k_BSKH[:, :, 0]).astype(f32), cap)
     mask = jnp.broadcast_to(mask_BLS[:, :, None], (B, L, G, S)).reshape(B, L * G, S)
     probs = jax.nn.softmax(jnp.where(mask, logits, _MASK_VALUE), axis=-1).astype(dt)
     return jnp.einsum("BMS,BSH->BMH", probs, v_BSKH[:, :, 0]).reshape(B, L, N, H)
-  return _attend_grouped(q_BLNH, k_BSKH, v_BSKH, mask_BLS)
+  return _attend_grouped(q_BLNH, k_BSKH, v_BSKH, mask_BLS, cap)
 
 
-def _attend_grouped(q_BLNH, k_BSKH, v_BSKH, mask_BLS):
+def _attend_grouped(q_BLNH, k_BSKH, v_BSKH, mask_BLS, cap: float = 0.0):
   """The general form of `_attend` (any number of KV heads); training uses it directly."""
   B, L, N, H = q_BLNH.shape
   K = k_BSKH.shape[2]
   dt = q_BLNH.dtype
   q = q_BLNH.reshape(B, L, K, N // K, H)
   logits = jnp.einsum("BLKGH,BSKH->BKGLS", q, k_BSKH)
-  logits = logits.astype(jnp.promote_types(dt, jnp.float32))
+  logits = softcap(logits.astype(jnp.promote_types(dt, jnp.float32)), cap)
   logits = jnp.where(mask_BLS[:, None, None], logits, _MASK_VALUE)
   probs = jax.nn.softmax(logits, axis=-1).astype(dt)
   return jnp.einsum("BKGLS,BSKH->BLKGH", probs, v_BSKH).reshape(B, L, N, H)
 
 
 def cached_attention(q_BLNH, k_BLKH, v_BLKH, positions_BL, cache: kv_cache.LayerCache,
-                     cache_index, window: int | None):
+                     cache_index, window: int | None, cap: float = 0.0):
   """Attention of L new tokens over the cache and each other, masks from positions, and the
   cache with the new keys and values written (ring caches: at position % slots; linear ones:
   at slots [cache_index, +L), which must be empty).
@@ -157,20 +210,21 @@ def cached_attention(q_BLNH, k_BLKH, v_BLKH, positions_BL, cache: kv_cache.Layer
     values = jnp.concatenate([cache.v_BSKH.astype(dt), v_BLKH.astype(dt)], axis=1)
     mask = jnp.concatenate([visible(positions_BL, cache.positions_BS, window),
                             visible(positions_BL, positions_BL, window)], axis=-1)
-    return (_attend(q_BLNH, keys, values, mask),
+    return (_attend(q_BLNH, keys, values, mask, cap),
             kv_cache.write_ring(cache, k_BLKH, v_BLKH, positions_BL))
   if q_BLNH.shape[1] == 1:
     cache = kv_cache.write_step(cache, k_BLKH, v_BLKH, positions_BL, cache_index)
   else:
     cache = kv_cache.write(cache, k_BLKH, v_BLKH, positions_BL, cache_index)
   out = _attend(q_BLNH, cache.k_BSKH.astype(dt), cache.v_BSKH.astype(dt),
-                visible(positions_BL, cache.positions_BS, window))
+                visible(positions_BL, cache.positions_BS, window), cap)
   return out, cache
 
 
 class Attention(nn.Module):
-  """Grouped-query attention with QK-norm, RoPE and an optional sliding window."""
-  config: GemmaConfig
+  """Grouped-query attention with RoPE, and as the family asks: q/k/v biases, q/k-norm, a
+  sliding window, soft-capped logits."""
+  config: DecoderConfig
   is_global: bool
 
   @nn.compact
@@ -193,19 +247,22 @@ class Attention(nn.Module):
     q = _flat_matmul(x_TD, wq.astype(dt)).reshape(B, L, N, H)
     k = _flat_matmul(x_TD, wk.astype(dt)).reshape(B, L, K, H)
     v = _flat_matmul(x_TD, wv.astype(dt)).reshape(B, L, K, H)
-    q = RMSNorm(c.rms_norm_eps, c.param_dtype, "head_dim", name="q_norm")(q)
-    k = RMSNorm(c.rms_norm_eps, c.param_dtype, "head_dim", name="k_norm")(k)
-    if self.is_global:
-      base, scale = c.global_rope_base, c.global_rope_scale
-    else:
-      base, scale = c.local_rope_base, 1.0
-    q = rope(q, positions_BL, base, scale)
-    k = rope(k, positions_BL, base, scale)
+    if c.qkv_bias:
+      zeros = nn.initializers.zeros_init()
+      q = q + _param(self, "q_bias", zeros, (N, H), ("heads", "head_dim"), pdt).astype(dt)
+      k = k + _param(self, "k_bias", zeros, (K, H), ("kv_heads", "head_dim"), pdt).astype(dt)
+      v = v + _param(self, "v_bias", zeros, (K, H), ("kv_heads", "head_dim"), pdt).astype(dt)
+    if c.qk_norm:
+      q = _norm(c, "q_norm", "head_dim")(q)
+      k = _norm(c, "k_norm", "head_dim")(k)
+    inv_freq = rope_inverse_frequencies(c, self.is_global)
+    q = rope(q, positions_BL, inv_freq)
+    k = rope(k, positions_BL, inv_freq)
     q = q * jnp.asarray(c.query_pre_attn_scalar ** -0.5, dt)
 
     if cache is not None and mask_BLS is None:
       out, cache = cached_attention(q, k, v, positions_BL, cache, cache_index,
-                                    None if self.is_global else c.sliding_window)
+                                    None if self.is_global else c.sliding_window, c.attn_softcap)
     else:
       if cache is not None:
         if cache.ring:
@@ -218,7 +275,7 @@ class Attention(nn.Module):
       if not self.is_global:
         distance = positions_BL[:, :, None] - kv_positions[:, None, :]
         mask_BLS = mask_BLS & (distance < c.sliding_window)
-      out = _attend_grouped(q, k, v, mask_BLS)
+      out = _attend_grouped(q, k, v, mask_BLS, c.attn_softcap)
     return _flat_matmul(out.reshape(B * L, N * H), wo.astype(dt)).reshape(B, L, D), cache
 
 
@@ -237,8 +294,8 @@ def _flat_matmul(x_TI: jax.Array, w: jax.Array) -> jax.Array:
 
 
 class MLP(nn.Module):
-  """GeGLU feed-forward: down(gelu_tanh(gate(x)) * up(x))."""
-  config: GemmaConfig
+  """Gated feed-forward: down(act(gate(x)) * up(x)), act = SiLU (SwiGLU) or tanh-GELU (GeGLU)."""
+  config: DecoderConfig
 
   @nn.compact
   def __call__(self, x_BLD):
@@ -250,32 +307,37 @@ class MLP(nn.Module):
     w_down = _param(self, "down", init, (c.mlp_dim, c.embed_dim), ("mlp", "embed"), pdt)
     B, L, D = x_BLD.shape
     x_TD = x_BLD.astype(dt).reshape(B * L, D)
-    gate = jax.nn.gelu(_flat_matmul(x_TD, w_gate.astype(dt)), approximate=True)
+    gate = _flat_matmul(x_TD, w_gate.astype(dt))
+    if c.activation == "gelu_tanh":
+      gate = jax.nn.gelu(gate, approximate=True)
+    else:
+      gate = jax.nn.silu(gate)
     h = gate * _flat_matmul(x_TD, w_up.astype(dt))
     h = nn.with_logical_constraint(h.reshape(B, L, -1), ("batch", "length", "mlp"))
     return _flat_matmul(h.reshape(B * L, -1), w_down.astype(dt)).reshape(B, L, D)
 
 
 class Block(nn.Module):
-  """Pre- and post-normed attention and MLP, each added to the residual stream."""
-  config: GemmaConfig
+  """Pre-normed (and with post_norms, post-normed) attention and MLP, each added to the residual
+  stream."""
+  config: DecoderConfig
   is_global: bool
 
   @nn.compact
   def __call__(self, x_BLD, positions_BL, mask_BLS, cache, cache_index):
     c = self.config
-    norm = lambda name: RMSNorm(c.rms_norm_eps, c.param_dtype, name=name)  # noqa: E731
+    post = (lambda name, h: _norm(c, name)(h)) if c.post_norms else (lambda name, h: h)
     h, cache = Attention(c, self.is_global, name="attn")(
-        norm("pre_attn_norm")(x_BLD), positions_BL, mask_BLS, cache, cache_index)
-    x = x_BLD + norm("post_attn_norm")(h)
-    h = MLP(c, name="mlp")(norm("pre_ffw_norm")(x))
-    x = x + norm("post_ffw_norm")(h)
+        _norm(c, "pre_attn_norm")(x_BLD), positions_BL, mask_BLS, cache, cache_index)
+    x = x_BLD + post("post_attn_norm", h)
+    h = MLP(c, name="mlp")(_norm(c, "pre_ffw_norm")(x))
+    x = x + post("post_ffw_norm", h)
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
 
 
-class Gemma3(nn.Module):
-  """Gemma 3 decoder. Returns logits (or the final-normed hidden states) and the updated cache."""
-  config: GemmaConfig
+class Decoder(nn.Module):
+  """The decoder. Returns logits (or the final-normed hidden states) and the updated cache."""
+  config: DecoderConfig
 
   def setup(self):
     c = self.config
@@ -288,7 +350,7 @@ class Gemma3(nn.Module):
       block = nn.remat(Block, policy=policies[c.remat])
     self.embedder = Embedder(c)
     self.layers = [block(c, t == GLOBAL, name=f"layer_{i}") for i, t in enumerate(c.layer_types)]
-    self.final_norm = RMSNorm(c.rms_norm_eps, c.param_dtype)
+    self.final_norm = _norm(c, None)
 
   def __call__(self, tokens_BL, positions_BL, mask_BLS,
                cache: Sequence[kv_cache.LayerCache] | None = None, cache_index=0,
@@ -315,34 +377,43 @@ class Gemma3(nn.Module):
     return self.embedder.decode(hidden), new_cache
 
   def logits(self, hidden_BLD, embedding_DV=None):
-    """Projects hidden states to vocabulary logits (tied embedding); use via `method=`."""
+    """Projects hidden states to vocabulary logits (soft-capped where the family caps them);
+    use via `method=`."""
     return self.embedder.decode(hidden_BLD, embedding_DV)
 
   def vocab_major_logits(self, hidden_BD):
     """float32 logits [V, B] as [V, D] x [D, B]: for a few rows, about twice as fast as
     `logits` on CPU (the same values up to float rounding)."""
     dtype = jnp.dtype(self.config.dtype)
-    table = self.embedder.embedding.astype(dtype)
-    return jnp.einsum("VD,BD->VB", table, hidden_BD.astype(dtype)).astype(jnp.float32)
+    table = self.embedder.output_table.astype(dtype)
+    logits = jnp.einsum("VD,BD->VB", table, hidden_BD.astype(dtype)).astype(jnp.float32)
+    return softcap(logits, self.config.final_softcap)
+
+
+def output_table(params) -> jax.Array:
+  """[V, D]: the table that maps final hidden states to logits (the tied embedding, or the
+  separate head of an untied model). Losses that never build full logits read it."""
+  embedder = params["embedder"]
+  return embedder["lm_head"] if "lm_head" in embedder else embedder["embedding"]
 
 
 def decode_embedding(params) -> jax.Array:
-  """The [D, V] (transposed) copy of the tied embedding for `Gemma3.logits(embedding_DV=...)`."""
-  return jnp.transpose(params["embedder"]["embedding"])
+  """The [D, V] (transposed) copy of the output table for `Decoder.logits(embedding_DV=...)`."""
+  return jnp.transpose(output_table(params))
 
 
-def init_params(config: GemmaConfig, rng: jax.Array):
+def init_params(config: DecoderConfig, rng: jax.Array):
   """Randomly initialised (unboxed) parameters."""
   tokens = jnp.zeros((1, 4), jnp.int32)
   positions, mask = sequence_inputs(jnp.ones((1, 4), bool))
-  variables = Gemma3(config).init(rng, tokens, positions, mask)
+  variables = Decoder(config).init(rng, tokens, positions, mask)
   return nn.unbox(variables["params"])
 
 
-def abstract_params(config: GemmaConfig):
+def abstract_params(config: DecoderConfig):
   """Shapes/dtypes of the parameters, with logical partitioning boxes, computed without memory."""
   tokens = jax.ShapeDtypeStruct((1, 4), jnp.int32)
   mask = jax.ShapeDtypeStruct((1, 4, 4), jnp.bool_)
   return jax.eval_shape(
-      lambda t, p, m: Gemma3(config).init(jax.random.PRNGKey(0), t, p, m)["params"],
+      lambda t, p, m: Decoder(config).init(jax.random.PRNGKey(0), t, p, m)["params"],
       tokens, tokens, mask)
