@@ -45,25 +45,27 @@ def gemma270m(gguf_path, model_cache_dir):
   return loader.load("gemma3-270m", cache_dir=model_cache_dir)
 
 
-@pytest.fixture(scope="session")
-def hf_gguf_model(gguf_path):
-  """transformers' own reading of the same GGUF (its dequantization and weight mapping)."""
+def transformers_from_gguf(path: str, tokenizer: bool = False):
+  """transformers' own reading of a GGUF (its dequantization, weight mapping and tokenizer),
+  float32, in eval mode; a skip without transformers."""
   if not HAVE_TRANSFORMERS:
     pytest.skip("transformers/torch not installed")
   import torch
-  from transformers import AutoModelForCausalLM
-  model = AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path), dtype=torch.float32)
-  return model.eval()
+  from transformers import AutoModelForCausalLM, AutoTokenizer
+  folder, name = os.path.dirname(path), os.path.basename(path)
+  if tokenizer:
+    return AutoTokenizer.from_pretrained(folder, gguf_file=name)
+  return AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def hf_gguf_model(gguf_path):
+  return transformers_from_gguf(gguf_path)
 
 
 @pytest.fixture(scope="session")
 def hf_gguf_tokenizer(gguf_path):
-  if not HAVE_TRANSFORMERS:
-    pytest.skip("transformers not installed")
-  from transformers import AutoTokenizer
-  return AutoTokenizer.from_pretrained(os.path.dirname(gguf_path),
-                                       gguf_file=os.path.basename(gguf_path))
+  return transformers_from_gguf(gguf_path, tokenizer=True)
 
 
 # ----------------------------------------------------------------------------- SmolLM2-135M
@@ -91,20 +93,9 @@ def smollm2(smollm2_path, model_cache_dir):
 @pytest.fixture(scope="session")
 def hf_smollm2(smollm2_path):
   """transformers' reading of the same GGUF (LlamaForCausalLM, float32)."""
-  if not HAVE_TRANSFORMERS:
-    pytest.skip("transformers/torch not installed")
-  import torch
-  from transformers import AutoModelForCausalLM
-  model = AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(smollm2_path), gguf_file=os.path.basename(smollm2_path),
-      dtype=torch.float32)
-  return model.eval()
+  return transformers_from_gguf(smollm2_path)
 
 
 @pytest.fixture(scope="session")
 def hf_smollm2_tokenizer(smollm2_path):
-  if not HAVE_TRANSFORMERS:
-    pytest.skip("transformers not installed")
-  from transformers import AutoTokenizer
-  return AutoTokenizer.from_pretrained(os.path.dirname(smollm2_path),
-                                       gguf_file=os.path.basename(smollm2_path))
+  return transformers_from_gguf(smollm2_path, tokenizer=True)

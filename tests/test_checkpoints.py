@@ -580,3 +580,16 @@ def test_orbax_marker_with_an_invalid_config(orbax_folder, tmp_path):
   for i, change in enumerate([{"attention_sinks": 4}, {"num_layers": 3}]):
     folder = _copy_with_config(orbax_folder, tmp_path / f"bad{i}", **change)
     _raises_naming(os.path.join(folder, orbax_io.MARKER), orbax_io.load, folder)
+
+
+def test_loader_rejects_a_tokenizer_larger_than_the_embedding(tmp_path, tiny_params):
+  """A tokenizer with more tokens than the model has embedding rows belongs to another model:
+  CheckpointError naming the folder and both sizes, before any stage runs."""
+  small = TINY.replace(vocab_size=200)
+  params = dict(tiny_params)
+  params["embedder"] = {"embedding": np.asarray(tiny_params["embedder"]["embedding"])[:200]}
+  folder = str(tmp_path / "hf")
+  hf.save_hf_folder(folder, small, params, tiny_tokenizer())  # 269 tokens, 200 rows
+  with pytest.raises(CheckpointError, match=r"hf: the tokenizer has 269 tokens but the model's "
+                                            r"embedding has 200 rows"):
+    loader.load(folder, cache_dir=str(tmp_path / "cache"))

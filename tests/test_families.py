@@ -245,3 +245,28 @@ def test_one_training_step_under_a_mesh_equals_one_device():
     # rounding of near-zero gradients into larger absolute differences (measured <= 7.6e-5).
     assert r["rel_norm_diff"] < 1e-5 and r["max_abs_diff"] < 1.5e-4, (family, r)
     assert r["moved"] > 1e-4, (family, r)  # the steps changed the parameters
+
+
+class _Field:
+  def __init__(self, value):
+    self.value = value
+
+  def contents(self):
+    return self.value
+
+
+def test_gguf_metadata_without_a_needed_field_names_it():
+  """A llama GGUF whose metadata lacks block_count: the error names the file and the field."""
+  import types
+
+  from cai_jax.checkpoints import gguf as gguf_io
+
+  fields = {"general.architecture": _Field("llama"), "llama.embedding_length": _Field(64),
+            "llama.attention.head_count": _Field(4)}
+  reader = types.SimpleNamespace(fields=fields, tensors=[])
+  with pytest.raises(families.CheckpointError, match="m.gguf: GGUF metadata field "
+                                                     "'llama.block_count' is missing"):
+    gguf_io.config_from_reader(reader, "m.gguf")
+  fields["general.architecture"] = _Field("falcon")
+  with pytest.raises(families.CheckpointError, match="'falcon'.*llama, qwen2, qwen3"):
+    gguf_io.config_from_reader(reader, "m.gguf")

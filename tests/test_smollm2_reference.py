@@ -228,7 +228,7 @@ def mc_items(n: int = 240, seed: int = 1):
 @needs_transformers
 def test_eval_mc_scores_match_transformers(smollm2, hf_smollm2):
   """240 items, 2-4 options each: per-option summed log-probs from the packed scorer against
-  transformers, one forward pass per option (measured max |d score| 1.8e-4)."""
+  transformers, one forward pass per option (measured max |d score| 1.1e-4)."""
   import torch
 
   from cai_jax.eval import mc
@@ -251,4 +251,4 @@ def test_eval_mc_scores_match_transformers(smollm2, hf_smollm2):
   print(f"max |score difference| vs transformers over {len(items)} items: {worst:.2e}; "
         f"accuracy {np.mean(result.correct):.3f}")
   assert agree == len(items)
-  assert worst <= 5e-4
+  assert worst <= 3e-4

@@ -93,6 +93,15 @@ def convert_gguf_to_hf(gguf_path: str, folder: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_tokenizer_fits(tokenizer, config: DecoderConfig, folder: str) -> None:
+  """Every token id must have an embedding row (a table may have more rows than the tokenizer
+  has tokens: Gemma 3 4B+ reserve image tokens)."""
+  if tokenizer.vocab_size > config.vocab_size:
+    raise CheckpointError(
+        f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding "
+        f"has {config.vocab_size} rows: the tokenizer belongs to another model")
+
+
 def resolve(spec: str, cache_dir: str) -> str:
   """The local folder (HF or orbax) that holds checkpoint `spec`, converting a GGUF if needed."""
   if not spec:
@@ -121,6 +130,10 @@ def load(spec: str, *, cache_dir: str, param_dtype: str = "float32", dtype: str 
   shards: an HF folder is read on the host and every device receives only its slices; an orbax
   folder is restored into the shardings. Without it, parameters land on the default device."""
   folder = resolve(spec, cache_dir)
+  try:  # first: a folder without a usable tokenizer fails before the weights are read
+    tokenizer = load_tokenizer(folder)
+  except ValueError as e:
+    raise CheckpointError(str(e)) from e
   if orbax_io.is_orbax_folder(folder):
     shardings = None
     if shardings_for is not None:
@@ -133,9 +146,6 @@ def load(spec: str, *, cache_dir: str, param_dtype: str = "float32", dtype: str 
       params = parallel.shard_host_tree(params, shardings_for(config))
     else:
       params = jax.tree.map(jnp.asarray, params)
-  try:
-    tokenizer = load_tokenizer(folder)
-  except ValueError as e:
-    raise CheckpointError(str(e)) from e
+  check_tokenizer_fits(tokenizer, config, folder)
   return LoadedModel(config=config.replace(dtype=dtype), params=params, tokenizer=tokenizer,
                      source=folder)

@@ -25,30 +25,12 @@ import os
 
 from cai_jax import config_defaults
 
-PIPELINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pipeline.py")
+# The same machine, mesh, batches and remat as gemma3_12b_8x_h100.py (the estimates fit).
+BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gemma3_12b_8x_h100.py")
 
 
 def get_config():
-  config = config_defaults.load_config_file(PIPELINE)
-  config.hardware = config_defaults.hardware_config(
-      name="8x NVIDIA H100 80GB (one machine)", kind="gpu", num_devices=8, hosts=1,
-      hbm_gib_per_device=79.6,   # 81,559 MiB as nvidia-smi reports it
-      preset="qwen2.5-7b")
+  config = config_defaults.load_config_file(BASE)
+  config.hardware.preset = "qwen2.5-7b"
   config.model.checkpoint = ""   # set: a local HF folder of Qwen 2.5 7B
-  config_defaults.mixed_precision(config)  # fp32 master weights, bf16 matmuls and sampling
-  config.mesh.update(data=1, fsdp=8, tensor=1)
-
-  config.sl_generate.batch_size = 8
-  config.sample_pairs.batch_size = 8
-  config.feedback.tokens_per_batch = 8192
-
-  config.sl_train.update(batch_size=64, micro_batches=2, max_length=1024, loss_chunk_tokens=2048,
-                         remat="dots", eval_batch_size=16)
-  config.pm_train.update(batch_size=64, micro_batches=1, max_length=1024, remat="full",
-                         eval_batch_size=16)
-  # one micro-batch: accumulating float32 gradients would cost another 11 GiB a device
-  config.rl_train.update(batch_size=64, minibatch_size=32, micro_batches=1, sampler_batch=64,
-                         max_prompt_tokens=512, max_new_tokens=256, loss_chunk_tokens=2048,
-                         remat="full")
-  config.eval.batch_size = 16
   return config

@@ -38,30 +38,16 @@ import os
 
 from cai_jax import config_defaults
 
-PIPELINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pipeline.py")
+# The same machine, mesh, batches and remat as gemma3_27b_tpu_v5p_64.py (the estimates fit).
+BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gemma3_27b_tpu_v5p_64.py")
 
 
 def get_config():
-  config = config_defaults.load_config_file(PIPELINE)
-  config.hardware = config_defaults.hardware_config(
-      name="TPU v5p-64 (32 chips, 8 hosts)", kind="tpu", num_devices=32, hosts=8,
-      hbm_gib_per_device=88.5,   # 95 GB (10^9 bytes) per chip
-      preset="qwen3-32b")
-  config.model.checkpoint = ""   # set: a local HF folder of Qwen 3 32B on every host
-  config_defaults.mixed_precision(config)  # fp32 master weights, bf16 matmuls and sampling
-  config.mesh.update(data=1, fsdp=16, tensor=2)
-  config.distributed.auto = True
-
+  config = config_defaults.load_config_file(BASE)
+  config.hardware.preset = "qwen3-32b"
+  config.model.checkpoint = ""   # set: a local HF folder of Qwen 3 32B
+  # 32.8B parameters (61 GiB in bfloat16) on one chip for the sampling stages: one row in
+  # sl_generate, four answers at a time in eval.
   config.sl_generate.batch_size = 1
-  config.sample_pairs.batch_size = 2
-  config.feedback.tokens_per_batch = 4096
-
-  config.sl_train.update(batch_size=128, micro_batches=1, max_length=1024, loss_chunk_tokens=4096,
-                         remat="full", eval_batch_size=32)
-  config.pm_train.update(batch_size=128, micro_batches=1, max_length=1024, remat="full",
-                         eval_batch_size=32)
-  config.rl_train.update(batch_size=128, minibatch_size=64, micro_batches=1, sampler_batch=32,
-                         max_prompt_tokens=512, max_new_tokens=256, loss_chunk_tokens=4096,
-                         remat="full")
-  config.eval.update(batch_size=16, answer_batch_size=4)
+  config.eval.update(answer_batch_size=4)
   return config

@@ -205,6 +205,18 @@ def hf_layer_types(d: Mapping[str, Any], num_layers: int, where: str,
   return (kind,) * num_layers
 
 
+def unused_window_dropped(d: Mapping[str, Any], where: str) -> dict[str, Any]:
+  """Qwen configs name a `sliding_window` that applies only with `use_sliding_window`; without
+  it the window is dropped, with it `layer_types` must say which layers use it."""
+  d = dict(d)
+  if not d.get("use_sliding_window"):
+    d["sliding_window"] = None
+  elif not d.get("layer_types"):
+    raise CheckpointError(f"{where}: use_sliding_window=true without layer_types "
+                          "(max_window_layers) is not supported")
+  return d
+
+
 def pre_norm_config_from_hf(d: Mapping[str, Any], where: str, *, family: str,
                             qkv_bias: bool, qk_norm: bool,
                             window_everywhere: bool = False) -> DecoderConfig:

@@ -11,13 +11,7 @@ NAME = "qwen2"
 
 
 def config_from_hf(d: Mapping[str, Any], where: str) -> DecoderConfig:
-  d = dict(d)
-  if not d.get("use_sliding_window"):
-    d["sliding_window"] = None  # Qwen configs name a window they do not use
-  elif not d.get("layer_types"):
-    raise base.CheckpointError(f"{where}: use_sliding_window=true without layer_types "
-                               "(max_window_layers) is not supported")
-  return base.pre_norm_config_from_hf(d, where, family=NAME, qkv_bias=True, qk_norm=False)
+  return base.pre_norm_config_from_hf(base.unused_window_dropped(d, where), where, family=NAME, qkv_bias=True, qk_norm=False)
 
 
 def config_to_hf(c: DecoderConfig) -> dict[str, Any]:

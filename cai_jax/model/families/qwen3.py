@@ -13,13 +13,7 @@ NAME = "qwen3"
 def config_from_hf(d: Mapping[str, Any], where: str) -> DecoderConfig:
   if d.get("attention_bias"):
     raise base.CheckpointError(f"{where}: attention_bias=true is not supported for Qwen 3")
-  d = dict(d)
-  if not d.get("use_sliding_window"):
-    d["sliding_window"] = None
-  elif not d.get("layer_types"):
-    raise base.CheckpointError(f"{where}: use_sliding_window=true without layer_types "
-                               "(max_window_layers) is not supported")
-  return base.pre_norm_config_from_hf(d, where, family=NAME, qkv_bias=False, qk_norm=True)
+  return base.pre_norm_config_from_hf(base.unused_window_dropped(d, where), where, family=NAME, qkv_bias=False, qk_norm=True)
 
 
 def config_to_hf(c: DecoderConfig) -> dict[str, Any]:
