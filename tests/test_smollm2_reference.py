@@ -252,3 +252,29 @@ def test_eval_mc_scores_match_transformers(smollm2, hf_smollm2):
         f"accuracy {np.mean(result.correct):.3f}")
   assert agree == len(items)
   assert worst <= 3e-4
+
+
+def test_generate_job_reads_chat_text_and_stops_at_end_of_turn(smollm2, model_cache_dir,
+                                                                tmp_path):
+  """`generate --config.model.checkpoint=smollm2-135m`: a prompt written in ChatML text (its
+  special tokens as text) is answered and the answer ends at <|im_end|> (the EOS id)."""
+  import json
+
+  from cai_jax import main
+  from configs_loader import load_config
+
+  prompts = tmp_path / "in.jsonl"
+  prompts.write_text(json.dumps({"id": "q", "prompt": chat("What is the capital of France?")})
+                     + "\n")
+  out = tmp_path / "out.jsonl"
+  config = load_config("generate", **{
+      "model.checkpoint": "smollm2-135m", "model.cache_dir": model_cache_dir,
+      "generate.prompts": str(prompts), "generate.output": str(out),
+      "generate.max_new_tokens": 24, "generate.temperature": 0.0})
+  main.run(config, str(tmp_path / "work"))
+  record = json.loads(out.read_text())
+  assert record["finish_reason"] == "eos" and record["num_tokens"] < 24
+  want = smollm2.tokenizer.decode(
+      Sampler(smollm2.config, smollm2.params, smollm2.tokenizer).generate(
+          [chat("What is the capital of France?")], max_new_tokens=24).tokens[0][:-1])
+  assert record["completion"] == want and "Paris" in want

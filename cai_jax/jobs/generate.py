@@ -2,7 +2,8 @@
 
 Records: {"id", "prompt", "completion", "finish_reason", "num_tokens", "truncated"}. On restart,
 ids already in the output are skipped; a last line cut off by a crash is dropped first, so no
-record is lost or written twice. Prompts are encoded with BOS first and nothing else added.
+record is lost or written twice. Prompts are encoded as given (special-token text such as
+`<|im_start|>` becomes its single id), BOS first where the checkpoint's tokenizer adds one.
 """
 
 from __future__ import annotations
