@@ -278,3 +278,33 @@ def test_generate_job_reads_chat_text_and_stops_at_end_of_turn(smollm2, model_ca
       Sampler(smollm2.config, smollm2.params, smollm2.tokenizer).generate(
           [chat("What is the capital of France?")], max_new_tokens=24).tokens[0][:-1])
   assert record["completion"] == want and "Paris" in want
+
+
+@needs_transformers
+def test_export_loads_in_transformers_with_its_tokenizer(smollm2, hf_smollm2, tmp_path):
+  """The HF folder we write (tokenizer.json with the published pre-tokenizer, the chat template
+  in tokenizer_config.json) loads as LlamaForCausalLM + a fast tokenizer: no missing or
+  unexpected keys, logits equal to transformers' reading of the GGUF, the same ids and chat
+  rendering as ours."""
+  import torch
+  import transformers
+
+  from cai_jax.checkpoints import hf
+
+  folder = str(tmp_path / "export")
+  hf.save_hf_folder(folder, smollm2.config, smollm2.params, smollm2.tokenizer)
+  model, info = transformers.AutoModelForCausalLM.from_pretrained(
+      folder, output_loading_info=True, dtype=torch.float32)
+  assert type(model).__name__ == "LlamaForCausalLM"
+  assert not info["missing_keys"] and not info["unexpected_keys"], info
+  assert not info["mismatched_keys"], info
+  tok = transformers.AutoTokenizer.from_pretrained(folder)
+  corpus = tokenizer_corpus(n=300, seed=3)
+  assert [tok.encode(s, add_special_tokens=True) for s in corpus] == (
+      smollm2.tokenizer.encode_batch(corpus, add_bos=True))
+  messages = [{"role": "user", "content": "Hi"}]
+  assert tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == (
+      smollm2.tokenizer.render_chat(messages, add_generation_prompt=True))
+  ids = torch.tensor([smollm2.tokenizer.encode(chat("Name a colour."), add_bos=True)])
+  with torch.no_grad():
+    np.testing.assert_array_equal(model.eval()(ids).logits.numpy(), hf_smollm2(ids).logits.numpy())
