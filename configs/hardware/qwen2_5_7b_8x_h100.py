@@ -4,21 +4,10 @@
         --config configs/hardware/qwen2_5_7b_8x_h100.py --workdir runs/cai_qwen7b \
         --config.model.checkpoint=/path/to/Qwen2.5-7B-Instruct
 
-Set `model.checkpoint` to a local Hugging Face folder of Qwen/Qwen2.5-7B-Instruct (or the base model): config.json,
-*.safetensors, tokenizer.json and tokenizer_config.json; nothing is downloaded at run time. The
-folder must hold the architecture named in `hardware.preset`. One process drives the 8 GPUs.
-The trainers shard parameters, gradients and AdamW moments over all 8 (fsdp=8); pm_train and
-rl_train rematerialise each block in the backward pass, sl_train keeps the matmul outputs
-(remat=dots) and accumulates 2 micro-batches. The sampling stages (sl_generate, sample_pairs,
-feedback and eval's answers and judge) run on one GPU; eval's PM scores are sharded like the
-trainers. JAX preallocates 75% of a GPU by default: the memory fraction above lets it use the
-card. Per-device memory of every stage: `python -m cai_jax.train.memory <this file>`;
-tests/test_hardware_configs.py checks each stays under 90% of a card (the fullest: sl_generate, about 70%;
-rl_train about 56%).
-
-Dtypes (config_defaults.mixed_precision): float32 master weights and AdamW moments with
-bfloat16 matmuls in the trainers; bfloat16 weights in the sampling stages and in rl_train's
-frozen reference and preference model.
+`model.checkpoint`: a local Hugging Face folder of Qwen/Qwen2.5-7B-Instruct (or the base model) (config.json,
+*.safetensors, tokenizer.json, tokenizer_config.json). Machine, mesh (fsdp=8), batches, remat
+and dtypes are gemma3_12b_8x_h100.py's, whose docstring explains them. Per-device memory:
+`python -m cai_jax.train.memory <this file>` (the fullest: sl_generate, about 70%; rl_train about 56%).
 """
 
 import os
