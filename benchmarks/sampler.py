@@ -202,6 +202,8 @@ def random_model(tokenizer_path: str, dtype: str, seed: int):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--cache_dir", default=os.path.expanduser("~/.cache/cai_jax"))
+  parser.add_argument("--checkpoint", default="gemma3-270m",
+                      help="any model.checkpoint cai_jax loads (e.g. smollm2-135m)")
   parser.add_argument("--new_tokens", "--new-tokens", type=int, default=128)
   parser.add_argument("--batch-sizes", default="1,8",
                       help="comma-separated batch sizes for (a); batch 1 gives the bandwidth "
@@ -250,7 +252,7 @@ def main():
     print(f"random gemma3-270m parameters ({args.dtype}): {init_s:.1f} s", flush=True)
   else:
     from cai_jax.checkpoints import loader
-    model = loader.load("gemma3-270m", cache_dir=args.cache_dir, param_dtype=args.dtype,
+    model = loader.load(args.checkpoint, cache_dir=args.cache_dir, param_dtype=args.dtype,
                         dtype=args.dtype)
   tok = model.tokenizer
   num_params = model.config.num_params()
@@ -261,7 +263,7 @@ def main():
   sampler = Sampler(model.config, model.params, tok, eos_ids=(),
                     max_batch=max([*batch_sizes, args.prefix_prompts]))
   out = {"device": device.device_kind, "platform": device.platform,
-         "weights": "random" if args.random_weights else "gemma3-270m", "dtype": args.dtype,
+         "weights": "random" if args.random_weights else args.checkpoint, "dtype": args.dtype,
          "num_params": num_params, "new_tokens": n_new, "repeats": args.repeats, **bw,
          "bandwidth_gb_s": bandwidth}
   speedup_keys = []
