@@ -1,6 +1,9 @@
 """Qwen 3 32B, the Constitutional AI pipeline on a TPU v5p-64 slice (32 chips, 95 GB HBM each,
-8 hosts of 4 chips), stage by stage as gemma3_27b_tpu_v5p_64.py's docstring describes, with
-`--config configs/hardware/qwen3_32b_tpu_v5p_64.py --config.model.checkpoint=/path/to/Qwen3-32B`.
+8 hosts of 4 chips), stage by stage as gemma3_27b_tpu_v5p_64.py's docstring describes:
+
+    python -m cai_jax.main --config configs/hardware/qwen3_32b_tpu_v5p_64.py \
+        --workdir /mnt/shared/cai_qwen32b --config.model.checkpoint=/path/to/Qwen3-32B \
+        --config.pipeline.stages=STAGES
 
 `model.checkpoint`: a local Hugging Face folder of Qwen/Qwen3-32B on every host (config.json,
 *.safetensors, tokenizer.json, tokenizer_config.json). Mesh (fsdp=16 x tensor=2), trainer
