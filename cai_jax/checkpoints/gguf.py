@@ -21,19 +21,14 @@ _LAYER_NAMES = {  # GGUF -> HF, inside one block
     "attn_output": "self_attn.o_proj",
     "attn_q_norm": "self_attn.q_norm",
     "attn_k_norm": "self_attn.k_norm",
-    "attn_norm": "input_layernorm",
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
-# Norm names whose HF meaning depends on the family: pre-norm families (Llama, Qwen) call the
-# MLP's input norm `post_attention_layernorm`; Gemma 2 / 3 have four norms.
-_PRE_NORM_LAYER_NAMES = {"ffn_norm": "post_attention_layernorm"}
-_FOUR_NORM_LAYER_NAMES = {
-    "post_attention_norm": "post_attention_layernorm",
-    "ffn_norm": "pre_feedforward_layernorm",
-    "post_ffw_norm": "post_feedforward_layernorm",
-}
+# GGUF norm names -> ours; their HF names are the family's (`Family.hf_norm_names`: pre-norm
+# families call the MLP's input norm `post_attention_layernorm`, Gemma 2 / 3 have four norms).
+_NORMS = {"attn_norm": "pre_attn_norm", "post_attention_norm": "post_attn_norm",
+          "ffn_norm": "pre_ffw_norm", "post_ffw_norm": "post_ffw_norm"}
 
 
 def open_reader(path: str):
@@ -48,14 +43,9 @@ def open_reader(path: str):
     raise CheckpointError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
 
 
-def family_of(reader, path: str):
-  arch = GgufMetadata(reader, path).arch
-  return families.for_gguf_architecture(arch, path)
-
-
 def config_from_reader(reader, path: str) -> DecoderConfig:
-  family = family_of(reader, path)
-  return family.config_from_gguf(GgufMetadata(reader, path))
+  metadata = GgufMetadata(reader, path)
+  return families.for_gguf_architecture(metadata.arch, path).config_from_gguf(metadata)
 
 
 def dequantize(tensor, path: str) -> np.ndarray:
@@ -71,14 +61,12 @@ def dequantize(tensor, path: str) -> np.ndarray:
   return np.asarray(data, dtype=np.float32).reshape(shape)
 
 
-
-def hf_state_from_reader(reader, path: str, config: DecoderConfig | None = None
-                         ) -> dict[str, np.ndarray]:
+def hf_state_from_reader(reader, path: str, config: DecoderConfig) -> dict[str, np.ndarray]:
   """Every tensor renamed to its HF name, dequantized, with llama.cpp's changes undone."""
-  family = family_of(reader, path)
-  config = config or family.config_from_gguf(GgufMetadata(reader, path))
+  family = families.get(config.family)
   names = dict(_LAYER_NAMES)
-  names.update(_FOUR_NORM_LAYER_NAMES if config.post_norms else _PRE_NORM_LAYER_NAMES)
+  names.update({g: family.hf_norm_names[ours] for g, ours in _NORMS.items()
+                if ours in family.hf_norm_names})
   state = {}
   for t in reader.tensors:
     parts = t.name.split(".")

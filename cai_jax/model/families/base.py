@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from cai_jax.model.config import DecoderConfig
+from cai_jax.model.config import GLOBAL, LOCAL, DecoderConfig
 
 
 class CheckpointError(ValueError):
@@ -114,6 +114,11 @@ def rope_to_hf(c: DecoderConfig) -> dict[str, Any]:
   return {"rope_theta": c.global_rope_base, "rope_scaling": scaling}
 
 
+def int_if_integral(x: float):
+  """transformers' strict configs want an int wherever the value is integral."""
+  return int(x) if float(x).is_integer() else x
+
+
 def common_to_hf(c: DecoderConfig) -> dict[str, Any]:
   """config.json keys that every family writes the same way."""
   return {
@@ -174,6 +179,16 @@ class GgufMetadata:
       raise CheckpointError(f"{self.path}: tensor 'token_embd.weight' is missing")
     return shape[0]
 
+  def linear_rope_scaling(self) -> dict[str, Any]:
+    """DecoderConfig fields of `rope.scaling.type` (none or linear; others are errors)."""
+    kind = self.get("rope.scaling.type") if self.has("rope.scaling.type") else "none"
+    if kind in ("none", ""):
+      return {}
+    if kind != "linear":
+      raise CheckpointError(f"{self.path}: GGUF RoPE scaling {kind!r} is not supported; "
+                            "use the HF folder of this checkpoint")
+    return {"rope_scaling": "linear", "global_rope_scale": self.f32("rope.scaling.factor")}
+
 
 def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
   """llama.cpp's converter reorders each head's q / k rows from the half-split RoPE layout to
@@ -183,7 +198,12 @@ def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
           .reshape(w.shape))
 
 
-HF_LAYER_TYPES = {"sliding_attention": "local", "full_attention": "global"}
+HF_LAYER_TYPES = {"sliding_attention": LOCAL, "full_attention": GLOBAL}
+
+
+def layer_types_to_hf(c: DecoderConfig) -> list[str]:
+  """`layer_types` of an HF config (the inverse of HF_LAYER_TYPES)."""
+  return ["sliding_attention" if t == LOCAL else "full_attention" for t in c.layer_types]
 
 
 def hf_layer_types(d: Mapping[str, Any], num_layers: int, where: str,
@@ -199,9 +219,9 @@ def hf_layer_types(d: Mapping[str, Any], num_layers: int, where: str,
       raise CheckpointError(f"{where}: layer_types has {len(kinds)} entries for "
                             f"{num_layers} layers")
     if not d.get("sliding_window"):
-      kinds = ("global",) * num_layers
+      kinds = (GLOBAL,) * num_layers
     return kinds
-  kind = "local" if window_everywhere and d.get("sliding_window") else "global"
+  kind = LOCAL if window_everywhere and d.get("sliding_window") else GLOBAL
   return (kind,) * num_layers
 
 
@@ -241,7 +261,7 @@ def pre_norm_config_from_hf(d: Mapping[str, Any], where: str, *, family: str,
       head_dim=head_dim,
       query_pre_attn_scalar=float(head_dim),
       layer_types=layer_types,
-      sliding_window=int(d.get("sliding_window") or 0) if "local" in layer_types else 0,
+      sliding_window=int(d.get("sliding_window") or 0) if LOCAL in layer_types else 0,
       rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
       max_seq_len=int(d.get("max_position_embeddings", 4096)),
       tie_embeddings=bool(d.get("tie_word_embeddings", False)),
@@ -252,14 +272,6 @@ def pre_norm_config_from_hf(d: Mapping[str, Any], where: str, *, family: str,
 def pre_norm_config_from_gguf(m: GgufMetadata, *, family: str, qkv_bias: bool, qk_norm: bool
                               ) -> DecoderConfig:
   """The config of a pre-norm SwiGLU family from llama.cpp metadata."""
-  if m.has("rope.scaling.type") and m.get("rope.scaling.type") not in ("none", ""):
-    kind = m.get("rope.scaling.type")
-    if kind != "linear":
-      raise CheckpointError(f"{m.path}: GGUF RoPE scaling {kind!r} is not supported; "
-                            "use the HF folder of this checkpoint")
-    scaling = {"rope_scaling": "linear", "global_rope_scale": m.f32("rope.scaling.factor")}
-  else:
-    scaling = {}
   if m.tensor_shape("rope_freqs.weight") is not None:
     raise CheckpointError(f"{m.path}: per-frequency RoPE factors (rope_freqs.weight, Llama 3.1 "
                           "scaling) are not read from GGUF; use the HF folder of this checkpoint")
@@ -279,13 +291,13 @@ def pre_norm_config_from_gguf(m: GgufMetadata, *, family: str, qkv_bias: bool, q
       num_kv_heads=int(m.get("attention.head_count_kv", num_heads)),
       head_dim=head_dim,
       query_pre_attn_scalar=float(head_dim),
-      layer_types=("local" if window else "global",) * num_layers,
+      layer_types=(LOCAL if window else GLOBAL,) * num_layers,
       sliding_window=window,
       local_rope_base=rope_base, global_rope_base=rope_base,
       rms_norm_eps=m.f32("attention.layer_norm_rms_epsilon"),
       max_seq_len=int(m.get("context_length")),
       tie_embeddings=m.tensor_shape("output.weight") is None,
-      qkv_bias=qkv_bias, qk_norm=qk_norm, **scaling)
+      qkv_bias=qkv_bias, qk_norm=qk_norm, **m.linear_rope_scaling())
 
 
 def pre_norm_config_to_hf(c: DecoderConfig, architecture: str, model_type: str
@@ -294,8 +306,7 @@ def pre_norm_config_to_hf(c: DecoderConfig, architecture: str, model_type: str
          "hidden_act": "silu", **rope_to_hf(c)}
   if c.window is not None:
     out["sliding_window"] = c.sliding_window
-    out["layer_types"] = ["sliding_attention" if t == "local" else "full_attention"
-                          for t in c.layer_types]
+    out["layer_types"] = layer_types_to_hf(c)
   return out
 
 
@@ -303,6 +314,6 @@ def tiny(family: str, **kw) -> DecoderConfig:
   """A few-hundred-KB model of a family for unit tests (GQA, 4 layers)."""
   fields = dict(vocab_size=512, embed_dim=64, mlp_dim=128, num_layers=4, num_heads=4,
                 num_kv_heads=2, head_dim=16, query_pre_attn_scalar=16,
-                layer_types=("global",) * 4, max_seq_len=1024, family=family)
+                layer_types=(GLOBAL,) * 4, max_seq_len=1024, family=family)
   fields.update(kw)
   return DecoderConfig(**fields)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from cai_jax.model.config import DecoderConfig
+from cai_jax.model.config import GLOBAL, LOCAL, DecoderConfig
 from cai_jax.model.families import base, gemma3
 
 NAME = "gemma2"
@@ -14,7 +14,7 @@ FIXED = dict(family=NAME, norm_offset=1.0, post_norms=True, qk_norm=False, qkv_b
 
 
 def _alternating(num_layers: int) -> tuple[str, ...]:
-  return tuple("local" if i % 2 == 0 else "global" for i in range(num_layers))
+  return tuple(LOCAL if i % 2 == 0 else GLOBAL for i in range(num_layers))
 
 
 def config_from_hf(d: Mapping[str, Any], where: str) -> DecoderConfig:
@@ -44,10 +44,9 @@ def config_to_hf(c: DecoderConfig) -> dict[str, Any]:
   return {
       "architectures": ["Gemma2ForCausalLM"], "model_type": NAME, **base.common_to_hf(c),
       "hidden_activation": "gelu_pytorch_tanh",
-      "query_pre_attn_scalar": gemma3._int_if_integral(c.query_pre_attn_scalar),
+      "query_pre_attn_scalar": base.int_if_integral(c.query_pre_attn_scalar),
       "sliding_window": c.sliding_window,
-      "layer_types": ["sliding_attention" if t == "local" else "full_attention"
-                      for t in c.layer_types],
+      "layer_types": base.layer_types_to_hf(c),
       "attn_logit_softcapping": c.attn_softcap or None,
       "final_logit_softcapping": c.final_softcap or None,
       "attention_bias": False, **base.rope_to_hf(c)}

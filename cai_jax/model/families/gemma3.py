@@ -7,13 +7,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from cai_jax.model.config import GLOBAL, LOCAL, DecoderConfig, layer_types_from_pattern
+from cai_jax.model.config import DecoderConfig, layer_types_from_pattern
 from cai_jax.model.families import base
 
 NAME = "gemma3"
 TEXT = "gemma3_text"
 MULTIMODAL = "gemma3"
-HF_LAYER_TYPES = {"sliding_attention": LOCAL, "full_attention": GLOBAL}
 LAYER_PATTERN = 6          # not in the GGUF: llama.cpp hard-codes it
 GGUF_LOCAL_ROPE_BASE = 10_000.0
 SPECIAL_IDS = {"bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0}
@@ -50,7 +49,7 @@ def config_from_hf(d: Mapping[str, Any], where: str) -> DecoderConfig:
   try:
     num_layers = int(d["num_hidden_layers"])
     if d.get("layer_types"):
-      layer_types = tuple(HF_LAYER_TYPES[t] for t in d["layer_types"])
+      layer_types = tuple(base.HF_LAYER_TYPES[t] for t in d["layer_types"])
     else:
       layer_types = layer_types_from_pattern(num_layers, int(d.get("sliding_window_pattern", 6)))
     return DecoderConfig(
@@ -72,21 +71,15 @@ def config_from_hf(d: Mapping[str, Any], where: str) -> DecoderConfig:
     raise base.CheckpointError(f"{where}: config is missing field {e.args[0]!r}") from None
 
 
-def _int_if_integral(x: float):
-  return int(x) if float(x).is_integer() else x
-
-
 def config_to_hf(c: DecoderConfig) -> dict[str, Any]:
   return {
       "architectures": ["Gemma3ForCausalLM"],
       "model_type": TEXT,
       **base.common_to_hf(c),
       "hidden_activation": "gelu_pytorch_tanh",
-      # transformers' strict config wants an int here whenever the value is integral.
-      "query_pre_attn_scalar": _int_if_integral(c.query_pre_attn_scalar),
+      "query_pre_attn_scalar": base.int_if_integral(c.query_pre_attn_scalar),
       "sliding_window": c.sliding_window,
-      "layer_types": [
-          "full_attention" if t == GLOBAL else "sliding_attention" for t in c.layer_types],
+      "layer_types": base.layer_types_to_hf(c),
       "rope_theta": c.global_rope_base,
       "rope_local_base_freq": c.local_rope_base,
       "rope_scaling": (None if c.rope_scaling == "none" else
@@ -106,12 +99,6 @@ def config_from_gguf(m: base.GgufMetadata) -> DecoderConfig:
   head_dim = int(m.get("attention.key_length"))
   # llama.cpp scales queries by 1/sqrt(head_dim), except 27B (62 layers): 1/sqrt(embed/heads).
   query_scalar = embed_dim // num_heads if num_layers == 62 else head_dim
-  scaling: dict[str, Any] = {}
-  kind = m.get("rope.scaling.type", "none") if m.has("rope.scaling.type") else "none"
-  if kind not in ("none", ""):
-    if kind != "linear":
-      raise base.CheckpointError(f"{m.path}: RoPE scaling {kind!r} is not supported")
-    scaling = {"rope_scaling": "linear", "global_rope_scale": m.f32("rope.scaling.factor")}
   return DecoderConfig(
       vocab_size=m.vocab_size(),
       embed_dim=embed_dim,
@@ -127,7 +114,7 @@ def config_from_gguf(m: base.GgufMetadata) -> DecoderConfig:
       global_rope_base=m.f32("rope.freq_base"),
       rms_norm_eps=m.f32("attention.layer_norm_rms_epsilon"),
       max_seq_len=int(m.get("context_length")),
-      **scaling, **FIXED)
+      **m.linear_rope_scaling(), **FIXED)
 
 
 def from_gguf_tensor(name: str, x: np.ndarray, config: DecoderConfig) -> np.ndarray:
