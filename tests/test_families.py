@@ -270,3 +270,26 @@ def test_gguf_metadata_without_a_needed_field_names_it():
   fields["general.architecture"] = _Field("falcon")
   with pytest.raises(families.CheckpointError, match="'falcon'.*llama, qwen2, qwen3"):
     gguf_io.config_from_reader(reader, "m.gguf")
+
+
+def test_chunked_log_probs_apply_the_final_softcap():
+  """The trainers' chunked log-probs (no [B, L, V] logits) equal log_softmax of the model's own
+  soft-capped logits, for a family that caps them (Gemma 2's tiny preset)."""
+  from cai_jax.train import lm, losses
+
+  config = families.preset("tiny-gemma2")
+  assert config.final_softcap
+  params = decoder.init_params(config, jax.random.PRNGKey(0))
+  tokens = jnp.asarray(_tokens(length=12) % config.vocab_size, jnp.int32)
+  valid = jnp.ones(tokens.shape, bool)
+  targets = jnp.roll(tokens, -1, axis=1)
+  hidden = lm.hidden_states(config, params, tokens, valid)
+  chunked = losses.token_logprobs(hidden, decoder.output_table(params), targets, chunk_tokens=8,
+                                  softcap=config.final_softcap)
+  logits = _ours(config, params, tokens)
+  want = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits, -1)),
+                            np.asarray(targets)[..., None], -1)[..., 0]
+  # measured max |difference| 5.7e-6 on log-probs down to -45
+  np.testing.assert_allclose(np.asarray(chunked), want, rtol=0, atol=1e-5)
+  uncapped = losses.token_logprobs(hidden, decoder.output_table(params), targets, chunk_tokens=8)
+  assert np.max(np.abs(np.asarray(uncapped) - want)) > 1.0  # the cap matters here (measured 43)

@@ -254,7 +254,7 @@ def token_logprobs_entropy(hidden_BLD: jax.Array, embedding_VD: jax.Array, targe
 
   def chunk(h_BcD, t_Bc):
     logits = jnp.einsum("BcD,VD->BcV", h_BcD.astype(dtype), embedding_VD.astype(dtype))
-    logits = losses.capped(logits.astype(_F32), softcap)
+    logits = decoder.softcap(logits.astype(_F32), softcap)
     lse = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, t_Bc[..., None], axis=-1)[..., 0]
     p = jnp.exp(logits - lse[..., None])

@@ -15,6 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from cai_jax.model import decoder
+
 
 def _chunk_len(batch: int, length: int, chunk_tokens: int) -> int:
   """The largest divisor of `length` with batch * chunk_len <= chunk_tokens (at least 1)."""
@@ -47,11 +49,6 @@ def map_chunks(chunk_fn, hidden_BLD: jax.Array, targets_BL: jax.Array, chunk_tok
   return jax.tree.map(lambda y: y.swapaxes(0, 1).reshape(B, L), out)
 
 
-def capped(logits: jax.Array, softcap: float) -> jax.Array:
-  """cap * tanh(logits / cap), the final-logit soft-cap of some families; identity for 0."""
-  return jnp.tanh(logits / softcap) * softcap if softcap else logits
-
-
 def token_logprobs(hidden_BLD: jax.Array, embedding_VD: jax.Array, targets_BL: jax.Array,
                    *, chunk_tokens: int = 1024, dtype=jnp.float32, softcap: float = 0.0
                    ) -> jax.Array:
@@ -63,7 +60,7 @@ def token_logprobs(hidden_BLD: jax.Array, embedding_VD: jax.Array, targets_BL: j
     # embedding gradient ran as a plain XLA dot with a transposed [tokens, V] operand on CPU,
     # 6.75 s against 6.42 s per 512-token micro-batch of Gemma 3 270M.
     logits = jnp.einsum("BcD,VD->BcV", h_BcD.astype(dtype), embedding_VD.astype(dtype))
-    logits = capped(logits.astype(jnp.float32), softcap)
+    logits = decoder.softcap(logits.astype(jnp.float32), softcap)
     lse = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, t_Bc[..., None], axis=-1)[..., 0]
     return picked - lse
@@ -75,7 +72,7 @@ def naive_token_logprobs(hidden_BLD, embedding_VD, targets_BL, dtype=jnp.float32
                          softcap: float = 0.0):
   """The same quantity through full logits; the reference the chunked version is tested against."""
   logits = jnp.einsum("BLD,VD->BLV", hidden_BLD.astype(dtype), embedding_VD.astype(dtype))
-  logp = jax.nn.log_softmax(capped(logits.astype(jnp.float32), softcap), axis=-1)
+  logp = jax.nn.log_softmax(decoder.softcap(logits.astype(jnp.float32), softcap), axis=-1)
   return jnp.take_along_axis(logp, targets_BL[..., None], axis=-1)[..., 0]
 
 
