@@ -93,6 +93,15 @@ def convert_gguf_to_hf(gguf_path: str, folder: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def read_tokenizer(folder: str):
+  """The tokenizer of a resolved checkpoint folder; CheckpointError naming the file when it is
+  missing or unreadable."""
+  try:
+    return load_tokenizer(folder)
+  except ValueError as e:
+    raise CheckpointError(str(e)) from e
+
+
 def check_tokenizer_fits(tokenizer, config: DecoderConfig, folder: str) -> None:
   """Every token id must have an embedding row (a table may have more rows than the tokenizer
   has tokens: Gemma 3 4B+ reserve image tokens)."""
@@ -130,10 +139,7 @@ def load(spec: str, *, cache_dir: str, param_dtype: str = "float32", dtype: str 
   shards: an HF folder is read on the host and every device receives only its slices; an orbax
   folder is restored into the shardings. Without it, parameters land on the default device."""
   folder = resolve(spec, cache_dir)
-  try:  # first: a folder without a usable tokenizer fails before the weights are read
-    tokenizer = load_tokenizer(folder)
-  except ValueError as e:
-    raise CheckpointError(str(e)) from e
+  tokenizer = read_tokenizer(folder)  # first: no usable tokenizer fails before the weights load
   if orbax_io.is_orbax_folder(folder):
     shardings = None
     if shardings_for is not None:

@@ -97,7 +97,6 @@ from cai_jax.metrics import MetricsWriter, read_metrics
 from cai_jax.model import heads
 from cai_jax.sampling.sampler import FINISH_LENGTH, Sampler
 from cai_jax.sampling.strategies import Greedy, Sampling
-from cai_jax.tokenizer import load_tokenizer
 from cai_jax.train import engine, optim, runner
 from cai_jax.train import pm as pm_lib
 from cai_jax.train.checkpointing import TrainCheckpoints
@@ -189,13 +188,6 @@ def read_model_config(folder: str):
     raise CheckpointError(f"{path}: cannot read config ({e})") from e
 
 
-def read_tokenizer(folder: str):
-  try:
-    return load_tokenizer(folder)
-  except ValueError as e:
-    raise CheckpointError(str(e)) from e
-
-
 # ---------------------------------------------------------------------------------------------
 # Small host helpers
 
@@ -246,7 +238,7 @@ def run(config, workdir: str) -> dict:
   # ---- inputs: everything that can be wrong is checked before any weights load
   policy_spec = policy_checkpoint(config, workdir)
   policy_folder = loader.resolve(policy_spec, cache_dir)
-  tokenizer = read_tokenizer(policy_folder)
+  tokenizer = loader.read_tokenizer(policy_folder)
   policy_model_cfg = read_model_config(policy_folder)
   policy_vocab = policy_model_cfg.vocab_size
   pm_path = pm_folder(c, workdir)
@@ -254,7 +246,7 @@ def run(config, workdir: str) -> dict:
   if pm_path is not None:
     pm_meta = heads.read_pm_meta(pm_path).get("settings", {})
     pm_decoder = os.path.join(pm_path, "decoder")
-    ro.check_same_tokenizer(tokenizer, read_tokenizer(pm_decoder), policy_vocab=policy_vocab,
+    ro.check_same_tokenizer(tokenizer, loader.read_tokenizer(pm_decoder), policy_vocab=policy_vocab,
                             pm_vocab=read_model_config(pm_decoder).vocab_size, where=pm_path)
   if c.max_prompt_tokens + c.max_new_tokens > policy_model_cfg.max_seq_len:
     raise ConfigError(f"rl_train.max_prompt_tokens + max_new_tokens = "

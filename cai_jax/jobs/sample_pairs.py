@@ -35,7 +35,6 @@ from cai_jax.data import sources
 from cai_jax.data.jsonl import append_jsonl, finished_ids, read_jsonl, write_json_atomic
 from cai_jax.jobs.common import batch_key, policy_checkpoint, progress, sampling_strategy
 from cai_jax.sampling.sampler import Sampler
-from cai_jax.tokenizer import load_tokenizer
 
 
 
@@ -69,7 +68,7 @@ def run(config, workdir: str) -> dict:
   skipped = []
   if todo:  # the tokenizer alone says which prompts are too long; the model loads only if needed
     folder = loader.resolve(checkpoint, cache_dir)
-    tokenizer = load_tokenizer(folder)
+    tokenizer = loader.read_tokenizer(folder)
     lengths = tokenizer.encode_batch([r.prompt for r in todo], add_bos=False)
     skipped = [r.id for r, ids in zip(todo, lengths) if len(ids) > g.max_conversation_tokens]
     todo = [r for r, ids in zip(todo, lengths) if len(ids) <= g.max_conversation_tokens]
