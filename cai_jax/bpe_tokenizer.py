@@ -20,6 +20,8 @@ import json
 import os
 from typing import Iterable
 
+from cai_jax import chat_template as templates
+
 # The splitting rules of the pre-tokenizers named by llama.cpp's `tokenizer.ggml.pre`.
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -119,13 +121,12 @@ class BpeTokenizer:
       return None if f is None else int(f.contents())
 
     add_bos = reader.fields.get("tokenizer.ggml.add_bos_token")
-    template = reader.fields.get("tokenizer.chat_template")
     return cls(tok, bos_id=opt_id("tokenizer.ggml.bos_token_id"),
                eos_id=int(field("tokenizer.ggml.eos_token_id")),
                pad_id=opt_id("tokenizer.ggml.padding_token_id"),
                unk_id=opt_id("tokenizer.ggml.unknown_token_id"),
                adds_bos=bool(add_bos.contents()) if add_bos is not None else False,
-               chat_template=template.contents() if template is not None else None, source=path)
+               chat_template=templates.gguf_template(reader), source=path)
 
   @classmethod
   def from_folder(cls, folder: str) -> "BpeTokenizer":
@@ -142,11 +143,7 @@ class BpeTokenizer:
     if os.path.isfile(cfg_path):
       with open(cfg_path) as f:
         cfg = json.load(f)
-    template = cfg.get("chat_template")
-    template_file = os.path.join(folder, "chat_template.jinja")
-    if template is None and os.path.isfile(template_file):
-      with open(template_file) as f:
-        template = f.read()
+    template = templates.read_folder_template(folder)
 
     def token_id(key):
       value = cfg.get(key)
@@ -200,10 +197,8 @@ class BpeTokenizer:
 
   def render_chat(self, messages, *, add_generation_prompt: bool) -> str:
     """`messages` in the checkpoint's chat template (`cai_jax.chat_template.render`)."""
-    from cai_jax import chat_template
-
     piece = lambda i: None if i is None else self._tok.id_to_token(i)  # noqa: E731
-    return chat_template.render(
+    return templates.render(
         self.chat_template, messages, add_generation_prompt=add_generation_prompt,
         special_tokens={"bos_token": piece(self._bos), "eos_token": piece(self._eos)},
         source=self.source)

@@ -5,6 +5,8 @@ special tokens available to the template."""
 from __future__ import annotations
 
 import functools
+import json
+import os
 from typing import Mapping, Sequence
 
 
@@ -37,3 +39,25 @@ def render(template: str | None, messages: Sequence[Mapping[str, str]], *,
   return _compile(template).render(messages=list(messages),
                                    add_generation_prompt=add_generation_prompt,
                                    **dict(special_tokens or {}))
+
+
+def read_folder_template(folder: str) -> str | None:
+  """A checkpoint folder's chat template: tokenizer_config.json's `chat_template`, else
+  chat_template.jinja (newer transformers save it there), else None."""
+  cfg_path = os.path.join(folder, "tokenizer_config.json")
+  if os.path.isfile(cfg_path):
+    with open(cfg_path) as f:
+      template = json.load(f).get("chat_template")
+    if template:
+      return template
+  template_file = os.path.join(folder, "chat_template.jinja")
+  if os.path.isfile(template_file):
+    with open(template_file) as f:
+      return f.read()
+  return None
+
+
+def gguf_template(reader) -> str | None:
+  """A GGUF's `tokenizer.chat_template`, or None."""
+  field = reader.fields.get("tokenizer.chat_template")
+  return field.contents() if field is not None else None

@@ -29,7 +29,15 @@ def base_config(job: str) -> ml_collections.ConfigDict:
       "job": job,
       "seed": 0,
       "model": model_config(),
+      "conversation": conversation_config(),
   })
+
+
+def conversation_config() -> ml_collections.ConfigDict:
+  """How the method's texts reach the model (cai_jax.constitution.conversation_format): 'hh'
+  (the paper's "\\n\\nHuman: / \\n\\nAssistant:" layout, byte for byte) or 'chat' (the same
+  turns in the checkpoint's own chat template, for instruct checkpoints)."""
+  return ml_collections.ConfigDict({"format": "hh"})
 
 
 def mesh_config() -> ml_collections.ConfigDict:

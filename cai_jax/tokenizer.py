@@ -24,6 +24,8 @@ from typing import Iterable
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
+from cai_jax import chat_template as templates
+
 _Piece = sp_pb2.ModelProto.SentencePiece
 
 # llama.cpp's token types (enum llama_token_type) -> SentencePiece piece types.
@@ -45,8 +47,11 @@ _TAG_LIKE = re.compile(r"[^\s\u2581]+")
 class Tokenizer:
   """A SentencePiece tokenizer. BOS is explicit at every call site."""
 
-  def __init__(self, proto: sp_pb2.ModelProto, source: str = "<memory>"):
+  def __init__(self, proto: sp_pb2.ModelProto, source: str = "<memory>",
+               chat_template: str | None = None):
     self._proto = proto
+    self.source = source
+    self.chat_template = chat_template  # jinja2, from tokenizer_config.json or the GGUF
     self._serialized = proto.SerializeToString()
     self._sp = spm.SentencePieceProcessor()
     try:
@@ -132,7 +137,7 @@ class Tokenizer:
     ns.remove_extra_whitespaces = False
     ns.escape_whitespaces = True
     ns.precompiled_charsmap = b""
-    return cls(proto, path)
+    return cls(proto, path, chat_template=templates.gguf_template(reader))
 
   @classmethod
   def from_file(cls, path) -> "Tokenizer":
@@ -150,7 +155,7 @@ class Tokenizer:
       raise ValueError(f"{path}: not a SentencePiece model file ({e})") from e
     if not proto.pieces:
       raise ValueError(f"{path}: not a SentencePiece model file (no pieces)")
-    return cls(proto, path)
+    return cls(proto, path, chat_template=templates.read_folder_template(os.path.dirname(path)))
 
   def save(self, path) -> None:
     """Writes the serialized model: the `tokenizer.model` that SentencePiece and HF both read."""
@@ -166,7 +171,18 @@ class Tokenizer:
                  "add_eos_token": False, "bos_token": piece(self.bos_id),
                  "eos_token": piece(self.eos_id), "pad_token": piece(self.pad_id),
                  "unk_token": piece(self.unk_id), "padding_side": "left",
-                 "model_max_length": model_max_length}, f, indent=2)
+                 "model_max_length": model_max_length,
+                 **({"chat_template": self.chat_template} if self.chat_template else {})},
+                f, indent=2)
+
+  def render_chat(self, messages, *, add_generation_prompt: bool) -> str:
+    """`messages` in the checkpoint's chat template (`cai_jax.chat_template.render`)."""
+    piece = lambda i: self._proto.pieces[i].piece  # noqa: E731
+    return templates.render(self.chat_template, messages,
+                            add_generation_prompt=add_generation_prompt,
+                            special_tokens={"bos_token": piece(self.bos_id),
+                                            "eos_token": piece(self.eos_id)},
+                            source=self.source)
 
   @property
   def adds_bos(self) -> bool:

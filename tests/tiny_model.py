@@ -13,13 +13,15 @@ from cai_jax.tokenizer import Tokenizer
 from fake_gguf import FakeReader
 
 
-def small_tokenizer() -> Tokenizer:
-  """<pad> <eos> <bos> <unk>, the 256 byte pieces, then printable ASCII and newline as pieces."""
+def small_tokenizer(specials: tuple[str, ...] = ()) -> Tokenizer:
+  """<pad> <eos> <bos> <unk>, the 256 byte pieces, then printable ASCII and newline as pieces,
+  then `specials` as control pieces."""
   chars = ["\u2581" if c == " " else c for c in map(chr, range(33, 127))] + ["\u2581", "\n"]
   chars = list(dict.fromkeys(chars))
-  tokens = ["<pad>", "<eos>", "<bos>", "<unk>"] + [f"<0x{b:02X}>" for b in range(256)] + chars
-  types = [3, 3, 3, 3] + [6] * 256 + [1] * len(chars)
-  scores = [0.0] * 260 + [-1.0] * len(chars)
+  tokens = (["<pad>", "<eos>", "<bos>", "<unk>"] + [f"<0x{b:02X}>" for b in range(256)] + chars
+            + list(specials))
+  types = [3, 3, 3, 3] + [6] * 256 + [1] * len(chars) + [3] * len(specials)
+  scores = [0.0] * 260 + [-1.0] * len(chars) + [0.0] * len(specials)
   return Tokenizer.from_gguf_reader(FakeReader({
       "tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens,
       "tokenizer.ggml.scores": scores, "tokenizer.ggml.token_type": types,
@@ -42,5 +44,40 @@ def write_hf_checkpoint(folder: str, *, seed: int = 0, flat_logits: bool = False
   params = jax.jit(decoder.init_params, static_argnums=0)(config, jax.random.PRNGKey(seed))
   if flat_logits:
     params["final_norm"]["scale"] = jnp.full_like(params["final_norm"]["scale"], -0.9)
+  hf.save_hf_folder(folder, config, params, tok)
+  return folder
+
+
+# A ChatML template of the SmolLM2 / Qwen kind: each message in <|im_start|>role ... <|im_end|>.
+CHATML_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+                   "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+                   "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def chatml_tokenizer(chat_template: str | None = CHATML_TEMPLATE):
+  """A byte-level BPE tokenizer (the 256 byte symbols, no merges) with ChatML's special tokens
+  <|endoftext|> (EOS), <|im_start|> and <|im_end|>, and no BOS."""
+  from tokenizers import Tokenizer as HFTokenizer
+  from tokenizers import decoders, models, pre_tokenizers
+
+  from cai_jax.bpe_tokenizer import BpeTokenizer
+
+  alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+  tok = HFTokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+  tok.decoder = decoders.ByteLevel()
+  tok.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+  return BpeTokenizer(tok, bos_id=None, eos_id=tok.token_to_id("<|endoftext|>"), pad_id=None,
+                      unk_id=None, adds_bos=False, chat_template=chat_template,
+                      source="chatml-bytes")
+
+
+def write_chat_checkpoint(folder: str, *, seed: int = 0) -> str:
+  """A tiny Llama-family HF folder with `chatml_tokenizer` (its chat template included), its
+  output flattened like `write_hf_checkpoint(flat_logits=True)`."""
+  tok = chatml_tokenizer()
+  config = families.preset("tiny-llama", vocab_size=tok.vocab_size)
+  params = jax.jit(decoder.init_params, static_argnums=0)(config, jax.random.PRNGKey(seed))
+  params["final_norm"]["scale"] = jnp.full_like(params["final_norm"]["scale"], 0.1)
   hf.save_hf_folder(folder, config, params, tok)
   return folder

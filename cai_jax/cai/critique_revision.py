@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from cai_jax.constitution import prompts as P
+from cai_jax.constitution.conversation_format import HHFormat, split_prefix
 from cai_jax.sampling.sampler import FINISH_LENGTH
 
 
@@ -68,26 +69,29 @@ def degenerate_flags(text: str, finish_reason: str) -> list[str]:
 
 
 class CritiqueReviser:
-  """Runs the loop for batches of prompts with one sampler and one constitution."""
+  """Runs the loop for batches of prompts with one sampler and one constitution. Contexts are
+  built in the paper's layout and reach the model through `fmt` (a conversation format; the
+  paper's own layout when None)."""
 
-  def __init__(self, sampler, constitution, settings: Settings, strategy):
+  def __init__(self, sampler, constitution, settings: Settings, strategy, fmt=None):
     self.sampler = sampler
     self.c = constitution
     self.settings = settings
     self.strategy = strategy
+    self.fmt = fmt or HHFormat(getattr(sampler, "tokenizer", None))
     self.answer_prefix_text = P.initial_prefix(constitution)
     self.revise_prefix_text = P.critique_revision_prefix(constitution)
-    self._answer_prefix = sampler.prefill_prefix(self.answer_prefix_text) \
-        if self.answer_prefix_text else None
-    self._revise_prefix = sampler.prefill_prefix(self.revise_prefix_text) \
-        if self.revise_prefix_text else None
+    self._answer_prefix = self._prefill(self.answer_prefix_text)
+    self._revise_prefix = self._prefill(self.revise_prefix_text)
     self.tokens_generated = 0
+
+  def _prefill(self, text: str):
+    model_text = self.fmt.prefix(text)
+    return self.sampler.prefill_prefix(model_text) if model_text else None
 
   def _sample(self, contexts: Sequence[str], prefix_text: str, prefix, max_tokens: int,
               stop: Sequence[str], key):
-    for ctx in contexts:
-      assert ctx.startswith(prefix_text), "context must start with the cached prefix"
-    rows = [ctx[len(prefix_text):] for ctx in contexts]
+    rows = [split_prefix(self.fmt, prefix_text, ctx)[1] for ctx in contexts]
     out = self.sampler.generate(rows, max_new_tokens=max_tokens, strategy=self.strategy,
                                 key=key, stop=stop, prefix=prefix)
     self.tokens_generated += sum(out.num_tokens)

@@ -59,6 +59,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cai_jax.constitution import prompts as P
+from cai_jax.constitution.conversation_format import HHFormat, split_prefix
 from cai_jax.data.jsonl import DataError, append_jsonl, read_jsonl, require
 from cai_jax.eval.mc import MCItem
 
@@ -268,7 +269,7 @@ class FeedbackLabeller:
   `score(items).scores` gives per-item option scores) and, in CoT mode, one sampler."""
 
   def __init__(self, constitution, scorer, settings: FeedbackSettings, *, tokenizer=None,
-               sampler=None, strategy=None):
+               sampler=None, strategy=None, fmt=None):
     if settings.num_principles > len(constitution.mc_principles):
       raise ValueError(f"num_principles={settings.num_principles} but constitution "
                        f"{constitution.name!r} has {len(constitution.mc_principles)} "
@@ -280,6 +281,8 @@ class FeedbackLabeller:
     self.settings = settings
     self.tokenizer = tokenizer
     self.sampler = sampler
+    # Questions are built in the paper's layout; `fmt` turns them into the model's text.
+    self.fmt = fmt or HHFormat(tokenizer)
     if strategy is None:
       from cai_jax.sampling.strategies import Greedy
       strategy = Greedy()
@@ -318,8 +321,9 @@ class FeedbackLabeller:
   def _cot_prefix(self, principle):
     if principle.id not in self._cot_prefixes:
       text = P.cot_few_shot_prefix(self.c, principle)
-      self._cot_prefixes[principle.id] = (text, self.sampler.prefill_prefix(text) if text
-                                          else None)
+      model_text = self.fmt.prefix(text)
+      self._cot_prefixes[principle.id] = (text, self.sampler.prefill_prefix(model_text)
+                                          if model_text else None)
     return self._cot_prefixes[principle.id]
 
   def _reason(self, questions: list[_Question], key) -> None:
@@ -332,10 +336,7 @@ class FeedbackLabeller:
     for pid in sorted(by_principle):
       group = by_principle[pid]
       text, prefix = self._cot_prefix(group[0].principle)
-      rows = []
-      for q in group:
-        assert q.context.startswith(text), "CoT context must start with its few-shot prefix"
-        rows.append(q.context[len(text):])
+      rows = [split_prefix(self.fmt, text, q.context)[1] for q in group]
       key, sub = jax.random.split(key)
       out = self.sampler.generate(rows, max_new_tokens=self.settings.max_reasoning_tokens,
                                   strategy=self.strategy, key=sub, stop=P.COT_STOPS,
@@ -350,8 +351,8 @@ class FeedbackLabeller:
 
   def _few_shot_prefix(self, principle) -> str:
     if self.settings.mode == "cot":
-      return P.cot_few_shot_prefix(self.c, principle)
-    return P.mc_few_shot_prefix(self.c, principle)
+      return self.fmt.prefix(P.cot_few_shot_prefix(self.c, principle))
+    return self.fmt.prefix(P.mc_few_shot_prefix(self.c, principle))
 
   def _score(self, questions, items) -> list[list[float]]:
     """Option scores. A scorer with `prefill`/`score_after` (MCScorer) computes each
@@ -398,11 +399,12 @@ class FeedbackLabeller:
     if s.mode == "cot":
       import jax
       self._reason(questions, jax.random.PRNGKey(s.seed) if key is None else key)
+    contexts = [self.fmt.context(q.context) for q in questions]
     if self.tokenizer is not None:
       names = [f"{pairs[q.pair].where or 'pair'} (id {pairs[q.pair].id!r}), principle "
                f"{q.principle.id!r}, order {q.order}" for q in questions]
-      check_option_tokenisation(self.tokenizer, [q.context for q in questions], names)
-    items = [MCItem(q.context, P.MC_OPTIONS, (True, False)) for q in questions]
+      check_option_tokenisation(self.tokenizer, contexts, names)
+    items = [MCItem(ctx, P.MC_OPTIONS, (True, False)) for ctx in contexts]
     scores = self._score(questions, items)
     self.questions_scored += len(items)
     p_a = [normalised_choice_prob(sc[0], sc[1]) for sc in scores]

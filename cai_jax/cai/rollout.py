@@ -80,13 +80,15 @@ def check_same_tokenizer(policy_tok, pm_tok, *, policy_vocab: int, pm_vocab: int
                           "base model as the policy")
 
 
-def prompt_ids(records, tokenizer, max_prompt_tokens: int, *, skip_long: bool
+def prompt_ids(records, tokenizer, max_prompt_tokens: int, *, skip_long: bool, fmt=None
                ) -> tuple[list, list[list[int]], list[str]]:
-  """(kept records, their ids BOS + prompt, ids of the prompts skipped as too long).
+  """(kept records, their ids BOS + prompt, ids of the prompts skipped as too long); with a
+  conversation format `fmt`, the prompt as that format lays it out (`fmt.context`).
 
   A prompt longer than `max_prompt_tokens` (BOS included) is never cut: DataError listing them
   (first 10), or, with `skip_long`, left out and returned in the third list."""
-  ids = tokenizer.encode_batch([r.prompt for r in records], add_bos=True)
+  ids = tokenizer.encode_batch([fmt.context(r.prompt) if fmt else r.prompt for r in records],
+                               add_bos=True)
   long = [(r.id, len(x)) for r, x in zip(records, ids) if len(x) > max_prompt_tokens]
   if long and not skip_long:
     shown = ", ".join(f"{rid} ({n} tokens)" for rid, n in long[:10])
@@ -209,16 +211,19 @@ def grid_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[in
 
 
 def pm_batch(prompt_ids_no_bos: Sequence[Sequence[int]], response_texts: Sequence[str],
-             tokenizer, *, append_eos: bool, max_length: int, min_length: int
+             tokenizer, *, append_eos: bool, max_length: int, min_length: int, fmt=None
              ) -> tuple[dict[str, np.ndarray], int]:
   """(tokens/valid [B, L], last [B]; number of rows cut to the PM's max_length): BOS + prompt +
-  response text (+ EOS), the way `pm_train` built its training sequences."""
+  response text (+ EOS, or the conversation format's end id), the way `pm_train` built its
+  training sequences (`preferences.tokenize`)."""
   from cai_jax.data.preferences import encode_sequence
 
-  resp = tokenizer.encode_batch(list(response_texts), add_bos=False)
+  texts = [fmt.response(t) for t in response_texts] if fmt else list(response_texts)
+  resp = tokenizer.encode_batch(texts, add_bos=False)
+  end_id = fmt.end_id if fmt else tokenizer.eos_id
   rows, truncated = [], 0
   for p, r in zip(prompt_ids_no_bos, resp):
-    ids, cut = encode_sequence(p, r, start_ids=tokenizer.start_ids, eos_id=tokenizer.eos_id,
+    ids, cut = encode_sequence(p, r, start_ids=tokenizer.start_ids, eos_id=end_id,
                                max_length=max_length, append_eos=append_eos)
     rows.append(ids)
     truncated += bool(cut)

@@ -52,11 +52,15 @@ def tokenize_conversation(tokenizer, text: str, *, add_bos: bool = True,
 
 
 def tokenize_prompt_completion(tokenizer, prompt: str, completion: str, *,
-                               append_eos: bool = True) -> tuple[list[int], list[bool]]:
+                               append_eos: bool = True, fmt=None) -> tuple[list[int], list[bool]]:
   """BOS (where the tokenizer uses one) + prompt + completion (+ EOS); the mask covers the
-  completion and the EOS."""
+  completion and the EOS. With a conversation format (`cai_jax.constitution.
+  conversation_format`), the prompt and completion are what the model reads in that format and
+  the completion ends with the format's end id (the chat template's end-of-turn token)."""
+  if fmt is not None:
+    prompt, completion = fmt.context(prompt), fmt.response(completion)
   p = list(tokenizer.start_ids) + tokenizer.encode(prompt, add_bos=False)
   c = tokenizer.encode(completion, add_bos=False) if completion else []
   if append_eos:
-    c = c + [tokenizer.eos_id]
+    c = c + [tokenizer.eos_id if fmt is None else fmt.end_id]
   return p + c, [False] * len(p) + [True] * len(c)

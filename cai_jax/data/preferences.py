@@ -157,19 +157,40 @@ def encode_sequence(prompt_ids: Sequence[int], response_ids: Sequence[int], *,
   return np.asarray(ids, np.int32), truncated
 
 
-def tokenize(prefs: Sequence[Preference], tokenizer, *, max_length: int, append_eos: bool
-             ) -> list[PairExample]:
+def _formatted(prompt: str, response: str, fmt) -> tuple[str, str]:
+  """(prompt, response) as the conversation format `fmt` lays them out. A pair compared as
+  whole transcripts (empty prompt) is split at its last Assistant turn first, since a chat
+  template renders turns, not a transcript."""
+  if not prompt:
+    split = split_last_assistant(response)
+    if split is None:
+      raise DataError(f"a whole transcript without an '\\n\\nAssistant:' turn cannot be laid "
+                      f"out as a chat: {response[:60]!r}...")
+    prompt, response = split
+  return fmt.context(prompt), fmt.response(response)
+
+
+def tokenize(prefs: Sequence[Preference], tokenizer, *, max_length: int, append_eos: bool,
+             fmt=None) -> list[PairExample]:
+  """Both sequences of every pair: start + prompt + response (+ end id). With a conversation
+  format `fmt` (cai_jax.constitution.conversation_format), prompt and responses as that format
+  lays them out and the format's end id (the chat template's end-of-turn token) after them."""
   if max_length < 2:
     raise ConfigError(f"max_length={max_length} must be at least 2")
-  prompts = tokenizer.encode_batch([x.prompt for x in prefs], add_bos=False)
-  firsts = tokenizer.encode_batch([x.responses[0] for x in prefs], add_bos=False)
-  seconds = tokenizer.encode_batch([x.responses[1] for x in prefs], add_bos=False)
+  if fmt is None or fmt.name == "hh":
+    texts = [(x.prompt, x.responses[0], x.prompt, x.responses[1]) for x in prefs]
+  else:
+    texts = [(*_formatted(x.prompt, x.responses[0], fmt), *_formatted(x.prompt, x.responses[1],
+                                                                     fmt)) for x in prefs]
+  enc = lambda k: tokenizer.encode_batch([t[k] for t in texts], add_bos=False)  # noqa: E731
+  prompts_a, firsts, prompts_b, seconds = enc(0), enc(1), enc(2), enc(3)
+  end_id = fmt.end_id if fmt is not None else tokenizer.eos_id
   out = []
-  for x, p_ids, r0, r1 in zip(prefs, prompts, firsts, seconds):
-    kw = dict(start_ids=tokenizer.start_ids, eos_id=tokenizer.eos_id, max_length=max_length,
+  for x, pa, r0, pb, r1 in zip(prefs, prompts_a, firsts, prompts_b, seconds):
+    kw = dict(start_ids=tokenizer.start_ids, eos_id=end_id, max_length=max_length,
               append_eos=append_eos)
-    a, ta = encode_sequence(p_ids, r0, **kw)
-    b, tb = encode_sequence(p_ids, r1, **kw)
+    a, ta = encode_sequence(pa, r0, **kw)
+    b, tb = encode_sequence(pb, r1, **kw)
     out.append(PairExample((a, b), float(x.p), ta or tb, x.source))
   return out
 

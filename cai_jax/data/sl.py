@@ -51,9 +51,10 @@ def fit_length(ids, mask, max_length: int) -> tuple[list[int], list[bool], bool]
   return out_ids, [False] + completion[1][:max_length - 1], True
 
 
-def read_sl_file(path: str, tokenizer, *, max_length: int, append_eos: bool = True
-                 ) -> list[Example]:
-  """Tokenised examples; fails with file:line on malformed records and on an empty file."""
+def read_sl_file(path: str, tokenizer, *, max_length: int, append_eos: bool = True,
+                 fmt=None) -> list[Example]:
+  """Tokenised examples (in the conversation format `fmt`, the paper's layout when None); fails
+  with file:line on malformed records and on an empty file."""
   out = []
   for lineno, obj in read_jsonl(path):
     prompt = require(obj, "prompt", str, path, lineno)
@@ -65,8 +66,11 @@ def read_sl_file(path: str, tokenizer, *, max_length: int, append_eos: bool = Tr
         conversation.parse(prompt)  # HH-format prompts must be well-formed
     except ValueError as e:
       raise DataError(f"{path}:{lineno}: prompt: {e}") from None
-    ids, mask = conversation.tokenize_prompt_completion(tokenizer, prompt, completion,
-                                                        append_eos=append_eos)
+    try:
+      ids, mask = conversation.tokenize_prompt_completion(tokenizer, prompt, completion,
+                                                          append_eos=append_eos, fmt=fmt)
+    except ValueError as e:  # a prompt the conversation format cannot lay out
+      raise DataError(f"{path}:{lineno}: prompt: {e}") from None
     ids, mask, truncated = fit_length(ids, mask, max_length)
     out.append(Example(np.asarray(ids, np.int32), np.asarray(mask, bool), truncated))
   if not out:

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from cai_jax import parallel
+from cai_jax.constitution.conversation_format import make_format
 from cai_jax.data import preferences as prefs
 from cai_jax.data.jsonl import DataError
 from cai_jax.data.sources import Comparison
@@ -49,13 +50,16 @@ class PMScorer:
     self.min_length = int(min_length)
     self.append_eos = bool(loaded.settings.get("append_eos", True) if append_eos is None
                            else append_eos)
+    # Sequences in the conversation format the PM was trained on (PMs saved before formats
+    # existed were trained on the paper's layout).
+    self.fmt = make_format(loaded.settings.get("conversation_format", "hh"), loaded.tokenizer)
     self._fn = engine.compile_eval_step(pm.make_reward_fn(loaded.config),
                                         jax.tree.map(lambda x: x.sharding, loaded.params), mesh)
 
   def score(self, pairs: Sequence[prefs.Preference], progress=None) -> tuple[np.ndarray, int]:
     """([N, 2] float64 rewards of (responses[0], responses[1]), number of truncated pairs)."""
     examples = prefs.tokenize(pairs, self.loaded.tokenizer, max_length=self.max_length,
-                              append_eos=self.append_eos)
+                              append_eos=self.append_eos, fmt=self.fmt)
     out = np.zeros((len(examples), 2), np.float64)
     rows = parallel.process_rows(self.batch_size)
     for idx, local in prefs.eval_batches(examples, self.batch_size, max_length=self.max_length,

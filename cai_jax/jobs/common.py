@@ -16,6 +16,18 @@ def load_model(config) -> loader.LoadedModel:
                      param_dtype=m.param_dtype, dtype=m.dtype)
 
 
+def conversation_format(config, tokenizer):
+  """The conversation format (`conversation.format`: 'hh' or 'chat') for this tokenizer, checked
+  before any compute: a 'chat' format on a checkpoint without a chat template is a ConfigError."""
+  from cai_jax.constitution.conversation_format import make_format
+  section = config.get("conversation")
+  name = section.format if section is not None else "hh"
+  try:
+    return make_format(name, tokenizer)
+  except ValueError as e:
+    raise ConfigError(f"conversation.format: {e}") from None
+
+
 SL_EXPORT = os.path.join("sl_train", "export_hf")
 
 

@@ -119,7 +119,8 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
   from cai_jax.constitution import prompts as P
   from cai_jax.data.jsonl import append_jsonl, finished_ids, read_jsonl
   from cai_jax.eval import stage_compare as SC
-  from cai_jax.jobs.common import batch_key
+  from cai_jax.constitution.conversation_format import split_prefix
+  from cai_jax.jobs.common import batch_key, conversation_format
   from cai_jax.sampling.sampler import Sampler
 
   e = config.eval
@@ -145,16 +146,18 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
       continue
     model = loader.load(stage.checkpoint, cache_dir=cache_dir, param_dtype=m.param_dtype,
                         dtype=m.dtype)
+    fmt = conversation_format(config, model.tokenizer)
     sampler = Sampler(model.config, model.params, model.tokenizer,
                       max_prompt_length=e.max_prompt_length, max_batch=e.answer_batch_size,
-                      chunk_size=e.chunk_size)
-    prefix = sampler.prefill_prefix(prefix_text) if prefix_text else None
+                      chunk_size=e.chunk_size, eos_ids=fmt.stop_ids)
+    prefix = sampler.prefill_prefix(fmt.prefix(prefix_text)) if prefix_text else None
     bar = progress(len(todo), f"answers {stage.name}", "answer") if e.progress and main else None
     try:
       for b in range(0, len(todo), e.answer_batch_size):
         batch = todo[b:b + e.answer_batch_size]
         first = SC.answer_id(batch[0][0], batch[0][1].id)
-        out = sampler.generate([r.prompt for _, r in batch], max_new_tokens=e.answer_max_tokens,
+        rows = [split_prefix(fmt, prefix_text, prefix_text + r.prompt)[1] for _, r in batch]
+        out = sampler.generate(rows, max_new_tokens=e.answer_max_tokens,
                                strategy=strategy, key=batch_key(config.seed,
                                                                 f"{stage.name}/{first}"),
                                stop=P.RESPONSE_STOPS, prefix=prefix)
@@ -202,7 +205,8 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
         labeller = F.FeedbackLabeller(
             judges[set_name], scorer,
             F.FeedbackSettings(mode="mc", num_principles=e.judge_principles, both_orders=True,
-                               seed=config.seed), tokenizer=model.tokenizer)
+                               seed=config.seed), tokenizer=model.tokenizer,
+            fmt=conversation_format(config, model.tokenizer))
         for b in range(0, len(todo), e.judge_batch_size):
           batch = todo[b:b + e.judge_batch_size]
           records = labeller.label(batch)

@@ -27,7 +27,8 @@ from cai_jax.config_defaults import ConfigError
 from cai_jax.constitution.loading import load_constitution
 from cai_jax.data.jsonl import finished_ids, write_json_atomic
 from cai_jax.eval.mc import MCScorer
-from cai_jax.jobs.common import batch_key, load_model, progress, sampling_strategy
+from cai_jax.jobs.common import (batch_key, conversation_format, load_model, progress,
+                                sampling_strategy)
 from cai_jax.sampling.sampler import Sampler
 
 
@@ -78,20 +79,21 @@ def run(config, workdir: str) -> dict:
   labeller = None
   if todo:
     model = load_model(config)
+    fmt = conversation_format(config, model.tokenizer)
     scorer = MCScorer(model.config, model.params, model.tokenizer, max_length=f.max_length,
                       tokens_per_batch=f.tokens_per_batch)
     sampler = None
     if settings.mode == "cot":
       sampler = Sampler(model.config, model.params, model.tokenizer,
                         max_prompt_length=f.max_prompt_length, max_batch=f.sampler_batch,
-                        chunk_size=f.chunk_size)
+                        chunk_size=f.chunk_size, eos_ids=fmt.stop_ids)
     labeller = F.FeedbackLabeller(constitution, scorer, settings, tokenizer=model.tokenizer,
-                                  sampler=sampler, strategy=strategy)
+                                  sampler=sampler, strategy=strategy, fmt=fmt)
     provenance = {
         "model": config.model.checkpoint, "model_source": model.source, "pairs": pairs_path,
         "constitution": {"name": constitution.name, "version": constitution.version,
                          "source": constitution.source, "digest": constitution.digest()},
-        "seed": config.seed,
+        "seed": config.seed, "conversation_format": fmt.name,
         "settings": {k: getattr(settings, k) for k in F.FeedbackSettings.__dataclass_fields__}}
     if settings.mode == "cot":
       provenance["cot_sampling"] = {"temperature": f.cot_temperature, "top_k": f.cot_top_k,

@@ -43,6 +43,7 @@ from cai_jax.config_defaults import ConfigError
 from cai_jax.data import holdout
 from cai_jax.data import preferences as prefs
 from cai_jax.data.jsonl import write_json_atomic
+from cai_jax.jobs.common import conversation_format
 from cai_jax.model import heads
 from cai_jax.train import engine, optim, pm, runner
 from cai_jax.train.checkpointing import TrainCheckpoints
@@ -129,8 +130,9 @@ def run(config, workdir: str) -> dict:
 
   base_cfg, tokenizer, params = load_initial(config, mesh, c.head_init_scale)
   model_cfg = base_cfg.replace(remat=c.remat or False)
+  fmt = conversation_format(config, tokenizer)
   tok = lambda xs: prefs.tokenize(xs, tokenizer, max_length=c.max_length,  # noqa: E731
-                                  append_eos=c.append_eos)
+                                  append_eos=c.append_eos, fmt=fmt)
   train = {s: tok(xs) for s, xs in train_sets.items() if rows_per.get(s)}
   held_out = {s: tok(xs) for s, xs in data["eval"].items() if xs}
   sizes = {s: len(xs) for s, xs in train.items()}
@@ -211,6 +213,7 @@ def run(config, workdir: str) -> dict:
       export = os.path.join(out_dir, "pm")
       heads.save_pm(export, model_cfg.replace(remat=False), params, tokenizer,
                     {"append_eos": bool(c.append_eos), "max_length": int(c.max_length),
+                     "conversation_format": fmt.name,
                      "steps": steps, "trained_from": config.model.checkpoint})
       summary["export"] = export
   if jax.process_index() == 0:

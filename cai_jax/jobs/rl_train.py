@@ -92,7 +92,7 @@ from cai_jax.checkpoints.hf import CheckpointError
 from cai_jax.config_defaults import ConfigError
 from cai_jax.data import sources
 from cai_jax.data.jsonl import write_json_atomic
-from cai_jax.jobs.common import policy_checkpoint, progress
+from cai_jax.jobs.common import conversation_format, policy_checkpoint, progress
 from cai_jax.metrics import MetricsWriter, read_metrics
 from cai_jax.model import heads
 from cai_jax.sampling.sampler import FINISH_LENGTH, Sampler
@@ -239,12 +239,18 @@ def run(config, workdir: str) -> dict:
   policy_spec = policy_checkpoint(config, workdir)
   policy_folder = loader.resolve(policy_spec, cache_dir)
   tokenizer = loader.read_tokenizer(policy_folder)
+  fmt = conversation_format(config, tokenizer)
   policy_model_cfg = read_model_config(policy_folder)
   policy_vocab = policy_model_cfg.vocab_size
   pm_path = pm_folder(c, workdir)
   pm_meta = {}
   if pm_path is not None:
     pm_meta = heads.read_pm_meta(pm_path).get("settings", {})
+    pm_format = pm_meta.get("conversation_format", "hh")
+    if pm_format != fmt.name:
+      raise ConfigError(f"conversation.format={fmt.name!r} but the preference model {pm_path} "
+                        f"was trained on {pm_format!r} sequences: it would score text laid out "
+                        "unlike its training data. Use one format for pm_train and rl_train")
     pm_decoder = os.path.join(pm_path, "decoder")
     ro.check_same_tokenizer(tokenizer, loader.read_tokenizer(pm_decoder), policy_vocab=policy_vocab,
                             pm_vocab=read_model_config(pm_decoder).vocab_size, where=pm_path)
@@ -257,12 +263,13 @@ def run(config, workdir: str) -> dict:
                       f"(size {policy_vocab})")
   records = sources.load_prompt_set(c.prompts)
   records, prompt_ids, skipped = ro.prompt_ids(records, tokenizer, c.max_prompt_tokens,
-                                               skip_long=c.long_prompts == "skip")
+                                               skip_long=c.long_prompts == "skip", fmt=fmt)
   if skipped:
     print(f"rl_train: skipped {len(skipped)} prompts longer than max_prompt_tokens="
           f"{c.max_prompt_tokens}: {', '.join(skipped[:10])}" + (" ..." if len(skipped) > 10
                                                                   else ""), flush=True)
-  prompt_ids_no_bos = [ids[1:] for ids in prompt_ids]
+  n_start = len(tokenizer.start_ids)  # BOS, or nothing for tokenizers without one
+  prompt_ids_no_bos = [ids[n_start:] for ids in prompt_ids]
   probe_records, probe_ids = [], []
   if c.probe_count:
     probe_records = sources.load_prompt_set(c.probe_prompts)
@@ -272,7 +279,7 @@ def run(config, workdir: str) -> dict:
                         f"with rl_train.prompts {c.prompts!r} (e.g. {sorted(overlap)[0]}): the "
                         "probe must be prompts the policy is not trained on")
     probe_records, probe_ids, _ = ro.prompt_ids(probe_records, tokenizer, c.max_prompt_tokens,
-                                                skip_long=True)
+                                                skip_long=True, fmt=fmt)
     if len(probe_records) < c.probe_count:
       raise ConfigError(f"rl_train.probe_prompts {c.probe_prompts!r} has {len(probe_records)} "
                         f"prompts within max_prompt_tokens, fewer than probe_count="
@@ -365,7 +372,7 @@ def run(config, workdir: str) -> dict:
   sampler = Sampler(policy_cfg.replace(remat=False), state.params["policy"], tokenizer,
                     max_prompt_length=c.max_prompt_tokens,
                     max_batch=-(-c.sampler_batch // per_shard) * per_shard,
-                    chunk_size=c.chunk_size, mesh=mesh)
+                    chunk_size=c.chunk_size, mesh=mesh, eos_ids=fmt.stop_ids)
   controller = (ppo.AdaptiveKLController(float(c.target_kl), float(c.kl_horizon))
                 if c.adaptive_kl else ppo.FixedKLController())
 
@@ -383,7 +390,7 @@ def run(config, workdir: str) -> dict:
     if c.reward != "pm":
       return ro.target_token_scores(out.tokens, c.target_token_id), 0
     pm_in, cut = ro.pm_batch(prompts_no_bos, out.texts, tokenizer, append_eos=pm_append_eos,
-                             max_length=pm_max_length, min_length=c.min_length)
+                             max_length=pm_max_length, min_length=c.min_length, fmt=fmt)
     rows = len(prompts_no_bos)
     # The probe's rows need not divide the data axes or the processes: pad with copies of the
     # last row, scored and dropped (the rollout batch is checked to divide them).
@@ -400,9 +407,10 @@ def run(config, workdir: str) -> dict:
     model: the objective on the same prompts every time (rollouts sample new prompts, so their
     mean score mixes the policy's progress with the prompts' difficulty)."""
     sampler.params = state.params["policy"]
-    out = sampler.generate([r.prompt for r in probe_records], max_new_tokens=c.max_new_tokens,
+    out = sampler.generate([fmt.context(r.prompt) for r in probe_records],
+                           max_new_tokens=c.max_new_tokens,
                            strategy=Greedy(), stop=tuple(c.stop))
-    scores, _ = raw_scores([ids[1:] for ids in probe_ids], out)
+    scores, _ = raw_scores([ids[n_start:] for ids in probe_ids], out)
     if main_process:
       with open(os.path.join(out_dir, "probe.jsonl"), "a", encoding="utf-8") as f:
         for r, text, score, n in zip(probe_records, out.texts, scores, out.num_tokens):
@@ -433,7 +441,8 @@ def run(config, workdir: str) -> dict:
         t0 = time.perf_counter()
         idx = order.take(c.batch_size)
         sampler.params = state.params["policy"]
-        out = sampler.generate([records[i].prompt for i in idx], max_new_tokens=c.max_new_tokens,
+        out = sampler.generate([fmt.context(records[i].prompt) for i in idx],
+                               max_new_tokens=c.max_new_tokens,
                                strategy=strategy,
                                key=jax.random.fold_in(jax.random.PRNGKey(config.seed), it),
                                stop=tuple(c.stop))

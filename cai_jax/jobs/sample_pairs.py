@@ -30,10 +30,12 @@ from cai_jax.cai.feedback import pair_flags
 from cai_jax.checkpoints import loader
 from cai_jax.config_defaults import ConfigError
 from cai_jax.constitution import prompts as P
+from cai_jax.constitution.conversation_format import split_prefix
 from cai_jax.constitution.loading import load_constitution
 from cai_jax.data import sources
 from cai_jax.data.jsonl import append_jsonl, finished_ids, read_jsonl, write_json_atomic
-from cai_jax.jobs.common import batch_key, policy_checkpoint, progress, sampling_strategy
+from cai_jax.jobs.common import (batch_key, conversation_format, policy_checkpoint, progress,
+                                sampling_strategy)
 from cai_jax.sampling.sampler import Sampler
 
 
@@ -69,7 +71,8 @@ def run(config, workdir: str) -> dict:
   if todo:  # the tokenizer alone says which prompts are too long; the model loads only if needed
     folder = loader.resolve(checkpoint, cache_dir)
     tokenizer = loader.read_tokenizer(folder)
-    lengths = tokenizer.encode_batch([r.prompt for r in todo], add_bos=False)
+    fmt = conversation_format(config, tokenizer)
+    lengths = tokenizer.encode_batch([fmt.context(r.prompt) for r in todo], add_bos=False)
     skipped = [r.id for r, ids in zip(todo, lengths) if len(ids) > g.max_conversation_tokens]
     todo = [r for r, ids in zip(todo, lengths) if len(ids) <= g.max_conversation_tokens]
   print(f"{len(prompts)} prompts ({len(done)} done, {len(skipped)} too long, {len(todo)} to "
@@ -78,6 +81,7 @@ def run(config, workdir: str) -> dict:
                                                       "version": constitution.version,
                                                       "source": constitution.source},
                 "prompts": g.prompts, "seed": config.seed,
+                "conversation_format": config.conversation.format,
                 "sampling": {"temperature": g.temperature, "top_k": g.top_k, "top_p": g.top_p,
                              "max_response_tokens": g.max_response_tokens}}
   start, tokens = time.perf_counter(), 0
@@ -87,13 +91,14 @@ def run(config, workdir: str) -> dict:
     provenance["model_source"] = model.source
     sampler = Sampler(model.config, model.params, model.tokenizer,
                       max_prompt_length=g.max_prompt_length, max_batch=2 * g.batch_size,
-                      chunk_size=g.chunk_size)
+                      chunk_size=g.chunk_size, eos_ids=fmt.stop_ids)
     prefix_text = P.initial_prefix(constitution)
-    prefix = sampler.prefill_prefix(prefix_text) if prefix_text else None
+    prefix = sampler.prefill_prefix(fmt.prefix(prefix_text)) if prefix_text else None
     with progress(len(todo), "sample_pairs", "prompt") as bar:
       for b in range(0, len(todo), g.batch_size):
         batch = todo[b:b + g.batch_size]
-        rows = [r.prompt for r in batch for _ in range(2)]  # each prompt twice, one key
+        rows = [split_prefix(fmt, prefix_text, prefix_text + r.prompt)[1]
+                for r in batch for _ in range(2)]  # each prompt twice, one key
         out = sampler.generate(rows, max_new_tokens=g.max_response_tokens, strategy=strategy,
                                key=batch_key(config.seed, batch[0].id), stop=P.RESPONSE_STOPS,
                                prefix=prefix)

@@ -30,7 +30,8 @@ from cai_jax.config_defaults import ConfigError
 from cai_jax.constitution.loading import load_constitution
 from cai_jax.data import holdout, sources
 from cai_jax.data.jsonl import append_jsonl, finished_ids, read_jsonl, write_json_atomic
-from cai_jax.jobs.common import batch_key, load_model, progress, sampling_strategy
+from cai_jax.jobs.common import (batch_key, conversation_format, load_model, progress,
+                                sampling_strategy)
 from cai_jax.sampling.sampler import Sampler
 
 
@@ -50,10 +51,11 @@ def read_records(path: str) -> list[dict]:
   return [obj for _, obj in read_jsonl(path)] if os.path.exists(path) else []
 
 
-def split_by_length(tokenizer, items, limit: int):
+def split_by_length(tokenizer, items, limit: int, fmt=None):
+  """(items whose conversation, as the model reads it, has at most `limit` tokens; the rest)."""
   keep, skipped = [], []
   for item in items:
-    n = len(tokenizer.encode(item.prompt, add_bos=False))
+    n = len(tokenizer.encode(fmt.context(item.prompt) if fmt else item.prompt, add_bos=False))
     (keep if n <= limit else skipped).append(item)
   return keep, skipped
 
@@ -76,8 +78,10 @@ def run(config, workdir: str) -> dict:
   done, done_helpful = finished_ids(records_path), finished_ids(helpful_path)
 
   model = load_model(config)
-  red, skipped = split_by_length(model.tokenizer, red, g.max_conversation_tokens)
-  helpful, skipped_helpful = split_by_length(model.tokenizer, helpful, g.max_conversation_tokens)
+  fmt = conversation_format(config, model.tokenizer)
+  red, skipped = split_by_length(model.tokenizer, red, g.max_conversation_tokens, fmt)
+  helpful, skipped_helpful = split_by_length(model.tokenizer, helpful, g.max_conversation_tokens,
+                                             fmt)
   todo = [r for r in red if r.id not in done]
   todo_helpful = [r for r in helpful if r.id not in done_helpful]
   print(f"{len(red)} red-team prompts ({len(red) - len(todo)} done, {len(skipped)} too long), "
@@ -91,6 +95,7 @@ def run(config, workdir: str) -> dict:
   provenance = {"model": config.model.checkpoint, "model_source": model.source,
                 "constitution": {"name": constitution.name, "version": constitution.version,
                                  "source": constitution.source},
+                "conversation_format": fmt.name,
                 "seed": config.seed, "sampling": {"temperature": g.temperature, "top_k": g.top_k,
                                                   "top_p": g.top_p},
                 "settings": {k: getattr(settings, k) for k in Settings.__dataclass_fields__}}
@@ -100,8 +105,8 @@ def run(config, workdir: str) -> dict:
   if todo or todo_helpful:
     sampler = Sampler(model.config, model.params, model.tokenizer,
                       max_prompt_length=g.max_prompt_length, max_batch=g.batch_size,
-                      chunk_size=g.chunk_size)
-    reviser = CritiqueReviser(sampler, constitution, settings, strategy)
+                      chunk_size=g.chunk_size, eos_ids=fmt.stop_ids)
+    reviser = CritiqueReviser(sampler, constitution, settings, strategy, fmt)
     key = jax.random.PRNGKey(config.seed)
     with progress(len(todo), "sl_generate", "prompt") as bar:
       for b in range(0, len(todo), g.batch_size):

@@ -20,6 +20,7 @@ from cai_jax.checkpoints import hf, loader
 from cai_jax.config_defaults import ConfigError
 from cai_jax.data import sl
 from cai_jax.data.jsonl import write_json_atomic
+from cai_jax.jobs.common import conversation_format
 from cai_jax.train import engine, lm, optim, runner
 from cai_jax.train.checkpointing import TrainCheckpoints
 
@@ -54,10 +55,11 @@ def run(config, workdir: str) -> dict:
                       param_dtype=m.param_dtype, dtype=m.dtype,
                       shardings_for=lambda cfg: engine.model_shardings(cfg, mesh))
   model_cfg = model.config.replace(remat=c.remat or False)
+  fmt = conversation_format(config, model.tokenizer)
   train = sl.read_sl_file(c.data, model.tokenizer, max_length=c.max_length,
-                          append_eos=c.append_eos)
+                          append_eos=c.append_eos, fmt=fmt)
   held_out = (sl.read_sl_file(c.eval_data, model.tokenizer, max_length=c.max_length,
-                              append_eos=c.append_eos) if c.eval_data else [])
+                              append_eos=c.append_eos, fmt=fmt) if c.eval_data else [])
   steps = c.steps or c.epochs * math.ceil(len(train) / c.batch_size)
   opt_cfg = config.optim.copy_and_resolve_references()
   with opt_cfg.unlocked():

@@ -91,6 +91,7 @@ def stage_config(config, stage: str, workdir: str) -> ml_collections.ConfigDict:
   c = config_defaults.base_config(stage)
   c.seed = config.seed
   c.model = config.model.copy_and_resolve_references()
+  c.conversation = config.conversation.copy_and_resolve_references()
   for field in SHARED_FIELDS[stage]:
     value = config.optim[stage] if field == "optim" else config[field]
     c[field] = _copy(value)
