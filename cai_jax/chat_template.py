@@ -16,7 +16,7 @@ class ChatTemplateError(ValueError):
 
 @functools.lru_cache(maxsize=8)
 def _compile(template: str):
-  import jinja2
+  import jinja2.ext  # not imported by `import jinja2` alone
   from jinja2.sandbox import ImmutableSandboxedEnvironment
 
   def raise_exception(message):

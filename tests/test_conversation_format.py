@@ -277,3 +277,16 @@ def test_sentencepiece_chat_template_round_trip_and_bos(tmp_path):
                     chat_template=GEMMA_LIKE_TEMPLATE)
   with pytest.raises(ChatTemplateError, match="no end-of-turn token"):
     ChatFormat(plain)
+
+
+def test_chat_renders_in_a_fresh_process():
+  """Rendering needs no module that only transformers happens to import (jinja2.ext)."""
+  import subprocess
+  import sys
+  code = ("import sys, tiny_model; from cai_jax.constitution.conversation_format import "
+          "ChatFormat; print(ChatFormat(tiny_model.chatml_tokenizer()).context("
+          "'\\n\\nHuman: hi\\n\\nAssistant:')); assert 'transformers' not in sys.modules")
+  out = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(__file__),
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n\n"
