@@ -163,8 +163,10 @@ class BpeTokenizer:
                unk_id=token_id("unk_token"), adds_bos=bool(cfg.get("add_bos_token", False)),
                chat_template=template, source=folder)
 
-  def save_hf_files(self, folder: str, *, model_max_length: int) -> None:
-    """tokenizer.json and a tokenizer_config.json that transformers reads as a fast tokenizer."""
+  def save_hf_files(self, folder: str, *, model_max_length: int,
+                    tokenizer_class: str | None = None) -> None:
+    """tokenizer.json and a tokenizer_config.json that transformers reads as a fast tokenizer
+    (`tokenizer_class` is for SentencePiece files and is not needed here)."""
     self._tok.save(os.path.join(folder, "tokenizer.json"))
     piece = lambda i: None if i is None else self._tok.id_to_token(i)  # noqa: E731
     cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": self._adds_bos,

@@ -4,7 +4,7 @@ The model names every parameter axis (vocab, embed, mlp, heads, kv_heads, head_d
 its activations (batch, length); `LOGICAL_RULES` maps those names onto the mesh axes
 `data` (pure data parallelism), `fsdp` (data parallelism with parameters and optimizer state
 sharded) and `tensor` (Megatron-style model parallelism). A dimension that a mesh axis does not
-divide (e.g. Gemma 3 270M's single KV head on tensor=2) is left unsharded along that axis rather
+divide (e.g. a single KV head on tensor=2) is left unsharded along that axis rather
 than failing: `param_specs` reports the spec actually used.
 """
 

@@ -1,9 +1,9 @@
-"""SentencePiece tokenizers (the Gemma families'), rebuilt from a GGUF vocabulary or read from
+"""SentencePiece tokenizers, rebuilt from a GGUF vocabulary or read from
 tokenizer.model; `load_tokenizer` / `tokenizer_from_gguf_reader` pick this or byte-level BPE
 (`cai_jax.bpe_tokenizer`) by what a checkpoint holds.
 
 The GGUF holds the vocabulary (pieces, scores, types) but not the SentencePiece model itself, so
-`from_gguf_reader` writes a ModelProto with Gemma's settings: BPE, byte fallback, no dummy prefix,
+`from_gguf_reader` writes a ModelProto with the GGUF's settings: BPE, byte fallback, the dummy prefix it names,
 no whitespace collapsing, identity normalization. SentencePiece never matches CONTROL pieces in
 text, so `<start_of_turn>` and the like are split off with one regex before encoding; that keeps
 chat templates written as plain text identical to the reference tokenizer.
@@ -99,7 +99,7 @@ class Tokenizer:
     for name, i in ids.items():
       if not 0 <= i < len(tokens):
         raise ValueError(f"{path}: tokenizer.ggml.{name}_token_id={i} is outside the vocabulary")
-    # llama.cpp's default for SPM vocabularies is to add the space prefix; Gemma sets False.
+    # llama.cpp's default for SPM vocabularies is to add the space prefix; a GGUF may say False.
     add_prefix = reader.fields.get("tokenizer.ggml.add_space_prefix")
     add_prefix = True if add_prefix is None else bool(add_prefix.contents())
 
@@ -115,7 +115,7 @@ class Tokenizer:
       if sp_type is None:
         raise ValueError(f"{path}: token {i} ({tok!r}) has unknown token_type {typ}")
       if i == ids["unknown"]:
-        sp_type = _Piece.UNKNOWN  # Gemma's GGUF marks <unk> CONTROL; SentencePiece needs UNKNOWN
+        sp_type = _Piece.UNKNOWN  # some GGUFs mark <unk> CONTROL; SentencePiece needs UNKNOWN
       proto.pieces.add(piece=piece, score=float(score), type=sp_type)
 
     ts = proto.trainer_spec
@@ -162,12 +162,14 @@ class Tokenizer:
     with open(os.fspath(path), "wb") as f:
       f.write(self._serialized)
 
-  def save_hf_files(self, folder: str, *, model_max_length: int) -> None:
-    """tokenizer.model and the tokenizer_config.json with which transformers reads it."""
+  def save_hf_files(self, folder: str, *, model_max_length: int,
+                    tokenizer_class: str = "LlamaTokenizer") -> None:
+    """tokenizer.model and the tokenizer_config.json with which transformers reads it (as
+    `tokenizer_class`, the family's `sentencepiece_class`)."""
     self.save(os.path.join(folder, "tokenizer.model"))
     piece = lambda i: self._proto.pieces[i].piece  # noqa: E731
     with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-      json.dump({"tokenizer_class": "GemmaTokenizer", "add_bos_token": True,
+      json.dump({"tokenizer_class": tokenizer_class, "add_bos_token": True,
                  "add_eos_token": False, "bos_token": piece(self.bos_id),
                  "eos_token": piece(self.eos_id), "pad_token": piece(self.pad_id),
                  "unk_token": piece(self.unk_id), "padding_side": "left",
@@ -186,7 +188,7 @@ class Tokenizer:
 
   @property
   def adds_bos(self) -> bool:
-    """Whether the checkpoint's own tokenizer puts BOS before a text (Gemma's does)."""
+    """Whether the checkpoint's own tokenizer puts BOS before a text (SentencePiece vocabularies here always do)."""
     return True
 
   @property

@@ -30,8 +30,8 @@ Option tokenisation: the scorer encodes the context and each option separately a
 so an option must tokenise as a clean continuation of its context:
 encode(context + option) == encode(context) + encode(option) for " (A)" and " (B)". When a
 tokenizer is given, every question is checked before it is scored and a violation raises
-`OptionTokenisationError` naming the pair (file:line), the principle and the order. (Gemma 3's
-tokenizer passes for our constitutions and the paper's: the contexts end with "is:".)
+`OptionTokenisationError` naming the pair (file:line), the principle and the order. (The default
+checkpoint's tokenizer passes for our constitutions and the paper's: the contexts end with "is:".)
 
 Responses go between the option brackets stripped of surrounding whitespace (as in the paper's
 examples); the records keep them as they were in the pairs file.

@@ -288,7 +288,7 @@ def value_loss(values_BT: jax.Array, old_values_BT: jax.Array, returns_BT: jax.A
 def entropy_of_logprobs(logp_BTV: jax.Array, mask_BT: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(sum, count) of the per-token entropy -sum_v p log p, from normalised log-probs [B, T, V].
 
-  Terms with p = 0 (log p = -inf) count 0. With Gemma's 262,144-token vocabulary a full
+  Terms with p = 0 (log p = -inf) count 0. With a 262,144-token vocabulary a full
   [B, T, V] array is large: callers compute it over chunks of T (as `train.losses` does for
   log-probs) and add the (sum, count) pairs."""
   logp = _f32(logp_BTV)

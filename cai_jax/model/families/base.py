@@ -22,7 +22,7 @@ class CheckpointError(ValueError):
 
 
 # Norms inside one block: our parameter names -> the HF module names of the pre-norm families
-# (Llama, Mistral, Qwen). Post-norm families (Gemma 2 / 3) name four.
+# (Llama, Mistral, Qwen). Post-norm families name four.
 PRE_NORM_NAMES = {"pre_attn_norm": "input_layernorm", "pre_ffw_norm": "post_attention_layernorm"}
 FOUR_NORM_NAMES = {
     "pre_attn_norm": "input_layernorm",
@@ -50,6 +50,9 @@ class Family:
   gguf_ignored: tuple[str, ...] = ()
   # bos/eos/pad ids of the family's usual vocabulary, for a folder saved without a tokenizer.
   special_ids: Mapping[str, int] = dataclasses.field(default_factory=dict)
+  # transformers' class for a SentencePiece tokenizer.model of this family (an export's
+  # tokenizer_config.json); byte-level BPE tokenizers write tokenizer.json instead.
+  sentencepiece_class: str = "LlamaTokenizer"
 
 
 # ----------------------------------------------------------------------------- HF config helpers

@@ -99,4 +99,4 @@ FAMILY = base.Family(
     config_from_hf=config_from_hf, config_to_hf=config_to_hf,
     hf_norm_names=base.FOUR_NORM_NAMES, presets=PRESETS, gguf_architectures=("gemma2",),
     config_from_gguf=config_from_gguf, from_gguf_tensor=gemma3.from_gguf_tensor,
-    special_ids=gemma3.SPECIAL_IDS)
+    special_ids=gemma3.SPECIAL_IDS, sentencepiece_class=gemma3.SENTENCEPIECE_CLASS)

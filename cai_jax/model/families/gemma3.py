@@ -154,9 +154,11 @@ PRESETS = {
         head_dim=16, query_pre_attn_scalar=16, sliding_window=8, max_seq_len=1024),
 }
 
+SENTENCEPIECE_CLASS = "GemmaTokenizer"  # no dummy prefix, unlike LlamaTokenizer
+
 FAMILY = base.Family(
     name=NAME, hf_model_types=(TEXT, MULTIMODAL), hf_architecture="Gemma3ForCausalLM",
     config_from_hf=config_from_hf, config_to_hf=config_to_hf,
     hf_norm_names=base.FOUR_NORM_NAMES, presets=PRESETS, gguf_architectures=("gemma3",),
     config_from_gguf=config_from_gguf, from_gguf_tensor=from_gguf_tensor,
-    special_ids=SPECIAL_IDS)
+    special_ids=SPECIAL_IDS, sentencepiece_class=SENTENCEPIECE_CLASS)
