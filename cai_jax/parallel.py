@@ -58,6 +58,18 @@ def mesh_shape(spec: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
   return tuple(sizes)
 
 
+def sampling_mesh_spec(spec: Mapping[str, int], num_devices: int) -> dict[str, int]:
+  """The mesh a one-process sampling stage uses on `num_devices` devices: `spec` (the run's
+  mesh) when it fits them, else every device on fsdp with the run's tensor axis where it
+  divides them (a slice's mesh such as fsdp=16 x tensor=2 on a 4-chip sampling machine)."""
+  try:
+    mesh_shape(spec, num_devices)
+    return dict(spec)
+  except ConfigError:
+    tensor = math.gcd(max(1, int(spec.get("tensor", 1))), num_devices)
+    return {"data": 1, "fsdp": num_devices // tensor, "tensor": tensor}
+
+
 def make_mesh(spec: Mapping[str, int] | None = None,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A (data, fsdp, tensor) mesh over `devices` (default: every device of every process)."""

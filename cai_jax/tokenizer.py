@@ -3,10 +3,10 @@ tokenizer.model; `load_tokenizer` / `tokenizer_from_gguf_reader` pick this or by
 (`cai_jax.bpe_tokenizer`) by what a checkpoint holds.
 
 The GGUF holds the vocabulary (pieces, scores, types) but not the SentencePiece model itself, so
-`from_gguf_reader` writes a ModelProto with the GGUF's settings: BPE, byte fallback, the dummy prefix it names,
-no whitespace collapsing, identity normalization. SentencePiece never matches CONTROL pieces in
-text, so `<start_of_turn>` and the like are split off with one regex before encoding; that keeps
-chat templates written as plain text identical to the reference tokenizer.
+`from_gguf_reader` writes a ModelProto with the GGUF's settings: BPE, byte fallback, the dummy
+prefix it names, no whitespace collapsing, identity normalization. SentencePiece never matches
+CONTROL pieces in text, so `<start_of_turn>` and the like are split off with one regex before
+encoding; that keeps chat templates written as plain text identical to the reference tokenizer.
 
 Runs of 32+ spaces come out as SentencePiece segments them (31-space pieces first), which is not
 what transformers' GGUF tokenizer does; tests/test_tokenizer.py documents the difference.
@@ -188,7 +188,7 @@ class Tokenizer:
 
   @property
   def adds_bos(self) -> bool:
-    """Whether the checkpoint's own tokenizer puts BOS before a text (SentencePiece vocabularies here always do)."""
+    """Whether the checkpoint's own tokenizer puts BOS before a text (ours always do)."""
     return True
 
   @property

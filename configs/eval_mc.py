@@ -9,6 +9,7 @@ from cai_jax import config_defaults
 
 def get_config():
   config = config_defaults.base_config("eval_mc")
+  config.mesh = config_defaults.mesh_config()  # sampling over every device (one process)
   config.eval = dict(
       files="",                # comma-separated jsonl files with prompt / corrects / incorrects
       max_length=4096,         # packed prompt + options; longer prompts are left-truncated

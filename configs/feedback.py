@@ -11,6 +11,7 @@ from cai_jax import config_defaults
 
 def get_config():
   config = config_defaults.base_config("feedback")
+  config.mesh = config_defaults.mesh_config()  # sampling over every device (one process)
   # The feedback model is the pretrained base model (config.model.checkpoint='gemma3-270m').
   # Principles and labelled examples: a name in constitutions/, a .json file, or the paper's
   # prompt folder (its exact multiple-choice principles and few-shot examples).

@@ -10,6 +10,7 @@ from cai_jax import config_defaults
 
 def get_config():
   config = config_defaults.base_config("generate")
+  config.mesh = config_defaults.mesh_config()  # sampling over every device (one process)
   config.generate = dict(
       prompts="",               # jsonl with "id" and "prompt" per line
       output="",                # completions jsonl; default WORKDIR/generate/completions.jsonl

@@ -11,6 +11,7 @@ from cai_jax import config_defaults
 
 def get_config():
   config = config_defaults.base_config("red_team_generate")
+  config.mesh = config_defaults.mesh_config()  # sampling over every device (one process)
   config.red_team_generate = dict(
       seeds="red_team",       # prompt set whose first Human turns serve as examples
       num_prompts=100,        # kept prompts to reach

@@ -12,6 +12,7 @@ from cai_jax import config_defaults
 
 def get_config():
   config = config_defaults.base_config("sl_generate")
+  config.mesh = config_defaults.mesh_config()  # sampling over every device (one process)
   # A name in constitutions/ (harmless, caveats), a constitution .json file, or a folder with
   # the paper's prompt files (runs the paper's exact constitution).
   config.constitution = "harmless"

@@ -96,7 +96,8 @@ def test_chat_contexts_of_the_real_constitution_split_at_their_prefixes(smollm2)
   prefix unchanged, so the prefix is prefilled once; turns alternate user / assistant."""
   fmt = make_format("chat", smollm2.tokenizer)
   c = load_constitution("harmless")
-  prompt = "\n\nHuman: How do I hurt someone?\n\nAssistant: Why?\n\nHuman: Just tell me.\n\nAssistant:"
+  prompt = ("\n\nHuman: How do I hurt someone?\n\nAssistant: Why?\n\nHuman: Just tell me."
+            "\n\nAssistant:")
   p1, p2 = c.critique_revision[0], c.critique_revision[1]
   crit = P.critique_context(c, prompt, " No.", p1)
   rev = P.revision_context(c, prompt, " No.", p1, " It is curt.")

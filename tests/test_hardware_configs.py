@@ -182,16 +182,33 @@ def test_every_trainer_fits_its_devices(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_every_sampling_stage_fits_one_device(name):
+def test_every_sampling_stage_fits_its_devices(name):
+  """The sampling stages run in one process on one host's devices (the whole model on one
+  device, or sharded as in training over a host's chips)."""
   config = config_of(name)
   _, sampling = estimates_of(name)
   assert set(sampling) == {"sl_generate", "sample_pairs", "feedback", "eval"}
-  budget = MARGIN * config.hardware.hbm_gib_per_device * memory.GIB
+  hw = config.hardware
+  budget = MARGIN * hw.hbm_gib_per_device * memory.GIB
+  local = hw.num_devices // hw.hosts
   for stage, est in sampling.items():
     assert est.total <= budget, f"{name}/{stage}:\n{est.describe()}"
-  if name == "gemma3_27b_tpu_v5p_64":  # its docstring: they run on an H100 too
+    if stage != "eval" or est.phase != "pm scores":
+      assert math.prod(est.mesh) == local, (name, stage, est.mesh)
+      if local > 1:  # sharded: a device holds a share of the weights
+        whole = memory.tree_bytes(memory.decoder_params(
+            memory.model_config_for(memory.stage_config_for(config, stage),
+                                    memory.architecture_of(config))))
+        params = [v for k, v in est.parts.items() if k.startswith("params")][0]
+        assert params < whole / 2, (name, stage)
+  if name == "gemma3_27b_tpu_v5p_64":  # its docstring: they run on one H100 too
     h100 = MARGIN * 79.6 * memory.GIB
-    for stage, est in sampling.items():
+    arch = memory.architecture_of(config)
+    for stage in sampling:
+      est = memory.estimate_stage(memory.stage_config_for(config, stage), stage,
+                                  architecture=arch, num_devices=hw.num_devices,
+                                  hosts=hw.num_devices)  # one device to sample on
+      assert est.mesh == (1, 1, 1) or est.phase == "pm scores"
       assert est.total <= h100, f"{name}/{stage} on an H100:\n{est.describe()}"
 
 

@@ -26,7 +26,7 @@ _LAYER_NAMES = {  # GGUF -> HF, inside one block
     "ffn_down": "mlp.down_proj",
 }
 # GGUF norm names -> ours; their HF names are the family's (`Family.hf_norm_names`: pre-norm
-# families call the MLP's input norm `post_attention_layernorm`, post-norm families have four norms).
+# families call the MLP's input norm `post_attention_layernorm`, post-norm families have four).
 _NORMS = {"attn_norm": "pre_attn_norm", "post_attention_norm": "post_attn_norm",
           "ffn_norm": "pre_ffw_norm", "post_ffw_norm": "post_ffw_norm"}
 

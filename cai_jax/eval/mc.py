@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cai_jax import parallel
 from cai_jax.data.jsonl import DataError, read_jsonl, require
 from cai_jax.model import decoder, kv_cache
 from cai_jax.model.config import DecoderConfig
@@ -195,23 +196,40 @@ class MCScorer:
   """Scores multiple-choice items with one compiled program per shape bucket."""
 
   def __init__(self, config: DecoderConfig, params, tokenizer, *, max_length: int = 4096,
-               tokens_per_batch: int = 4096):
+               tokens_per_batch: int = 4096, mesh=None):
+    """`mesh`: parameters placed as in training (e.g. `engine.model_shardings`); rows are split
+    over the data axes, every batch a multiple of data x fsdp rows (padding rows are scored and
+    dropped). Without a mesh everything runs on the default device."""
     self.params = params
     self.tokenizer = tokenizer
     self.max_length = max_length
     self.tokens_per_batch = tokens_per_batch
     self.config = config
-    self._score = jax.jit(functools.partial(option_scores, decoder.Decoder(config)),
-                          static_argnames="num_options")
-    self._score_after = jax.jit(functools.partial(option_scores_after_prefix,
-                                                  decoder.Decoder(config)),
-                                static_argnames=("prefix_slots", "num_options"))
-    self._prefill = jax.jit(functools.partial(_prefill, decoder.Decoder(config)),
-                            donate_argnums=(3,))
+    self.mesh = mesh
+    self.min_rows = 1 if mesh is None else parallel.batch_size_per_shard(mesh)
+    under = (lambda f: f) if mesh is None else (lambda f: parallel.run_under(mesh, f))  # noqa
+    self._score = under(jax.jit(functools.partial(option_scores, decoder.Decoder(config)),
+                                static_argnames="num_options"))
+    self._score_after = under(jax.jit(functools.partial(option_scores_after_prefix,
+                                                        decoder.Decoder(config)),
+                                      static_argnames=("prefix_slots", "num_options")))
+    self._prefill = under(jax.jit(functools.partial(_prefill, decoder.Decoder(config)),
+                                  donate_argnums=(3,)))
 
   def rows_for(self, length: int) -> int:
     rows = max(1, self.tokens_per_batch // length)
     return 1 << (rows.bit_length() - 1)
+
+  def _rows(self, rows: int) -> int:
+    """`rows` rounded up to a multiple of the data axes."""
+    return -(-rows // self.min_rows) * self.min_rows
+
+  def _place(self, tree):
+    """Batch-major arrays with their rows over the data axes (as they are without a mesh)."""
+    if self.mesh is None:
+      return tree
+    return jax.tree.map(lambda x: jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim)),
+                        tree)
 
   def pack_items(self, items: Sequence[MCItem]) -> list[PackedItem]:
     prompts = self.tokenizer.encode_batch([it.prompt for it in items], add_bos=True)
@@ -229,7 +247,7 @@ class MCScorer:
       # The last batch of a bucket shrinks to a power of two instead of padding full rows.
       rows = min(self.rows_for(length), pow2_bucket(len(order) - start, 1))
       chunk = order[start:start + rows]
-      batch = make_batch([packed[i] for i in chunk], rows, length)
+      batch = self._place(make_batch([packed[i] for i in chunk], self._rows(rows), length))
       num_options = pow2_bucket(max(packed[i].num_options for i in chunk), 2)
       scores = np.asarray(self._score(self.params, batch, num_options=num_options))
       for r, i in enumerate(chunk):
@@ -252,12 +270,17 @@ class MCScorer:
     """Runs a shared context once (BOS first); `score(items, prefix=...)` reuses it."""
     ids = self.tokenizer.encode(text, add_bos=True)
     slots = pow2_bucket(len(ids), 64)
-    tokens = np.zeros((1, slots), np.int32)
-    positions = np.full((1, slots), -1, np.int32)
-    tokens[0, :len(ids)] = ids
-    positions[0, :len(ids)] = np.arange(len(ids))
-    cache = self._prefill(self.params, tokens, positions,
-                          kv_cache.init_cache(self.config, 1, slots))
+    rows = self.min_rows  # identical rows, one per data shard; row 0 is kept
+    tokens = np.zeros((rows, slots), np.int32)
+    positions = np.full((rows, slots), -1, np.int32)
+    tokens[:, :len(ids)] = ids
+    positions[:, :len(ids)] = np.arange(len(ids))
+    tokens, positions, cache = self._place(
+        (tokens, positions, kv_cache.init_cache(self.config, rows, slots)))
+    cache = self._prefill(self.params, tokens, positions, cache)
+    if self.mesh is not None:
+      cache = jax.tree.map(lambda x: jax.device_put(x[:1], parallel.replicated(self.mesh)),
+                           cache)
     return ScoringPrefix(text=text, length=len(ids), slots=slots, cache=cache)
 
   def score_after(self, items: Sequence[MCItem], prefix: ScoringPrefix, progress=None) -> MCResult:
@@ -288,7 +311,8 @@ class MCScorer:
       length = length_bucket(len(packed[order[start]].tokens), self.max_length)
       rows = min(self.rows_for(length + prefix.slots), pow2_bucket(len(order) - start, 1))
       chunk = order[start:start + rows]
-      batch = make_batch([packed[i] for i in chunk], rows, length)
+      rows = self._rows(rows)
+      batch = self._place(make_batch([packed[i] for i in chunk], rows, length))
       num_options = pow2_bucket(max(packed[i].num_options for i in chunk), 2)
       cache = [kv_cache.LayerCache(
           k_BSKH=c.k_BSKH.at[:, :prefix.slots].set(p.k_BSKH),
@@ -296,6 +320,7 @@ class MCScorer:
           positions_BS=c.positions_BS.at[:, :prefix.slots].set(p.positions_BS))
           for c, p in zip(kv_cache.init_cache(self.config, rows, prefix.slots + length),
                           prefix.cache)]
+      cache = self._place(cache)
       scores = np.asarray(self._score_after(self.params, batch, cache, prefix_slots=prefix.slots,
                                             num_options=num_options))
       for r, i in enumerate(chunk):

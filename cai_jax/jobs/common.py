@@ -10,10 +10,37 @@ from cai_jax.config_defaults import ConfigError
 from cai_jax.progress import progress  # noqa: F401 - the jobs' progress bar
 
 
-def load_model(config) -> loader.LoadedModel:
+def sampling_mesh(config):
+  """The mesh a sampling / scoring job spreads over: the devices of this process, with
+  config.mesh where it fits them (`parallel.sampling_mesh_spec`), parameters placed as in
+  training and rows over the data axes; None on one device or without a `mesh` section.
+  Records are not split between processes yet: eval on a slice samples on each process's own
+  devices and the first process writes; the other sampling jobs run in one process."""
+  import jax
+
+  from cai_jax import parallel
+  spec = config.get("mesh")
+  if spec is None or jax.local_device_count() == 1:
+    return None
+  devices = jax.local_devices()
+  chosen = parallel.sampling_mesh_spec(dict(spec), len(devices))
+  if chosen != dict(spec):
+    print(f"{config.job}: mesh {dict(spec)} does not fit this process's {len(devices)} devices; "
+          f"sampling on {chosen}", flush=True)
+  mesh = parallel.make_mesh(chosen, devices=devices)
+  return mesh if mesh.size > 1 else None
+
+
+def load_model(config, mesh=None, checkpoint: str | None = None) -> loader.LoadedModel:
+  """config.model (or `checkpoint` with config.model's dtypes), its parameters placed on `mesh`
+  as in training when one is given."""
   m = config.model
-  return loader.load(m.checkpoint, cache_dir=os.path.expanduser(m.cache_dir),
-                     param_dtype=m.param_dtype, dtype=m.dtype)
+  shardings_for = None
+  if mesh is not None:
+    from cai_jax.train import engine
+    shardings_for = lambda cfg: engine.model_shardings(cfg, mesh)  # noqa: E731
+  return loader.load(checkpoint or m.checkpoint, cache_dir=os.path.expanduser(m.cache_dir),
+                     param_dtype=m.param_dtype, dtype=m.dtype, shardings_for=shardings_for)
 
 
 def conversation_format(config, tokenizer):

@@ -115,12 +115,12 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
   """The stage comparison (see the module docstring); returns report.json's "stages".
   `checked`: `check_stages(config)`'s result when the caller has already validated."""
   from cai_jax.cai import feedback as F
-  from cai_jax.checkpoints import loader
   from cai_jax.constitution import prompts as P
   from cai_jax.data.jsonl import append_jsonl, finished_ids, read_jsonl
   from cai_jax.eval import stage_compare as SC
   from cai_jax.constitution.conversation_format import split_prefix
-  from cai_jax.jobs.common import batch_key, conversation_format
+  from cai_jax.jobs.common import (batch_key, conversation_format, load_model,
+                                   sampling_mesh)
   from cai_jax.sampling.sampler import Sampler
 
   e = config.eval
@@ -131,9 +131,9 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
   out_dir = os.path.join(workdir, "eval")
   answers_dir = os.path.join(out_dir, "answers")
   os.makedirs(answers_dir, exist_ok=True)
-  cache_dir = os.path.expanduser(config.model.cache_dir)
   m = config.model
   wanted = [(set_name, r) for set_name in SC.SETS for r in sets[set_name]]
+  mesh = sampling_mesh(config)
 
   # 1. answers, stage by stage (one model in memory at a time)
   for stage in stages:
@@ -144,12 +144,12 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
           f"written, {len(todo)} to sample", flush=True)
     if not todo:
       continue
-    model = loader.load(stage.checkpoint, cache_dir=cache_dir, param_dtype=m.param_dtype,
-                        dtype=m.dtype)
+    model = load_model(config, mesh, checkpoint=stage.checkpoint)
     fmt = conversation_format(config, model.tokenizer)
     sampler = Sampler(model.config, model.params, model.tokenizer,
-                      max_prompt_length=e.max_prompt_length, max_batch=e.answer_batch_size,
-                      chunk_size=e.chunk_size, eos_ids=fmt.stop_ids)
+                      max_prompt_length=e.max_prompt_length,
+                      max_batch=e.answer_batch_size, chunk_size=e.chunk_size,
+                      eos_ids=fmt.stop_ids, mesh=mesh)
     prefix = sampler.prefill_prefix(fmt.prefix(prefix_text)) if prefix_text else None
     bar = progress(len(todo), f"answers {stage.name}", "answer") if e.progress and main else None
     try:
@@ -195,10 +195,9 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
   print(f"eval: {n_todo} pairs of answers to judge with {judge_ckpt}, "
         f"{e.judge_principles} principles each, both orders", flush=True)
   if n_todo:
-    model = loader.load(judge_ckpt, cache_dir=cache_dir, param_dtype=m.param_dtype,
-                        dtype=m.dtype)
+    model = load_model(config, mesh, checkpoint=judge_ckpt)
     scorer = MCScorer(model.config, model.params, model.tokenizer, max_length=e.mc_max_length,
-                      tokens_per_batch=e.mc_tokens_per_batch)
+                      tokens_per_batch=e.mc_tokens_per_batch, mesh=mesh)
     bar = progress(n_todo, "judge", "pair") if e.progress and main else None
     try:
       for set_name, todo in todo_sets.items():
@@ -363,9 +362,10 @@ def run(config, workdir: str) -> dict:
           f"{result['matched']} matched pairs, ECE {result['ece']:.4f}", flush=True)
 
   if mc_sets:
-    model = load_model(config)
+    mesh = sampling_mesh(config)
+    model = load_model(config, mesh)
     mc = MCScorer(model.config, model.params, model.tokenizer, max_length=e.mc_max_length,
-                  tokens_per_batch=e.mc_tokens_per_batch)
+                  tokens_per_batch=e.mc_tokens_per_batch, mesh=mesh)
     for path, items in mc_sets:
       bar = progress(len(items), os.path.basename(path), "item") if e.progress and main else None
       try:

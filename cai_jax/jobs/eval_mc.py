@@ -6,7 +6,7 @@ import os
 
 from cai_jax.data.jsonl import DataError, write_json_atomic
 from cai_jax.eval.mc import MCScorer, read_mc_file
-from cai_jax.jobs.common import load_model, progress
+from cai_jax.jobs.common import load_model, progress, sampling_mesh
 
 
 def run(config, workdir: str) -> dict[str, float]:
@@ -15,10 +15,11 @@ def run(config, workdir: str) -> dict[str, float]:
     raise DataError("no input files: set --config.eval.files=a.jsonl[,b.jsonl]")
   # Read and validate every file before spending time on the model.
   datasets = [(path, read_mc_file(path)) for path in files]
-  model = load_model(config)
+  mesh = sampling_mesh(config)
+  model = load_model(config, mesh)
   scorer = MCScorer(model.config, model.params, model.tokenizer,
                     max_length=config.eval.max_length,
-                    tokens_per_batch=config.eval.tokens_per_batch)
+                    tokens_per_batch=config.eval.tokens_per_batch, mesh=mesh)
   accuracies = {}
   for path, items in datasets:
     with progress(len(items), os.path.basename(path), "item") as bar:

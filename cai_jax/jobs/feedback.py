@@ -28,7 +28,7 @@ from cai_jax.constitution.loading import load_constitution
 from cai_jax.data.jsonl import finished_ids, write_json_atomic
 from cai_jax.eval.mc import MCScorer
 from cai_jax.jobs.common import (batch_key, conversation_format, load_model, progress,
-                                sampling_strategy)
+                                sampling_mesh, sampling_strategy)
 from cai_jax.sampling.sampler import Sampler
 
 
@@ -78,15 +78,17 @@ def run(config, workdir: str) -> dict:
   start = time.perf_counter()
   labeller = None
   if todo:
-    model = load_model(config)
+    mesh = sampling_mesh(config)
+    model = load_model(config, mesh)
     fmt = conversation_format(config, model.tokenizer)
     scorer = MCScorer(model.config, model.params, model.tokenizer, max_length=f.max_length,
-                      tokens_per_batch=f.tokens_per_batch)
+                      tokens_per_batch=f.tokens_per_batch, mesh=mesh)
     sampler = None
     if settings.mode == "cot":
       sampler = Sampler(model.config, model.params, model.tokenizer,
-                        max_prompt_length=f.max_prompt_length, max_batch=f.sampler_batch,
-                        chunk_size=f.chunk_size, eos_ids=fmt.stop_ids)
+                        max_prompt_length=f.max_prompt_length,
+                        max_batch=f.sampler_batch, chunk_size=f.chunk_size,
+                        eos_ids=fmt.stop_ids, mesh=mesh)
     labeller = F.FeedbackLabeller(constitution, scorer, settings, tokenizer=model.tokenizer,
                                   sampler=sampler, strategy=strategy, fmt=fmt)
     provenance = {

@@ -16,7 +16,8 @@ import jax
 
 from cai_jax.config_defaults import ConfigError
 from cai_jax.data.jsonl import DataError, finished_ids, read_jsonl, require
-from cai_jax.jobs.common import load_model, progress, sampling_strategy
+from cai_jax.jobs.common import (load_model, progress, sampling_mesh,
+                                sampling_strategy)
 from cai_jax.sampling.sampler import Sampler
 
 
@@ -56,10 +57,12 @@ def run(config, workdir: str) -> str:
   if not todo:
     return output
 
-  model = load_model(config)
+  mesh = sampling_mesh(config)
+  model = load_model(config, mesh)
   sampler = Sampler(model.config, model.params, model.tokenizer,
-                    max_prompt_length=g.max_prompt_length, max_batch=g.batch_size,
-                    chunk_size=g.chunk_size)
+                    max_prompt_length=g.max_prompt_length,
+                    max_batch=g.batch_size, chunk_size=g.chunk_size,
+                    mesh=mesh)
   prefix = sampler.prefill_prefix(g.prefix) if g.prefix else None
   key = jax.random.PRNGKey(config.seed)
   tokens, start = 0, time.perf_counter()

@@ -10,8 +10,8 @@ Initialisation: `config.model.checkpoint` is the decoder (any checkpoint `loader
 its parameters placed straight into their shards; the head starts at zero by default
 (`head_init_scale=0`), so every reward gap is 0 and the first loss is exactly log 2, the loss
 of "no preference". A random head (scale 1: std 1/sqrt(D + 1)) reads the final-normed hidden
-state, whose norm in the 270M default checkpoint is large enough that the untrained PM already has gaps of a
-few logits: against labels near 0.5 its loss was 1.29-1.58 before any update, per-batch losses
+state, whose norm in the default 270M model is large enough that the untrained PM already has gaps
+of a few logits: against labels near 0.5 its loss was 1.29-1.58 before any update, per-batch losses
 swung with the pairs drawn (the old quickstart's 1.05 -> 4.66), and 4 steps left the loss on the
 training pairs where it started (README, "Preference model"). A saved preference model (a
 folder with pm.json) is loaded whole, head included, to continue training it.

@@ -17,7 +17,8 @@ from cai_jax.cai import red_team
 from cai_jax.config_defaults import ConfigError
 from cai_jax.data import sources
 from cai_jax.data.jsonl import finished_ids, read_jsonl
-from cai_jax.jobs.common import load_model, progress, sampling_strategy
+from cai_jax.jobs.common import (load_model, progress, sampling_mesh,
+                                sampling_strategy)
 from cai_jax.sampling.sampler import Sampler
 
 
@@ -44,8 +45,10 @@ def run(config, workdir: str) -> dict:
   max_attempts = g.max_attempts or 4 * g.num_prompts
 
   if kept < g.num_prompts and next_index < max_attempts:
-    model = load_model(config)
-    sampler = Sampler(model.config, model.params, model.tokenizer, max_batch=g.batch_size)
+    mesh = sampling_mesh(config)
+    model = load_model(config, mesh)
+    sampler = Sampler(model.config, model.params, model.tokenizer,
+                      max_batch=g.batch_size, mesh=mesh)
     key = jax.random.PRNGKey(config.seed)
     with progress(g.num_prompts, "red_team_generate", "prompt") as bar, \
         open(attempts_path, "a", encoding="utf-8") as out:

@@ -11,8 +11,8 @@ Models (four):
   Its tokenizer and vocabulary must be the policy's (CheckpointError before any compute).
 The trainable parameters are one TrainState, params {"policy": decoder, "value": {"decoder",
 "head"}}, under one optax optimizer (config.optim) and the engine's shardings.
-Memory for the 270M default checkpoint in float32: policy and value with AdamW 3.2 GB each (+1.1 GB of
-gradients each during a step), reference and PM 1.1 GB each (0.54 GB in bfloat16); about 10 GB
+Memory for the default 270M model in float32: policy and value with AdamW 3.2 GB each (+1.1 GB
+of gradients each during a step), reference and PM 1.1 GB each (0.54 GB in bfloat16); about 10 GB
 in all before activations, within a 24 GB CPU machine.
 
 One iteration:

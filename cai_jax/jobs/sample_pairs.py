@@ -34,8 +34,8 @@ from cai_jax.constitution.conversation_format import split_prefix
 from cai_jax.constitution.loading import load_constitution
 from cai_jax.data import sources
 from cai_jax.data.jsonl import append_jsonl, finished_ids, read_jsonl, write_json_atomic
-from cai_jax.jobs.common import (batch_key, conversation_format, policy_checkpoint, progress,
-                                sampling_strategy)
+from cai_jax.jobs.common import (batch_key, conversation_format, load_model, policy_checkpoint,
+                                progress, sampling_mesh, sampling_strategy)
 from cai_jax.sampling.sampler import Sampler
 
 
@@ -86,12 +86,13 @@ def run(config, workdir: str) -> dict:
                              "max_response_tokens": g.max_response_tokens}}
   start, tokens = time.perf_counter(), 0
   if todo:
-    model = loader.load(checkpoint, cache_dir=cache_dir, param_dtype=config.model.param_dtype,
-                        dtype=config.model.dtype)
+    mesh = sampling_mesh(config)
+    model = load_model(config, mesh, checkpoint=checkpoint)
     provenance["model_source"] = model.source
     sampler = Sampler(model.config, model.params, model.tokenizer,
-                      max_prompt_length=g.max_prompt_length, max_batch=2 * g.batch_size,
-                      chunk_size=g.chunk_size, eos_ids=fmt.stop_ids)
+                      max_prompt_length=g.max_prompt_length,
+                      max_batch=2 * g.batch_size, chunk_size=g.chunk_size,
+                      eos_ids=fmt.stop_ids, mesh=mesh)
     prefix_text = P.initial_prefix(constitution)
     prefix = sampler.prefill_prefix(fmt.prefix(prefix_text)) if prefix_text else None
     with progress(len(todo), "sample_pairs", "prompt") as bar:

@@ -31,7 +31,7 @@ from cai_jax.constitution.loading import load_constitution
 from cai_jax.data import holdout, sources
 from cai_jax.data.jsonl import append_jsonl, finished_ids, read_jsonl, write_json_atomic
 from cai_jax.jobs.common import (batch_key, conversation_format, load_model, progress,
-                                sampling_strategy)
+                                sampling_mesh, sampling_strategy)
 from cai_jax.sampling.sampler import Sampler
 
 
@@ -77,7 +77,8 @@ def run(config, workdir: str) -> dict:
   helpful_path = os.path.join(out_dir, "helpful.jsonl")
   done, done_helpful = finished_ids(records_path), finished_ids(helpful_path)
 
-  model = load_model(config)
+  mesh = sampling_mesh(config)
+  model = load_model(config, mesh)
   fmt = conversation_format(config, model.tokenizer)
   red, skipped = split_by_length(model.tokenizer, red, g.max_conversation_tokens, fmt)
   helpful, skipped_helpful = split_by_length(model.tokenizer, helpful, g.max_conversation_tokens,
@@ -104,8 +105,9 @@ def run(config, workdir: str) -> dict:
   reviser = None
   if todo or todo_helpful:
     sampler = Sampler(model.config, model.params, model.tokenizer,
-                      max_prompt_length=g.max_prompt_length, max_batch=g.batch_size,
-                      chunk_size=g.chunk_size, eos_ids=fmt.stop_ids)
+                      max_prompt_length=g.max_prompt_length,
+                      max_batch=g.batch_size, chunk_size=g.chunk_size,
+                      eos_ids=fmt.stop_ids, mesh=mesh)
     reviser = CritiqueReviser(sampler, constitution, settings, strategy, fmt)
     key = jax.random.PRNGKey(config.seed)
     with progress(len(todo), "sl_generate", "prompt") as bar:

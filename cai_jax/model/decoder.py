@@ -171,8 +171,8 @@ def _attend(q_BLNH, k_BSKH, v_BSKH, mask_BLS, cap: float = 0.0):
   dt = q_BLNH.dtype
   f32 = jnp.promote_types(dt, jnp.float32)
   if K == 1:
-    # One KV head (e.g. the 270M default checkpoint): plain batched matmuls over [B, L*G, ...] with no
-    # size-1 axes, which XLA lays out without transposing the cache every step.
+    # One KV head (e.g. the default 270M model): plain batched matmuls over [B, L*G, ...] with
+    # no size-1 axes, which XLA lays out without transposing the cache every step.
     q = q_BLNH.reshape(B, L * G, H)
     logits = softcap(jnp.einsum("BMH,BSH->BMS", q, k_BSKH[:, :, 0]).astype(f32), cap)
     mask = jnp.broadcast_to(mask_BLS[:, :, None], (B, L, G, S)).reshape(B, L * G, S)
@@ -285,8 +285,8 @@ def _flat_matmul(x_TI: jax.Array, w: jax.Array) -> jax.Array:
   Every projection is one 2-D matmul over flattened tokens because of how XLA's CPU backend
   compiles the alternatives. Over [batch, length] the weight gradient contracts two axes, and
   XLA fused a transpose into the elementwise pass before it (the gelu backward, written column
-  by column): on the 270M default checkpoint one 512-token forward + backward spent 0.71 s of 6.7 s in such
-  copies, 0.32 s of 6.4 s flattened (jax.profiler). In decoding, o_proj as an einsum over
+  by column): on the default 270M model one 512-token forward + backward spent 0.71 s of 6.7 s
+  in such copies, 0.32 s of 6.4 s flattened (jax.profiler). In decoding, o_proj as an einsum over
   (heads, head_dim) made XLA transpose the weight at every step."""
   n_in = x_TI.shape[-1]
   w_IO = w.reshape(n_in, -1)

@@ -157,9 +157,10 @@ class Sampler:
                mesh: Mesh | None = None, ring_buffer: bool = True,
                prefill_chunk: int = 256):
     """`mesh`: sample with parameters sharded as in training (e.g. `TrainState.params` under
-    the engine's mesh): rows are split over the data axes, every batch holds a multiple of
-    data x fsdp rows (padding rows are added and dropped), and the model's activation rules
-    apply. Without a mesh everything runs on the default device. `ring_buffer`: sliding-window
+    the engine's mesh): rows are split over the data axes, every batch is padded to a multiple
+    of data x fsdp rows (padding rows are added and dropped, so batches hold the same prompts
+    as without a mesh and sample the same tokens), and the model's activation rules apply.
+    Without a mesh everything runs on the default device. `ring_buffer`: sliding-window
     layers keep `sliding_window` cache slots (a ring) instead of one per token; the output is
     the same. `prefill_chunk` (a power of two): prompts are prefilled this many slots at a time,
     so that window layers attend over their ring plus one chunk rather than the whole prompt."""
@@ -170,9 +171,6 @@ class Sampler:
                        f"{max_batch}, {chunk_size}, {max_prompt_length}")
     self.mesh = mesh
     self.min_batch = 1 if mesh is None else parallel.batch_size_per_shard(mesh)
-    if mesh is not None and max_batch % self.min_batch:
-      raise ValueError(f"max_batch={max_batch} must be a multiple of the mesh's data axes "
-                       f"(data x fsdp = {self.min_batch})")
     self.config = config
     self.params = params  # (a property: assigning new parameters drops the [D, V] copy)
     self.tokenizer = tokenizer
@@ -304,10 +302,10 @@ class Sampler:
     # Longest first, so each batch pads to a similar length.
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     start = 0
+    pad = lambda n: -(-n // self.min_batch) * self.min_batch  # noqa: E731
     while start < len(order):
-      rows = pow2_bucket(len(order) - start, 1)
-      rows = min(self.max_batch, -(-rows // self.min_batch) * self.min_batch)
-      chunk = order[start:start + rows]
+      chunk = order[start:start + self.max_batch]  # the same prompts with or without a mesh
+      rows = min(pad(self.max_batch), pad(pow2_bucket(len(chunk), 1)))
       key, sub = jax.random.split(key)
       for i, out in zip(chunk, self._generate_batch([ids[i] for i in chunk], rows,
                                                     max_new_tokens, strategy, sub, stop, prefix)):

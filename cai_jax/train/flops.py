@@ -7,9 +7,9 @@ backward), with context = the sequence length (sliding-window layers count min(L
 The embedding lookup is a gather, not a matmul: its V x D table costs FLOPs only where the model
 projects onto the vocabulary (`lm_head=True`: the LM loss, PPO's policy). A preference or value
 model reads a scalar head instead (`lm_head=False`, + 6 x D for the head); counting the
-vocabulary there (168M of the 270M default checkpoint's 268M parameters) overstated its FLOPs about 2.7x and read as
-an MFU above 1. `tests/test_train_engine.py` checks both counts against XLA's own count of the
-compiled steps."""
+vocabulary there (168M of the default 270M model's 268M parameters) overstated its FLOPs about
+2.7x and read as an MFU above 1. `tests/test_train_engine.py` checks both counts against XLA's
+own count of the compiled steps."""
 
 from __future__ import annotations
 

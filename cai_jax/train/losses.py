@@ -1,10 +1,10 @@
 """Token log-probabilities without `[batch, length, vocab]` logits, and the losses built on them.
 
-A vocabulary projection of 262,144 rows (the default checkpoint's): full float32 logits for 8 x 512 tokens take
-4 GiB, and their gradient as much again. `token_logprobs` instead scans over length chunks; each
-chunk's logits are computed, reduced to (log-prob of the target, logsumexp) and dropped, and
-`jax.checkpoint` recomputes them in the backward pass (`map_chunks`). Peak extra memory is one
-chunk's logits.
+A vocabulary projection of 262,144 rows (the default checkpoint's): full float32 logits for 8 x 512
+tokens take 4 GiB, and their gradient as much again. `token_logprobs` instead scans over length
+chunks; each chunk's logits are computed, reduced to (log-prob of the target, logsumexp) and
+dropped, and `jax.checkpoint` recomputes them in the backward pass (`map_chunks`). Peak extra memory
+is one chunk's logits.
 
 Losses return (sum, count) pairs rather than means, so that averages stay exact across
 micro-batches and hosts: the engine divides once, by the global token weight.
@@ -58,7 +58,7 @@ def token_logprobs(hidden_BLD: jax.Array, embedding_VD: jax.Array, targets_BL: j
   def chunk(h_BcD, t_Bc):
     # Over [B, c], unlike the decoder's 2-D projections (decoder._flat_matmul): flattened, the
     # embedding gradient ran as a plain XLA dot with a transposed [tokens, V] operand on CPU,
-    # 6.75 s against 6.42 s per 512-token micro-batch of the 270M default checkpoint.
+    # 6.75 s against 6.42 s per 512-token micro-batch of the default 270M model.
     logits = jnp.einsum("BcD,VD->BcV", h_BcD.astype(dtype), embedding_VD.astype(dtype))
     logits = decoder.softcap(logits.astype(jnp.float32), softcap)
     lse = jax.nn.logsumexp(logits, axis=-1)

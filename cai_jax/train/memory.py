@@ -56,8 +56,8 @@ a = itemsize of `model.dtype`, p = of `model.param_dtype`; u = b x L):
                for the entropy), T = the chunk's tokens on one device (`losses._chunk_len` on
                the micro-batch), V over `tensor`. PM steps have none.
 
-Checked against measured peaks (tests/test_hardware_configs.py reads the files): the 270M default checkpoint,
-8 x 512 tokens, one micro-batch, loss chunks of 1,024, no remat, one H200
+Checked against measured peaks (tests/test_hardware_configs.py reads the files): the 270M
+default checkpoint, 8 x 512 tokens, one micro-batch, loss chunks of 1,024, no remat, one H200
 (benchmarks/results/h200_train_step_{fp32,bf16}.json): the estimate is 18% above JAX's
 `peak_bytes_in_use` (13.5 vs 11.5 GiB in float32, 7.6 vs 6.4 GiB in bfloat16). Remat and FSDP
 have no measurement yet; on CPU, XLA keeps rematerialised activations anyway (its memory
@@ -82,13 +82,15 @@ Forward-only phases count the FSDP working copies without their gradients (half 
 none with fsdp = 1).
 The value model and the PM are assumed to have the policy's architecture.
 
-The sampling stages (sl_generate, sample_pairs, feedback) take no mesh: one device holds the
-whole model, the KV cache of `batch_size` rows (a cached few-shot prefix of
-ASSUMED_PREFIX_TOKENS copied into each) and one block's prefill working set; their context
-lengths depend on the data, so their estimates assume them (ASSUMED_PREFIX_TOKENS,
-ASSUMED_REQUEST_TOKENS). eval holds one model at a time: its answers (a sampler on one
-device), its AI judge (the multiple-choice scorer on one device) and the PM's scores (the PM
-sharded over the mesh, a forward pass of `batch_size` pairs); its peak is the largest.
+The sampling stages (sl_generate, sample_pairs, feedback) run in one process on one host's
+devices (`sampling_mesh_for`: the whole model on one device, or sharded as in training over
+a host's devices, with the rows of the KV cache over the data axes): parameters, the KV cache of
+`batch_size` rows (a cached few-shot prefix of ASSUMED_PREFIX_TOKENS copied into each), one
+block's prefill working set and, with fsdp > 1, the gathered weights; their context lengths
+depend on the data, so their estimates assume them (ASSUMED_PREFIX_TOKENS,
+ASSUMED_REQUEST_TOKENS). eval holds one model at a time: its answers (a sampler on the sampling
+mesh), its AI judge (the multiple-choice scorer on the sampling mesh) and the PM's scores (the
+PM sharded over the whole mesh, a forward pass of `batch_size` pairs); its peak is the largest.
 
 Honesty: the state part is exact for the code as it is. The rest counts the big tensors the
 code creates; XLA may fuse some of them away (less) and adds its own temporaries, collective
@@ -552,18 +554,40 @@ def rl_train_estimate(config, model_cfg: DecoderConfig, mesh, *, pm_max_length: 
 
 
 def sampling_estimate(stage: str, model_cfg: DecoderConfig, *, rows: int, prompt: int,
-                      slots: int, prefix_slots: int = 0) -> Estimate:
-  """A sampling job on ONE device (sl_generate, sample_pairs and feedback take no mesh): all
-  parameters, the KV cache of `rows` rows x `slots` slots (a cached prefix is copied into every
-  row), the prefill of `prompt` tokens and the prefix's own cache."""
+                      slots: int, prefix_slots: int = 0, mesh=None) -> Estimate:
+  """A sampling job on one device, or on `mesh` (the sampling mesh of one host, see
+  `sampling_mesh_for`): the parameters (sharded as in training on a mesh), the KV cache of
+  `rows` rows x `slots` slots (rows over the data axes, padded to a multiple of them; a cached
+  prefix is copied into every row), the prefill of `prompt` tokens, the prefix's own cache
+  (replicated) and, with fsdp > 1, the gathered weights of the forward pass."""
   cfg = model_cfg.replace(remat=False)
+  if mesh is None:
+    parts = {
+        "params (whole model)": tree_bytes(decoder_params(cfg)),
+        "KV cache": kv_cache_bytes(cfg, rows, slots),
+        "prefix cache": kv_cache_bytes(cfg, 1, prefix_slots) if prefix_slots else 0,
+        "prefill working set": prefill_bytes(cfg, rows, prompt, slots),
+    }
+    return Estimate(stage, (1, 1, 1), parts)
+  local = -(-rows // parallel.batch_size_per_shard(mesh))
   parts = {
-      "params (whole model)": tree_bytes(decoder_params(cfg)),
-      "KV cache": kv_cache_bytes(cfg, rows, slots),
+      "params (sharded)": tree_bytes(sharded_params(decoder_params(cfg), mesh)),
+      "KV cache": kv_cache_bytes(cfg, local, slots),  # the sampler splits rows, not heads
       "prefix cache": kv_cache_bytes(cfg, 1, prefix_slots) if prefix_slots else 0,
-      "prefill working set": prefill_bytes(cfg, rows, prompt, slots),
+      "prefill working set": prefill_bytes(cfg, local, prompt, slots, mesh),
+      "gathered weights (FSDP)": gathered_bytes(cfg, mesh) // 2 if mesh.shape["fsdp"] > 1 else 0,
   }
-  return Estimate(stage, (1, 1, 1), parts)
+  return Estimate(stage, _mesh_sizes(mesh), parts)
+
+
+def sampling_mesh_for(stage_cfg, num_devices: int, hosts: int = 1):
+  """The mesh a sampling stage runs on (`jobs.common.sampling_mesh`): over the devices of one
+  host (the sampling stages run in one process), config.mesh where it fits them
+  (`parallel.sampling_mesh_spec`), or None on one device."""
+  local = num_devices // max(1, hosts)
+  if local <= 1 or stage_cfg.get("mesh") is None:
+    return None
+  return abstract_mesh(parallel.sampling_mesh_spec(dict(stage_cfg.mesh), local), local)
 
 
 # Assumed lengths of the sampling stages' contexts (the real ones depend on the data and the
@@ -573,7 +597,7 @@ ASSUMED_PREFIX_TOKENS = 2048
 ASSUMED_REQUEST_TOKENS = 128
 
 
-def sl_generate_estimate(config, model_cfg: DecoderConfig) -> Estimate:
+def sl_generate_estimate(config, model_cfg: DecoderConfig, mesh=None) -> Estimate:
   g = config.sl_generate
   transcript = g.max_conversation_tokens + g.rounds * (
       g.max_critique_tokens + g.max_revision_tokens + 2 * ASSUMED_REQUEST_TOKENS)
@@ -581,39 +605,40 @@ def sl_generate_estimate(config, model_cfg: DecoderConfig) -> Estimate:
   new = max(g.max_response_tokens, g.max_critique_tokens, g.max_revision_tokens)
   return sampling_estimate("sl_generate", model_cfg, rows=g.batch_size, prompt=prompt,
                            slots=ASSUMED_PREFIX_TOKENS + prompt + new,
-                           prefix_slots=ASSUMED_PREFIX_TOKENS)
+                           prefix_slots=ASSUMED_PREFIX_TOKENS, mesh=mesh)
 
 
-def sample_pairs_estimate(config, model_cfg: DecoderConfig) -> Estimate:
+def sample_pairs_estimate(config, model_cfg: DecoderConfig, mesh=None) -> Estimate:
   g = config.sample_pairs
   prompt = pow2_bucket(min(g.max_conversation_tokens, g.max_prompt_length), 32)
   return sampling_estimate("sample_pairs", model_cfg, rows=2 * g.batch_size, prompt=prompt,
                            slots=ASSUMED_PREFIX_TOKENS + prompt + g.max_response_tokens,
-                           prefix_slots=ASSUMED_PREFIX_TOKENS)
+                           prefix_slots=ASSUMED_PREFIX_TOKENS, mesh=mesh)
 
 
 def mc_scorer_estimate(stage: str, model_cfg: DecoderConfig, *, max_length: int,
-                       tokens_per_batch: int) -> Estimate:
+                       tokens_per_batch: int, mesh=None) -> Estimate:
   """The multiple-choice scorer: tokens_per_batch tokens of forward pass at max_length."""
   length = pow2_bucket(max_length, 32)
   rows = max(1, tokens_per_batch // length)
-  est = sampling_estimate(stage, model_cfg, rows=rows, prompt=length, slots=length)
+  est = sampling_estimate(stage, model_cfg, rows=rows, prompt=length, slots=length, mesh=mesh)
   est.parts["KV cache"] = 0
   return est
 
 
-def feedback_estimate(config, model_cfg: DecoderConfig) -> Estimate:
+def feedback_estimate(config, model_cfg: DecoderConfig, mesh=None) -> Estimate:
   f = config.feedback
   return mc_scorer_estimate("feedback", model_cfg, max_length=f.max_length,
-                            tokens_per_batch=f.tokens_per_batch)
+                            tokens_per_batch=f.tokens_per_batch, mesh=mesh)
 
 
-def eval_estimate(config, model_cfg: DecoderConfig, mesh, *, pm_max_length: int = 0) -> Estimate:
+def eval_estimate(config, model_cfg: DecoderConfig, mesh, *, pm_max_length: int = 0,
+                  sampling_mesh=None) -> Estimate:
   """eval's peak over its phases, which hold one model at a time (the job deletes each before
-  loading the next): the answers of each compared stage (a sampler on one device, the few-shot
-  prefix assumed ASSUMED_PREFIX_TOKENS long, prompts at eval.max_prompt_length), the AI judge
-  and eval.mc_files (the multiple-choice scorer on one device), and the PM's scores (the PM
-  sharded over the mesh, `batch_size` pairs at eval.max_length, else the PM's trained length
+  loading the next): the answers of each compared stage (a sampler on `sampling_mesh`, the
+  few-shot prefix assumed ASSUMED_PREFIX_TOKENS long, prompts at eval.max_prompt_length), the AI
+  judge and eval.mc_files (the multiple-choice scorer on `sampling_mesh`), and the PM's scores
+  (the PM sharded over the mesh, `batch_size` pairs at eval.max_length, else the PM's trained length
   `pm_max_length`, else 1,024)."""
   e = config.eval
   phases: dict[str, dict[str, int]] = {}
@@ -621,9 +646,11 @@ def eval_estimate(config, model_cfg: DecoderConfig, mesh, *, pm_max_length: int 
   prefix = ASSUMED_PREFIX_TOKENS if e.answer_prefix == "few_shot" else 0
   phases["answers"] = sampling_estimate(
       "eval", model_cfg, rows=e.answer_batch_size, prompt=prompt,
-      slots=prefix + prompt + e.answer_max_tokens, prefix_slots=prefix).parts
+      slots=prefix + prompt + e.answer_max_tokens, prefix_slots=prefix,
+      mesh=sampling_mesh).parts
   phases["judge"] = mc_scorer_estimate("eval", model_cfg, max_length=e.mc_max_length,
-                                       tokens_per_batch=e.mc_tokens_per_batch).parts
+                                       tokens_per_batch=e.mc_tokens_per_batch,
+                                       mesh=sampling_mesh).parts
   length = pow2_bucket(int(e.max_length or pm_max_length or 1024), e.min_length)
   gathered = gathered_bytes(model_cfg, mesh) // 2 if mesh.shape["fsdp"] > 1 else 0
   phases["pm scores"] = {
@@ -633,20 +660,26 @@ def eval_estimate(config, model_cfg: DecoderConfig, mesh, *, pm_max_length: int 
       "gathered weights (FSDP)": gathered}
   totals = {k: sum(v.values()) for k, v in phases.items()}
   peak = max(totals, key=totals.get)
-  sizes = (1, 1, 1) if peak != "pm scores" else _mesh_sizes(mesh)
+  sizes = _mesh_sizes(mesh) if peak == "pm scores" else (
+      _mesh_sizes(sampling_mesh) if sampling_mesh is not None else (1, 1, 1))
   return Estimate("eval", sizes, {f"{k} [{peak}]": v for k, v in phases[peak].items()},
                   phase=peak, phases=totals)
 
 
 def estimate_stage(stage_cfg, stage: str, *, architecture: str | None = None,
-                   num_devices: int | None = None, pm_max_length: int = 0) -> Estimate:
+                   num_devices: int | None = None, pm_max_length: int = 0,
+                   hosts: int = 1) -> Estimate:
   """One stage's estimate from the config it runs with (`stage_config_for`): the model in that
-  config's dtypes, the trainers (and eval's PM) on its mesh over `num_devices`."""
+  config's dtypes, the trainers (and eval's PM) on its mesh over `num_devices`, the sampling
+  stages on the devices of one of `hosts` hosts (`sampling_mesh_for`)."""
   model_cfg = model_config_for(stage_cfg, architecture)
+  if num_devices is None:
+    num_devices = int(stage_cfg.hardware.num_devices)
+  smesh = sampling_mesh_for(stage_cfg, num_devices, hosts) if stage in SAMPLING else None
   if stage in SAMPLING and stage != "eval":
     fns = {"sl_generate": sl_generate_estimate, "sample_pairs": sample_pairs_estimate,
            "feedback": feedback_estimate}
-    return fns[stage](stage_cfg, model_cfg)
+    return fns[stage](stage_cfg, model_cfg, smesh)
   mesh = mesh_for(stage_cfg, num_devices)
   if stage == "sl_train":
     return sl_train_estimate(stage_cfg, model_cfg, mesh)
@@ -655,7 +688,8 @@ def estimate_stage(stage_cfg, stage: str, *, architecture: str | None = None,
   if stage == "rl_train":
     return rl_train_estimate(stage_cfg, model_cfg, mesh, pm_max_length=pm_max_length)
   if stage == "eval":
-    return eval_estimate(stage_cfg, model_cfg, mesh, pm_max_length=pm_max_length)
+    return eval_estimate(stage_cfg, model_cfg, mesh, pm_max_length=pm_max_length,
+                         sampling_mesh=smesh)
   raise ValueError(f"no estimate for stage {stage!r}; stages: {', '.join(STAGES)}")
 
 
@@ -668,12 +702,14 @@ def stage_estimates(config, stages: Sequence[str] | None = None,
   architecture = architecture_of(config)
   if num_devices is None:
     num_devices = int(config.hardware.num_devices)
+  hardware = config.get("hardware")
+  hosts = int(hardware.hosts) if hardware is not None and "hosts" in hardware else 1
   pm_max_length = int(config.pm_train.max_length) if "pm_train" in config else 0
   out = {}
   for stage in (stages_of(config) if stages is None else stages):
     out[stage] = estimate_stage(stage_config_for(config, stage), stage,
                                 architecture=architecture, num_devices=num_devices,
-                                pm_max_length=pm_max_length)
+                                pm_max_length=pm_max_length, hosts=hosts)
   return out
 
 

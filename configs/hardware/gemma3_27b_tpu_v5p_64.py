@@ -13,12 +13,13 @@ machine sees: a GCS bucket through gcsfuse, NFS):
   3. STAGES=sample_pairs,feedback   on a machine of its own
   4. STAGES=pm_train, then rl_train, then eval: on every host of the slice
 
-The sampling stages (sl_generate, sample_pairs, feedback) take no mesh and start no
-`jax.distributed`: one process, one device holding the whole model in bfloat16 (about 64 GiB
-with sl_generate's cache, by the estimate). JAX on one host of a multi-host slice expects the
-other hosts' processes, so they run on a separate single-host machine that sees WORKDIR: a TPU
-v5p-8, an H100 or an H200. eval, too, samples its answers and runs its judge on one device
-(about 63 GiB), and scores with the PM on the whole mesh.
+The sampling stages (sl_generate, sample_pairs, feedback) start no `jax.distributed`: one
+process on a single-host machine that sees WORKDIR (JAX on one host of a multi-host slice expects
+the other hosts' processes): a TPU v5p-8, whose 4 chips hold the model sharded as in training
+(fsdp=2 x tensor=2, `parallel.sampling_mesh_spec`; about 20 GiB a chip by the estimate), or one
+H100 / H200 holding it whole in bfloat16 (about 64 GiB with sl_generate's cache). eval samples
+its answers and runs its judge on each host's 4 chips, and scores with the PM on the whole
+mesh.
 
 Set `model.checkpoint` to a local Hugging Face folder of google/gemma-3-27b-it (or -pt; the
 multimodal folder's text tower is read) present on every host: config.json, *.safetensors and
