@@ -272,6 +272,44 @@ def test_gguf_metadata_without_a_needed_field_names_it():
     gguf_io.config_from_reader(reader, "m.gguf")
 
 
+def _llama_gguf_reader(rope_freqs):
+  """llama.cpp metadata of a tiny Llama (head_dim 16) with a rope_freqs.weight tensor."""
+  import types
+  fields = {"general.architecture": "llama", "llama.block_count": 2,
+            "llama.embedding_length": 64, "llama.feed_forward_length": 128,
+            "llama.attention.head_count": 4, "llama.attention.head_count_kv": 2,
+            "llama.rope.freq_base": 500_000.0, "llama.attention.layer_norm_rms_epsilon": 1e-5,
+            "llama.context_length": 131_072}
+  tensors = [types.SimpleNamespace(name="token_embd.weight", shape=[64, 512], data=None),
+             types.SimpleNamespace(name="rope_freqs.weight", shape=[len(rope_freqs)],
+                                   data=np.asarray(rope_freqs, np.float32))]
+  return types.SimpleNamespace(fields={k: _Field(v) for k, v in fields.items()}, tensors=tensors)
+
+
+@pytest.mark.parametrize("factor", [8.0, 32.0])
+def test_gguf_rope_freqs_read_back_as_llama3_scaling(factor):
+  """Llama 3.1 / 3.2 GGUFs carry their RoPE scaling as per-frequency divisors: the divisors
+  transformers' own Llama 3 scaling gives (factor 8 or 32) read back as that scaling, and the
+  model's frequencies equal transformers'; divisors of no Llama 3 scaling are an error."""
+  import transformers
+  from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+  from cai_jax.checkpoints import gguf as gguf_io
+  rope = {**LLAMA3_ROPE, "factor": factor, "original_max_position_embeddings": 8192}
+  hf_cfg = transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, head_dim=16,
+                                    max_position_embeddings=131_072, rope_parameters=rope)
+  hf_inv, _ = ROPE_INIT_FUNCTIONS["llama3"](hf_cfg)
+  plain = 1.0 / (500_000.0 ** (np.arange(0, 16, 2, dtype=np.float32) / 16))
+  divisors = plain / hf_inv.numpy()  # what llama.cpp's converter writes
+  config = gguf_io.config_from_reader(_llama_gguf_reader(divisors), "m.gguf")
+  assert config.rope_scaling == "llama3" and config.global_rope_scale == factor
+  np.testing.assert_allclose(np.asarray(decoder.rope_inverse_frequencies(config, True)),
+                             hf_inv.numpy(), rtol=1e-6)
+  with pytest.raises(families.CheckpointError, match="m.gguf: rope_freqs.weight .* match no "
+                                                     "Llama 3 scaling"):
+    gguf_io.config_from_reader(_llama_gguf_reader(divisors * 1.5), "m.gguf")
+
+
 def test_chunked_log_probs_apply_the_final_softcap():
   """The trainers' chunked log-probs (no [B, L, V] logits) equal log_softmax of the model's own
   soft-capped logits, for a family that caps them (Gemma 2's tiny preset)."""

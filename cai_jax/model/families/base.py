@@ -172,6 +172,13 @@ class GgufMetadata:
     """GGUF stores float32: 1e-6 comes back as 9.99999997e-07. Read it as it was written."""
     return float(str(np.float32(self.get(key, default))))
 
+  def tensor_values(self, name: str) -> np.ndarray | None:
+    """A (small, unquantized) tensor's values as float32, None when the file has none."""
+    for t in self.reader.tensors:
+      if t.name == name:
+        return np.asarray(t.data, np.float32).reshape(-1)
+    return None
+
   def tensor_shape(self, name: str) -> tuple[int, ...] | None:
     """numpy (row-major) shape of a tensor, None when the file has none of that name."""
     return self._shapes.get(name)
@@ -272,19 +279,45 @@ def pre_norm_config_from_hf(d: Mapping[str, Any], where: str, *, family: str,
       **rope_fields(d, where))
 
 
+# Llama 3's RoPE scaling as the published configs set it: factor 8 (3.1) or 32 (3.2), low and
+# high frequency factors 1 and 4, original context 8,192.
+LLAMA3_ROPE_FACTORS = (8.0, 32.0)
+LLAMA3_ROPE = dict(rope_scaling="llama3", rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
+                   rope_original_max_len=8192)
+
+
+def rope_freqs_scaling(m: GgufMetadata, config: DecoderConfig) -> DecoderConfig:
+  """llama.cpp writes Llama 3's RoPE scaling as a tensor of per-frequency divisors
+  (`rope_freqs.weight`) rather than as its parameters: the config with the Llama 3 scaling whose
+  divisors equal the file's (rtol 1e-5), or a CheckpointError showing the file's divisors."""
+  divisors = m.tensor_values("rope_freqs.weight")
+  if divisors is None:
+    return config
+  from cai_jax.model import decoder
+  plain = np.asarray(decoder.rope_inverse_frequencies(config, True), np.float64)
+  for factor in LLAMA3_ROPE_FACTORS:
+    candidate = config.replace(global_rope_scale=factor, **LLAMA3_ROPE)
+    scaled = np.asarray(decoder.rope_inverse_frequencies(candidate, True), np.float64)
+    if divisors.shape == plain.shape and np.allclose(plain / scaled, divisors, rtol=1e-5):
+      return candidate
+  raise CheckpointError(
+      f"{m.path}: rope_freqs.weight holds per-frequency RoPE divisors "
+      f"{np.round(divisors[[0, len(divisors) // 2, -1]], 4).tolist()} (first, middle, last) that "
+      f"match no Llama 3 scaling (factor {' or '.join(map(str, LLAMA3_ROPE_FACTORS))}, low 1, "
+      "high 4, original 8192); use the HF folder of this checkpoint")
+
+
 def pre_norm_config_from_gguf(m: GgufMetadata, *, family: str, qkv_bias: bool, qk_norm: bool
                               ) -> DecoderConfig:
-  """The config of a pre-norm SwiGLU family from llama.cpp metadata."""
-  if m.tensor_shape("rope_freqs.weight") is not None:
-    raise CheckpointError(f"{m.path}: per-frequency RoPE factors (rope_freqs.weight, Llama 3.1 "
-                          "scaling) are not read from GGUF; use the HF folder of this checkpoint")
+  """The config of a pre-norm SwiGLU family from llama.cpp metadata (Llama 3's RoPE scaling read
+  back from its per-frequency divisors, `rope_freqs_scaling`)."""
   num_layers = int(m.get("block_count"))
   num_heads = int(m.get("attention.head_count"))
   embed_dim = int(m.get("embedding_length"))
   head_dim = int(m.get("attention.key_length", embed_dim // num_heads))
   window = int(m.get("attention.sliding_window", 0))
   rope_base = m.f32("rope.freq_base", 10_000.0)
-  return DecoderConfig(
+  config = DecoderConfig(
       family=family,
       vocab_size=m.vocab_size(),
       embed_dim=embed_dim,
@@ -301,6 +334,7 @@ def pre_norm_config_from_gguf(m: GgufMetadata, *, family: str, qkv_bias: bool, q
       max_seq_len=int(m.get("context_length")),
       tie_embeddings=m.tensor_shape("output.weight") is None,
       qkv_bias=qkv_bias, qk_norm=qk_norm, **m.linear_rope_scaling())
+  return rope_freqs_scaling(m, config)
 
 
 def pre_norm_config_to_hf(c: DecoderConfig, architecture: str, model_type: str
