@@ -174,20 +174,7 @@ def test_chat_format_errors():
 def chat_assets(tmp_path_factory):
   folder = tmp_path_factory.mktemp("chat_assets")
   ckpt = tiny_model.write_chat_checkpoint(str(folder / "hf"))
-  comps = folder / "human.jsonl"
-  words = ["apples", "rivers", "quiet", "music", "paper", "stone", "green"]
-  with open(comps, "w") as f:
-    for i in range(4):
-      p = f"\n\nHuman: what about {words[i]}?\n\nAssistant:"
-      f.write(json.dumps({"chosen": f"{p} {words[i + 1]} {words[i + 2]}.",
-                          "rejected": f"{p} {words[i + 3]} no."}) + "\n")
-  prompts = folder / "prompts.jsonl"
-  with open(prompts, "w") as f:
-    for i in range(4):
-      f.write(json.dumps({"id": f"p{i}", "prompt": f"\n\nHuman: tell me about {words[i]}"
-                                                   "\n\nAssistant:"}) + "\n")
-  return {"folder": str(folder), "ckpt": ckpt, "comparisons": str(comps),
-          "prompts": str(prompts)}
+  return {"folder": str(folder), "ckpt": ckpt, **tiny_model.write_pipeline_data(folder)}
 
 
 def test_pipeline_in_chat_format(chat_assets, tmp_path):

@@ -38,7 +38,10 @@ LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500_000.0, "factor": 8.0,
 HF_CONFIGS = {
     "llama": ("LlamaConfig", dict(rope_parameters=LLAMA3_ROPE, tie_word_embeddings=False)),
     "mistral": ("MistralConfig", dict(sliding_window=WINDOW, tie_word_embeddings=False)),
-    "qwen2": ("Qwen2Config", dict(tie_word_embeddings=True)),
+    # Qwen 2.5's long-context setting (YaRN), with an original context shorter than L
+    "qwen2": ("Qwen2Config", dict(tie_word_embeddings=True, rope_parameters={
+        "rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0,
+        "original_max_position_embeddings": 16})),
     "qwen3": ("Qwen3Config", dict(head_dim=32, tie_word_embeddings=False)),
     "gemma2": ("Gemma2Config", dict(sliding_window=WINDOW, query_pre_attn_scalar=24,
                                     attn_logit_softcapping=3.0, final_logit_softcapping=5.0)),
@@ -208,6 +211,21 @@ def test_each_family_option_matters(imported):
                                  if not k.endswith("_norm")}
   tokens = _tokens()
   assert rel_err(_ours(changed, p, tokens), _ours(config, params, tokens)) > 1e-3
+
+
+@needs_transformers
+def test_yarn_frequencies_and_temperature_both_matter(imported):
+  """The Qwen 2 model above uses YaRN: its ramped frequencies and its attention temperature
+  (cos and sin times 0.1 ln 4 + 1) each change the logits the transformers comparison checks."""
+  family, _, config, params = imported
+  if family != "qwen2":
+    pytest.skip("YaRN is exercised by the qwen2 model")
+  assert config.rope_scaling == "yarn" and config.rope_original_max_len == 16
+  assert config.rope_attention_factor == pytest.approx(0.1 * np.log(4.0) + 1.0)
+  tokens = _tokens()
+  base = _ours(config, params, tokens)
+  for change in ({"rope_attention_factor": 1.0}, {"rope_scaling": "linear"}):
+    assert rel_err(_ours(config.replace(**change), params, tokens), base) > 1e-3, change
 
 
 def test_unsupported_architecture_names_the_supported_ones():

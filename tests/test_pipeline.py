@@ -18,31 +18,13 @@ import tiny_model
 
 
 STAGES = list(pipeline.STAGES)
-WORDS = ["apples", "rivers", "quiet", "music", "paper", "stone", "green", "light"]
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
   folder = tmp_path_factory.mktemp("pipeline_assets")
   ckpt = tiny_model.write_hf_checkpoint(str(folder / "hf"), flat_logits=True)
-  comps = folder / "human.jsonl"
-  with open(comps, "w") as f:
-    for i in range(4):
-      p = f"\n\nHuman: what about {WORDS[i]}?\n\nAssistant:"
-      f.write(json.dumps({"chosen": f"{p} {WORDS[i + 1]} {WORDS[i + 2]}.",
-                          "rejected": f"{p} {WORDS[i + 3]} no."}) + "\n")
-  prompts = folder / "prompts.jsonl"
-  with open(prompts, "w") as f:
-    for i in range(4):
-      f.write(json.dumps({"id": f"p{i}", "prompt": f"\n\nHuman: tell me about {WORDS[i]}"
-                                                   "\n\nAssistant:"}) + "\n")
-  probes = folder / "probes.jsonl"
-  with open(probes, "w") as f:
-    for i in range(2):
-      f.write(json.dumps({"id": f"q{i}", "prompt": f"\n\nHuman: what is {WORDS[i + 4]}?"
-                                                   "\n\nAssistant:"}) + "\n")
-  return {"folder": str(folder), "ckpt": ckpt, "comparisons": str(comps),
-          "prompts": str(prompts), "probes": str(probes)}
+  return {"folder": str(folder), "ckpt": ckpt, **tiny_model.write_pipeline_data(folder)}
 
 
 def settings(assets, **extra):

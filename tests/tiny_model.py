@@ -81,3 +81,30 @@ def write_chat_checkpoint(folder: str, *, seed: int = 0) -> str:
   params["final_norm"]["scale"] = jnp.full_like(params["final_norm"]["scale"], 0.1)
   hf.save_hf_folder(folder, config, params, tok)
   return folder
+
+
+PIPELINE_WORDS = ["apples", "rivers", "quiet", "music", "paper", "stone", "green", "light"]
+
+
+def write_pipeline_data(folder) -> dict[str, str]:
+  """Small inputs for pipeline runs in `folder`: 4 human comparisons (HH chosen/rejected), 4
+  prompts and 2 probe prompts; returns their paths."""
+  import json
+  import os
+  w = PIPELINE_WORDS
+  paths = {k: os.path.join(str(folder), f"{k}.jsonl")
+           for k in ("comparisons", "prompts", "probes")}
+  with open(paths["comparisons"], "w") as f:
+    for i in range(4):
+      p = f"\n\nHuman: what about {w[i]}?\n\nAssistant:"
+      f.write(json.dumps({"chosen": f"{p} {w[i + 1]} {w[i + 2]}.",
+                          "rejected": f"{p} {w[i + 3]} no."}) + "\n")
+  with open(paths["prompts"], "w") as f:
+    for i in range(4):
+      f.write(json.dumps({"id": f"p{i}", "prompt": f"\n\nHuman: tell me about {w[i]}"
+                                                   "\n\nAssistant:"}) + "\n")
+  with open(paths["probes"], "w") as f:
+    for i in range(2):
+      f.write(json.dumps({"id": f"q{i}", "prompt": f"\n\nHuman: what is {w[i + 4]}?"
+                                                   "\n\nAssistant:"}) + "\n")
+  return paths

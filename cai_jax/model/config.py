@@ -16,7 +16,7 @@ LOCAL = "local"    # sliding-window attention
 GLOBAL = "global"  # full causal attention
 
 ACTIVATIONS = ("silu", "gelu_tanh")
-ROPE_SCALINGS = ("none", "linear", "llama3")
+ROPE_SCALINGS = ("none", "linear", "llama3", "yarn")
 
 
 def layer_types_from_pattern(num_layers: int, pattern: int) -> tuple[str, ...]:
@@ -46,13 +46,18 @@ class DecoderConfig:
   sliding_window: int = 0             # window of LOCAL layers (positions), 0 when none are
   local_rope_base: float = 10_000.0
   global_rope_base: float = 10_000.0
-  # RoPE scaling of GLOBAL layers: 'none', 'linear' (frequencies / factor) or 'llama3'
-  # (Llama 3.1's piecewise rule: low frequencies / factor, high ones kept, a smooth band between).
+  # RoPE scaling of GLOBAL layers: 'none', 'linear' (frequencies / factor), 'llama3' (Llama
+  # 3.1's piecewise rule: low frequencies / factor, high ones kept, a smooth band between) or
+  # 'yarn' (a linear ramp between the two by rotations, and an attention temperature).
   rope_scaling: str = "none"
-  global_rope_scale: float = 1.0      # the factor of 'linear' and 'llama3'
+  global_rope_scale: float = 1.0      # the factor of 'linear', 'llama3' and 'yarn'
   rope_low_freq_factor: float = 1.0   # 'llama3' only
   rope_high_freq_factor: float = 4.0  # 'llama3' only
-  rope_original_max_len: int = 8192   # 'llama3' only
+  rope_original_max_len: int = 8192   # 'llama3' and 'yarn'
+  rope_beta_fast: float = 32.0        # 'yarn' only: the ramp between interpolated and
+  rope_beta_slow: float = 1.0         #   extrapolated frequencies, in rotations
+  rope_truncate: bool = True          # 'yarn' only: the ramp's ends rounded outwards
+  rope_attention_factor: float = 1.0  # 'yarn' only: cos and sin times this
   # RMSNorm multiplies by (norm_offset + w): 0 with w initialised to ones, or 1 + w with
   # w initialised to zeros (the init follows from the offset: every norm starts as identity).
   norm_offset: float = 0.0

@@ -15,6 +15,7 @@ for `cai_jax.parallel` to map onto a mesh. Parameters are stored in `param_dtype
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -69,15 +70,39 @@ def rope_inverse_frequencies(config: DecoderConfig, is_global: bool) -> jax.Arra
     smoothed = (1 - smooth) * scaled / factor + smooth * scaled
     medium = ~(wavelen < old / high) & ~(wavelen > old / low)
     return jnp.where(medium, smoothed, scaled)
+  if kind == "yarn":
+    # YaRN: interpolated frequencies (1 / factor) below the dimension turning beta_slow times over
+    # the original context, the original ones above the one turning beta_fast times, a linear
+    # ramp between them.
+    old = float(config.rope_original_max_len)
+    corr = lambda rot: head_dim * math.log(old / (rot * 2 * math.pi)) / (2 * math.log(base))  # noqa
+    low, high = corr(config.rope_beta_fast), corr(config.rope_beta_slow)
+    if config.rope_truncate:
+      low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    high = high + 0.001 if low == high else high
+    ramp = jnp.clip((jnp.arange(head_dim // 2, dtype=jnp.float32) - low) / (high - low), 0, 1)
+    keep = 1 - ramp  # the share of the original (extrapolated) frequency
+    return inv_freq / factor * (1 - keep) + inv_freq * keep
   return inv_freq
 
 
-def rope(x_BLNH: jax.Array, positions_BL: jax.Array, inv_freq: jax.Array) -> jax.Array:
-  """Rotary embedding, half-split ("rotate_half") layout, at the given frequencies."""
+def rope_attention_factor(config: DecoderConfig, is_global: bool) -> float:
+  """What cos and sin are multiplied by (YaRN's attention temperature; 1 otherwise)."""
+  return config.rope_attention_factor if is_global and config.rope_scaling == "yarn" else 1.0
+
+
+def rope(x_BLNH: jax.Array, positions_BL: jax.Array, inv_freq: jax.Array,
+         scale: float = 1.0) -> jax.Array:
+  """Rotary embedding, half-split ("rotate_half") layout, at the given frequencies; cos and sin
+  times `scale` (YaRN)."""
   angles = positions_BL.astype(jnp.float32)[..., None] * inv_freq  # [B, L, H/2]
   compute = jnp.promote_types(x_BLNH.dtype, jnp.float32)
-  sin = jnp.sin(angles)[:, :, None, :].astype(compute)
-  cos = jnp.cos(angles)[:, :, None, :].astype(compute)
+  sin, cos = jnp.sin(angles), jnp.cos(angles)
+  if scale != 1.0:
+    sin, cos = sin * scale, cos * scale
+  sin = sin[:, :, None, :].astype(compute)
+  cos = cos[:, :, None, :].astype(compute)
   x = x_BLNH.astype(compute)
   x1, x2 = jnp.split(x, 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -256,8 +281,9 @@ class Attention(nn.Module):
       q = _norm(c, "q_norm", "head_dim")(q)
       k = _norm(c, "k_norm", "head_dim")(k)
     inv_freq = rope_inverse_frequencies(c, self.is_global)
-    q = rope(q, positions_BL, inv_freq)
-    k = rope(k, positions_BL, inv_freq)
+    scale = rope_attention_factor(c, self.is_global)
+    q = rope(q, positions_BL, inv_freq, scale)
+    k = rope(k, positions_BL, inv_freq, scale)
     q = q * jnp.asarray(c.query_pre_attn_scalar ** -0.5, dt)
 
     if cache is not None and mask_BLS is None:

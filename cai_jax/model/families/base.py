@@ -10,6 +10,7 @@ readers and writers) is shared.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -100,8 +101,21 @@ def rope_scaling_fields(scaling: Mapping[str, Any] | None, where: str) -> dict[s
             "rope_low_freq_factor": float(scaling["low_freq_factor"]),
             "rope_high_freq_factor": float(scaling["high_freq_factor"]),
             "rope_original_max_len": int(scaling["original_max_position_embeddings"])}
+  if kind == "yarn":
+    if scaling.get("mscale") or scaling.get("mscale_all_dim"):
+      raise CheckpointError(f"{where}: YaRN with mscale / mscale_all_dim is not supported")
+    factor = float(scaling["factor"])
+    attention = scaling.get("attention_factor")
+    if attention is None:  # the YaRN paper's temperature, 0.1 ln(factor) + 1
+      attention = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+    return {"rope_scaling": "yarn", "global_rope_scale": factor,
+            "rope_original_max_len": int(scaling["original_max_position_embeddings"]),
+            "rope_beta_fast": float(scaling.get("beta_fast") or 32.0),
+            "rope_beta_slow": float(scaling.get("beta_slow") or 1.0),
+            "rope_truncate": bool(scaling.get("truncate", True)),
+            "rope_attention_factor": float(attention)}
   raise CheckpointError(f"{where}: RoPE scaling type {kind!r} is not supported "
-                        "(supported: none, linear, llama3)")
+                        "(supported: none, linear, llama3, yarn)")
 
 
 def rope_to_hf(c: DecoderConfig) -> dict[str, Any]:
@@ -114,6 +128,11 @@ def rope_to_hf(c: DecoderConfig) -> dict[str, Any]:
                "low_freq_factor": c.rope_low_freq_factor,
                "high_freq_factor": c.rope_high_freq_factor,
                "original_max_position_embeddings": c.rope_original_max_len}
+  elif c.rope_scaling == "yarn":
+    scaling = {"rope_type": "yarn", "factor": c.global_rope_scale,
+               "original_max_position_embeddings": c.rope_original_max_len,
+               "beta_fast": c.rope_beta_fast, "beta_slow": c.rope_beta_slow,
+               "truncate": c.rope_truncate, "attention_factor": c.rope_attention_factor}
   return {"rope_theta": c.global_rope_base, "rope_scaling": scaling}
 
 
