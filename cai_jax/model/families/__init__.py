@@ -64,7 +64,7 @@ def for_gguf_architecture(arch: str, where: str) -> Family:
 
 def config_from_dict(d: Mapping[str, Any]) -> DecoderConfig:
   """`DecoderConfig.from_dict`, also for dicts saved before configs named their family: those
-  were all Gemma 3, whose RoPE scaling was implied by a scale other than 1."""
+  were all of the gemma3 family, whose RoPE scaling was implied by a scale other than 1."""
   d = dict(d)
   if "family" not in d:
     fixed = dict(gemma3.FIXED)
