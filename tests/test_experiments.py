@@ -452,7 +452,7 @@ def fake_cli(monkeypatch, calls):
 
   model = types.SimpleNamespace(config=None, params=None, source="fake",
                                 tokenizer=tiny_model.small_tokenizer())
-  monkeypatch.setattr(feedback_job, "load_model", lambda config: model)
+  monkeypatch.setattr(feedback_job, "load_model", lambda config, mesh=None: model)
   monkeypatch.setattr(feedback_job, "MCScorer", lambda *a, **k: ContextScorer())
   monkeypatch.setattr(feedback_job, "Sampler", lambda *a, **k: FixedSampler())
 
