@@ -44,7 +44,7 @@ from cai_jax.data.jsonl import write_json_atomic
 from cai_jax.data.sources import read_hh_comparisons
 from cai_jax.eval import pm_eval, plots
 from cai_jax.eval.mc import MCScorer, read_mc_file
-from cai_jax.jobs.common import load_model, progress
+from cai_jax.jobs.common import load_model, progress, sampling_mesh
 from cai_jax.model import heads
 from cai_jax.train import pm as pm_lib
 
@@ -119,8 +119,7 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
   from cai_jax.data.jsonl import append_jsonl, finished_ids, read_jsonl
   from cai_jax.eval import stage_compare as SC
   from cai_jax.constitution.conversation_format import split_prefix
-  from cai_jax.jobs.common import (batch_key, conversation_format, load_model,
-                                   sampling_mesh)
+  from cai_jax.jobs.common import batch_key, conversation_format
   from cai_jax.sampling.sampler import Sampler
 
   e = config.eval
