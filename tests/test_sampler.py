@@ -419,6 +419,37 @@ def test_keys_and_logprobs(tiny, sampler):
   assert all(np.all(lp < 0) for lp in greedy.logprobs)
 
 
+def test_row_keys_make_a_sample_independent_of_its_batch(tiny, sampler):
+  """With one key per prompt, a prompt's tokens are the same alone, in a batch of 4 (another
+  position, other neighbours, another prompt bucket), and in a batch that splits differently;
+  other keys give other tokens; row r's noise is jax.random.gumbel(fold_in(key_r, t)) exactly."""
+  keys = np.stack([np.asarray(jax.random.PRNGKey(40 + i)) for i in range(len(PROMPTS))])
+  together = sampler.generate(PROMPTS, max_new_tokens=12, strategy=Sampling(), keys=keys)
+  for i in range(len(PROMPTS)):
+    alone = sampler.generate([PROMPTS[i]], max_new_tokens=12, strategy=Sampling(),
+                             keys=keys[i:i + 1])
+    assert alone.tokens[0] == together.tokens[i], i
+    np.testing.assert_allclose(alone.logprobs[0], together.logprobs[i], atol=2e-5)
+  small = Sampler(*tiny, CharTokenizer(), eos_ids=(), max_batch=3)  # batches of 3 + 1
+  reordered = small.generate(PROMPTS[::-1], max_new_tokens=12, strategy=Sampling(),
+                             keys=keys[::-1])
+  assert reordered.tokens == together.tokens[::-1]
+  other = sampler.generate(PROMPTS, max_new_tokens=12, strategy=Sampling(), keys=keys[::-1])
+  assert other.tokens != together.tokens
+  # The draw itself: token t of row r is argmax(logits_t + Gumbel(fold_in(key_r, t))).
+  config, params = tiny
+  ids = CharTokenizer().encode(PROMPTS[1], add_bos=True)
+  row = together.tokens[1]
+  for t in range(4):
+    logits = full_logprobs(config, params, ids + row[:t])[-1]
+    noise = np.asarray(jax.random.gumbel(jax.random.fold_in(keys[1], t), logits.shape))
+    assert int(np.argmax(logits + noise)) == row[t], t
+  with pytest.raises(ValueError, match="one PRNG key per prompt"):
+    sampler.generate(PROMPTS, max_new_tokens=2, strategy=Sampling(), keys=keys[:2])
+  with pytest.raises(ValueError, match="not both"):
+    sampler.generate(PROMPTS, max_new_tokens=2, key=jax.random.PRNGKey(0), keys=keys)
+
+
 @pytest.mark.parametrize("strategy", [Greedy(), Sampling(), Sampling(temperature=0.7),
                                       Sampling(top_k=5), Sampling(top_p=0.6)],
                          ids=["greedy", "raw", "tempered", "top_k", "top_p"])

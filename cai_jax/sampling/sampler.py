@@ -59,7 +59,7 @@ class DecodeState:
   tokens_BN: jax.Array        # generated tokens (pad after a row is done)
   logp_BN: jax.Array          # log-prob under the raw model distribution
   sampling_logp_BN: jax.Array  # log-prob under the sampling distribution
-  key: jax.Array
+  key: jax.Array              # [2]: split each step; or [B, 2] per row: folded with the step
 
 
 @dataclasses.dataclass
@@ -120,7 +120,10 @@ def _decode(model, cpu, strategy, eos_ids, first_slot, params, embedding_DV, sta
     return (s.step < until) & ~jnp.all(s.done_B)
 
   def body(s: DecodeState):
-    key, sub = jax.random.split(s.key)
+    if s.key.ndim == 2:  # row keys: token t of a row is drawn with fold_in(row key, t)
+      key, sub = s.key, jax.vmap(jax.random.fold_in, (0, None))(s.key, s.step)
+    else:
+      key, sub = jax.random.split(s.key)
     # Vocab-major logits ([V, B], see _project) are reduced over axis 0 where they lie.
     axis = 0 if _vocab_major(cpu, embedding_DV, s.done_B.shape[0]) else -1
     token, sampling_logp = strategy.sample(s.logits, sub, vocab_axis=axis)
@@ -288,9 +291,20 @@ class Sampler:
   def generate(self, prompts: Sequence[str], *, max_new_tokens: int,
                strategy: Greedy | Sampling = Greedy(), key: jax.Array | None = None,
                stop: Sequence[str] = (), prefix: PrefixCache | None = None,
-               progress=None) -> SampleOutput:
+               progress=None, keys=None) -> SampleOutput:
+    """Samples an answer to every prompt. Randomness: `key` (one key, split per batch: a
+    prompt's sample depends on the batch it falls in), or `keys`, one key per prompt ([N, 2]):
+    a prompt's sample then depends on its own key only (up to float noise of the batch's
+    shapes), whichever batch, process or restart produces it."""
     if isinstance(prompts, str):
       raise TypeError("generate takes a sequence of prompts, not one string")
+    if keys is not None:
+      if key is not None:
+        raise ValueError("pass `key` or `keys`, not both")
+      keys = np.asarray(jax.device_get(keys), np.uint32)
+      if keys.shape != (len(prompts), 2):
+        raise ValueError(f"keys must be one PRNG key per prompt, shape ({len(prompts)}, 2); got "
+                         f"{keys.shape}")
     if max_new_tokens <= 0:
       raise ValueError(f"max_new_tokens must be > 0, got {max_new_tokens}")
     stop = (stop,) if isinstance(stop, str) else tuple(stop)
@@ -306,7 +320,11 @@ class Sampler:
     while start < len(order):
       chunk = order[start:start + self.max_batch]  # the same prompts with or without a mesh
       rows = min(pad(self.max_batch), pad(pow2_bucket(len(chunk), 1)))
-      key, sub = jax.random.split(key)
+      if keys is None:
+        key, sub = jax.random.split(key)
+      else:  # padding rows get zero keys (their tokens are discarded)
+        sub = np.zeros((rows, 2), np.uint32)
+        sub[:len(chunk)] = keys[chunk]
       for i, out in zip(chunk, self._generate_batch([ids[i] for i in chunk], rows,
                                                     max_new_tokens, strategy, sub, stop, prefix)):
         outputs[i] = out
@@ -349,7 +367,8 @@ class Sampler:
         eos_B=jnp.zeros((rows,), bool),
         tokens_BN=jnp.zeros((rows, max_new_tokens), jnp.int32),
         logp_BN=jnp.zeros((rows, max_new_tokens), jnp.float32),
-        sampling_logp_BN=jnp.zeros((rows, max_new_tokens), jnp.float32), key=key)
+        sampling_logp_BN=jnp.zeros((rows, max_new_tokens), jnp.float32),
+        key=self._rows_sharded(key) if np.ndim(key) == 2 else key)
     decode = self._decode_fn(strategy)
     first_slot = prefix_slots + prompt_slots
     stop_at = [None] * n  # (tokens kept, text) per row that hit a stop string

@@ -1,6 +1,7 @@
 """Sampling strategies: small frozen dataclasses with one method, `sample(logits, key)`.
 
-Each returns the chosen tokens and their log-probabilities under the *sampling* distribution
+`key` is one PRNG key for the batch or one per row ([B, 2]: a row's draws then depend on its
+own key alone). Each returns the chosen tokens and their log-probabilities under the *sampling* distribution
 (after temperature and truncation); the sampler separately records log-probs under the raw
 model distribution, which is what PPO needs.
 
@@ -91,10 +92,18 @@ class Sampling:
     # same key), with the faster argmax. The noise is drawn as [B, V] in either layout, so a
     # key gives the same tokens whichever way the logits lie.
     shape_BV = logits.shape[::-1] if vocab_major else logits.shape
-    noise = jax.random.gumbel(key, shape_BV, logits.dtype)
+    noise = gumbel_noise(key, shape_BV, logits.dtype)
     axis = 0 if vocab_major else -1
     tokens = argmax(logits + (noise.T if vocab_major else noise), axis)
     return tokens, logprob_of(logits, tokens, axis)
+
+
+def gumbel_noise(key: jax.Array, shape_BV: tuple[int, int], dtype) -> jax.Array:
+  """[B, V] Gumbel noise from one key for the batch, or from one key per row (`key` [B, 2]):
+  then row b's noise depends on its own key only, not on the batch it is sampled in."""
+  if key.ndim == 2:
+    return jax.vmap(lambda k: jax.random.gumbel(k, shape_BV[1:], dtype))(key)
+  return jax.random.gumbel(key, shape_BV, dtype)
 
 
 def from_settings(temperature: float, top_k: int = 0, top_p: float = 1.0):
