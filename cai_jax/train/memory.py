@@ -597,23 +597,55 @@ ASSUMED_PREFIX_TOKENS = 2048
 ASSUMED_REQUEST_TOKENS = 128
 
 
+class SamplerShape(NamedTuple):
+  """The largest batch a sampling stage generates: `rows` prompts (before padding to the data
+  axes) of `prompt` bucketed slots after a shared prefix of `prefix` slots, `new` tokens."""
+  rows: int
+  prompt: int
+  new: int
+  prefix: int = 0
+
+  @property
+  def slots(self) -> int:
+    return self.prefix + self.prompt + self.new
+
+
+def sampler_shape(config, stage: str) -> SamplerShape:
+  """The sampler's batch of a stage, from the config it runs with (the estimates below and the
+  compile check use the same)."""
+  if stage == "sl_generate":
+    g = config.sl_generate
+    transcript = g.max_conversation_tokens + g.rounds * (
+        g.max_critique_tokens + g.max_revision_tokens + 2 * ASSUMED_REQUEST_TOKENS)
+    return SamplerShape(g.batch_size, pow2_bucket(min(transcript, g.max_prompt_length), 32),
+                        max(g.max_response_tokens, g.max_critique_tokens,
+                            g.max_revision_tokens), ASSUMED_PREFIX_TOKENS)
+  if stage == "sample_pairs":
+    g = config.sample_pairs
+    return SamplerShape(2 * g.batch_size,
+                        pow2_bucket(min(g.max_conversation_tokens, g.max_prompt_length), 32),
+                        g.max_response_tokens, ASSUMED_PREFIX_TOKENS)
+  if stage == "eval":
+    e = config.eval
+    return SamplerShape(e.answer_batch_size, pow2_bucket(e.max_prompt_length, 32),
+                        e.answer_max_tokens,
+                        ASSUMED_PREFIX_TOKENS if e.answer_prefix == "few_shot" else 0)
+  if stage == "rl_train":
+    c = config.rl_train
+    return SamplerShape(c.sampler_batch, pow2_bucket(c.max_prompt_tokens, 32), c.max_new_tokens)
+  raise ValueError(f"stage {stage!r} runs no sampler")
+
+
 def sl_generate_estimate(config, model_cfg: DecoderConfig, mesh=None) -> Estimate:
-  g = config.sl_generate
-  transcript = g.max_conversation_tokens + g.rounds * (
-      g.max_critique_tokens + g.max_revision_tokens + 2 * ASSUMED_REQUEST_TOKENS)
-  prompt = pow2_bucket(min(transcript, g.max_prompt_length), 32)
-  new = max(g.max_response_tokens, g.max_critique_tokens, g.max_revision_tokens)
-  return sampling_estimate("sl_generate", model_cfg, rows=g.batch_size, prompt=prompt,
-                           slots=ASSUMED_PREFIX_TOKENS + prompt + new,
-                           prefix_slots=ASSUMED_PREFIX_TOKENS, mesh=mesh)
+  s = sampler_shape(config, "sl_generate")
+  return sampling_estimate("sl_generate", model_cfg, rows=s.rows, prompt=s.prompt,
+                           slots=s.slots, prefix_slots=s.prefix, mesh=mesh)
 
 
 def sample_pairs_estimate(config, model_cfg: DecoderConfig, mesh=None) -> Estimate:
-  g = config.sample_pairs
-  prompt = pow2_bucket(min(g.max_conversation_tokens, g.max_prompt_length), 32)
-  return sampling_estimate("sample_pairs", model_cfg, rows=2 * g.batch_size, prompt=prompt,
-                           slots=ASSUMED_PREFIX_TOKENS + prompt + g.max_response_tokens,
-                           prefix_slots=ASSUMED_PREFIX_TOKENS, mesh=mesh)
+  s = sampler_shape(config, "sample_pairs")
+  return sampling_estimate("sample_pairs", model_cfg, rows=s.rows, prompt=s.prompt,
+                           slots=s.slots, prefix_slots=s.prefix, mesh=mesh)
 
 
 def mc_scorer_estimate(stage: str, model_cfg: DecoderConfig, *, max_length: int,
@@ -642,11 +674,9 @@ def eval_estimate(config, model_cfg: DecoderConfig, mesh, *, pm_max_length: int 
   `pm_max_length`, else 1,024)."""
   e = config.eval
   phases: dict[str, dict[str, int]] = {}
-  prompt = pow2_bucket(e.max_prompt_length, 32)
-  prefix = ASSUMED_PREFIX_TOKENS if e.answer_prefix == "few_shot" else 0
+  s = sampler_shape(config, "eval")
   phases["answers"] = sampling_estimate(
-      "eval", model_cfg, rows=e.answer_batch_size, prompt=prompt,
-      slots=prefix + prompt + e.answer_max_tokens, prefix_slots=prefix,
+      "eval", model_cfg, rows=s.rows, prompt=s.prompt, slots=s.slots, prefix_slots=s.prefix,
       mesh=sampling_mesh).parts
   phases["judge"] = mc_scorer_estimate("eval", model_cfg, max_length=e.mc_max_length,
                                        tokens_per_batch=e.mc_tokens_per_batch,
