@@ -235,7 +235,7 @@ class FixedSampler:
   def prefill_prefix(self, text):
     return text
 
-  def generate(self, rows, *, max_new_tokens, strategy, key, stop, prefix):
+  def generate(self, rows, *, max_new_tokens, strategy, keys, stop, prefix):
     return types.SimpleNamespace(texts=[" (A) is safer." for _ in rows],
                                  finish_reasons=["stop"] * len(rows),
                                  num_tokens=[4] * len(rows), truncated=[False] * len(rows))
@@ -252,7 +252,7 @@ def test_relabel_reproduces_the_labeller_under_any_clamp():
     settings = F.FeedbackSettings(mode="cot", num_principles=3, clamp_low=lo, clamp_high=hi,
                                   both_orders=both)
     return F.FeedbackLabeller(c, ContextScorer(), settings, sampler=FixedSampler()).label(
-        pairs, jax.random.PRNGKey(0))
+        pairs)
 
   for both in (True, False):
     made = label(0.4, 0.6, both)

@@ -26,6 +26,7 @@ from cai_jax.data.jsonl import DataError, read_jsonl
 from cai_jax.eval.mc import MCScorer
 from cai_jax.jobs import feedback as feedback_job
 from cai_jax.jobs import sample_pairs as sample_pairs_job
+from cai_jax.sampling.record_keys import record_keys
 from conftest import PAPER_PROMPTS
 from configs_loader import load_config
 import tiny_model
@@ -304,10 +305,10 @@ class RecordingSampler:
     self.prefills.append(text)
     return ("PREFIX", text)
 
-  def generate(self, rows, *, max_new_tokens, strategy, key, stop, prefix):
+  def generate(self, rows, *, max_new_tokens, strategy, keys, stop, prefix):
     n = len(self.calls)
     self.calls.append({"texts": [prefix[1] + r for r in rows], "stop": tuple(stop),
-                       "max_new_tokens": max_new_tokens})
+                       "max_new_tokens": max_new_tokens, "keys": np.asarray(keys)})
     return FakeOutput([f" reason{n}.{i}" for i in range(len(rows))], ["stop"] * len(rows),
                       [2] * len(rows), [False] * len(rows))
 
@@ -324,7 +325,13 @@ def test_cot_contexts_and_clamp(clamp):
                                 clamp_high=clamp[1], max_reasoning_tokens=9)
   pairs = [pairs_for_tests()[0], pairs_for_tests()[2]]  # different prompts: distinct contexts
   labeller = F.FeedbackLabeller(c, scorer, settings, sampler=sampler)
-  records = labeller.label(pairs, jax.random.PRNGKey(0))
+  records = labeller.label(pairs)
+  # Each question's reasoning samples with its own key: fold_in(key of its pair, its index
+  # among the pair's questions), the pair's key from (seed, pair id).
+  sent_keys = [k.tolist() for call in sampler.calls for k in call["keys"]]
+  expected = [np.asarray(jax.random.fold_in(record_keys(0, [p.id])[0], k)).tolist()
+              for p in pairs for k in range(4)]
+  assert sorted(sent_keys) == sorted(expected) and len(set(map(tuple, sent_keys))) == 8
   # one sampler call per principle in the batch, its few-shot prefix prefilled once
   drawn = {pair.id: F.draw_mc_principles(c, pair.id, 2, 0) for pair in pairs}
   used = sorted({p.id for ps in drawn.values() for p in ps})

@@ -20,14 +20,15 @@ token budget) are flagged on the record and counted, never silently kept as good
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from typing import Sequence
 
-import jax
 import numpy as np
 
 from cai_jax.constitution import prompts as P
 from cai_jax.constitution.conversation_format import HHFormat, split_prefix
+from cai_jax.sampling.record_keys import fold_rows
 from cai_jax.sampling.sampler import FINISH_LENGTH
 
 
@@ -90,27 +91,30 @@ class CritiqueReviser:
     return self.sampler.prefill_prefix(model_text) if model_text else None
 
   def _sample(self, contexts: Sequence[str], prefix_text: str, prefix, max_tokens: int,
-              stop: Sequence[str], key):
+              stop: Sequence[str], keys):
     rows = [split_prefix(self.fmt, prefix_text, ctx)[1] for ctx in contexts]
     out = self.sampler.generate(rows, max_new_tokens=max_tokens, strategy=self.strategy,
-                                key=key, stop=stop, prefix=prefix)
+                                keys=keys, stop=stop, prefix=prefix)
     self.tokens_generated += sum(out.num_tokens)
     return out
 
-  def answer(self, conversations: Sequence[str], key: jax.Array):
+  def answer(self, conversations: Sequence[str], keys):
     """Answers to the conversations after the helpful exchanges (a SampleOutput); the first step
-    of `run`, and the helpful answers the SL file mixes in."""
+    of `run`, and the helpful answers the SL file mixes in. `keys`: one PRNG key per
+    conversation ([N, 2])."""
     return self._sample([P.initial_context(self.c, p) for p in conversations],
                         self.answer_prefix_text, self._answer_prefix,
-                        self.settings.max_response_tokens, P.RESPONSE_STOPS, key)
+                        self.settings.max_response_tokens, P.RESPONSE_STOPS, keys)
 
-  def run(self, items: Sequence[tuple[str, str]], key: jax.Array) -> list[dict]:
-    """items: (record id, prompt). Returns one record body per item (without provenance)."""
+  def run(self, items: Sequence[tuple[str, str]], keys) -> list[dict]:
+    """items: (record id, prompt); keys: one PRNG key per item ([N, 2]; the answer, each
+    critique and each revision draw from their own `fold_in` of it, so a record's text does not
+    depend on the batch it is in). Returns one record body per item (without provenance)."""
     s = self.settings
     ids = [i for i, _ in items]
     conversations = [p for _, p in items]
-    key, sub = jax.random.split(key)
-    first = self.answer(conversations, sub)
+    step_keys = functools.partial(fold_rows, keys)
+    first = self.answer(conversations, step_keys(0))
     records = [{"id": rid, "prompt": conv, "initial_response": text, "rounds": [],
                 "flags": [f"initial:{f}" for f in degenerate_flags(text, reason)],
                 "truncated": trunc}
@@ -134,15 +138,13 @@ class CritiqueReviser:
         revision_ctx = [ctx[:-len(p.critique_prompt)] + p.revision_prompt
                         for ctx, p in zip(critique_ctx, chosen)]
       else:
-        key, sub = jax.random.split(key)
         out = self._sample(critique_ctx, self.revise_prefix_text, self._revise_prefix,
-                           s.max_critique_tokens, P.CRITIQUE_STOPS, sub)
+                           s.max_critique_tokens, P.CRITIQUE_STOPS, step_keys(1 + 2 * r))
         critiques, crit_reasons = out.texts, out.finish_reasons
         revision_ctx = [ctx + crit + p.revision_prompt
                         for ctx, crit, p in zip(critique_ctx, critiques, chosen)]
-      key, sub = jax.random.split(key)
       out = self._sample(revision_ctx, self.revise_prefix_text, self._revise_prefix,
-                         s.max_revision_tokens, P.REVISION_STOPS, sub)
+                         s.max_revision_tokens, P.REVISION_STOPS, step_keys(2 + 2 * r))
       for rec, p, crit, crit_reason, rev, rev_reason, trunc in zip(
           records, chosen, critiques, crit_reasons, out.texts, out.finish_reasons, out.truncated):
         rec["rounds"].append({"principle_id": p.id, "critique": crit, "revision": rev})

@@ -261,6 +261,7 @@ class _Question:
   principle: Any
   order: str    # "orig": (A) = first; "swapped": (A) = second
   context: str  # the text scored on MC_OPTIONS
+  index: int = 0  # its place among its pair's questions: which fold of the pair's key it samples
   reasoning: str | None = None
 
 
@@ -308,6 +309,7 @@ class FeedbackLabeller:
     out = []
     for i, pair in enumerate(pairs):
       first, second = pair.responses
+      n = 0
       for principle in draw_mc_principles(self.c, pair.id, self.settings.num_principles,
                                           self.settings.seed):
         for order, a, b in self._orders(first, second):
@@ -315,7 +317,8 @@ class FeedbackLabeller:
             ctx = mc_item(self.c, pair.prompt, principle, a, b).prompt
           else:
             ctx = cot_question_context(self.c, pair.prompt, principle, a, b)
-          out.append(_Question(i, principle, order, ctx))
+          out.append(_Question(i, principle, order, ctx, index=n))
+          n += 1
     return out
 
   def _cot_prefix(self, principle):
@@ -326,10 +329,12 @@ class FeedbackLabeller:
                                           if model_text else None)
     return self._cot_prefixes[principle.id]
 
-  def _reason(self, questions: list[_Question], key) -> None:
+  def _reason(self, questions: list[_Question], pair_keys) -> None:
     """Samples the reasoning of every CoT question (grouped by principle, whose few-shot prefix
-    is prefilled once) and turns each context into its answer context."""
+    is prefilled once) and turns each context into its answer context. Question k of pair i
+    samples with fold_in(pair_keys[i], k): a pair's reasoning does not depend on its batch."""
     import jax
+    import numpy as np
     by_principle: dict[str, list[_Question]] = {}
     for q in questions:
       by_principle.setdefault(q.principle.id, []).append(q)
@@ -337,9 +342,10 @@ class FeedbackLabeller:
       group = by_principle[pid]
       text, prefix = self._cot_prefix(group[0].principle)
       rows = [split_prefix(self.fmt, text, q.context)[1] for q in group]
-      key, sub = jax.random.split(key)
+      keys = np.stack([np.asarray(jax.random.fold_in(pair_keys[q.pair], q.index))
+                       for q in group])
       out = self.sampler.generate(rows, max_new_tokens=self.settings.max_reasoning_tokens,
-                                  strategy=self.strategy, key=sub, stop=P.COT_STOPS,
+                                  strategy=self.strategy, keys=keys, stop=P.COT_STOPS,
                                   prefix=prefix)
       self.tokens_generated += int(sum(out.num_tokens))
       self.cot_truncated += int(sum(bool(t) for t in out.truncated))
@@ -390,15 +396,20 @@ class FeedbackLabeller:
         scores[i] = sc
     return scores
 
-  def label(self, pairs: Sequence[Pair], key=None) -> list[dict]:
-    """One record body per pair (without provenance): see the module docstring."""
+  def label(self, pairs: Sequence[Pair], keys=None) -> list[dict]:
+    """One record body per pair (without provenance): see the module docstring. `keys` (CoT):
+    one PRNG key per pair, by default `record_keys(seed, pair ids)`."""
     if not pairs:
       return []
     s = self.settings
     questions = self.questions(pairs)
     if s.mode == "cot":
-      import jax
-      self._reason(questions, jax.random.PRNGKey(s.seed) if key is None else key)
+      from cai_jax.sampling.record_keys import record_keys
+      if keys is None:
+        keys = record_keys(s.seed, [p.id for p in pairs])
+      if len(keys) != len(pairs):
+        raise ValueError(f"{len(keys)} keys for {len(pairs)} pairs")
+      self._reason(questions, keys)
     contexts = [self.fmt.context(q.context) for q in questions]
     if self.tokenizer is not None:
       names = [f"{pairs[q.pair].where or 'pair'} (id {pairs[q.pair].id!r}), principle "
