@@ -11,7 +11,8 @@ from cai_jax import config_defaults
 
 def get_config():
   config = config_defaults.base_config("feedback")
-  config.mesh = config_defaults.mesh_config()  # sampling over every device (one process)
+  config.mesh = config_defaults.mesh_config()  # each process samples over its own devices
+  config.distributed = config_defaults.distributed_config()  # several processes: records split
   # The feedback model is the pretrained base model (config.model.checkpoint='gemma3-270m').
   # Principles and labelled examples: a name in constitutions/, a .json file, or the paper's
   # prompt folder (its exact multiple-choice principles and few-shot examples).

@@ -10,7 +10,8 @@ from cai_jax import config_defaults
 
 def get_config():
   config = config_defaults.base_config("generate")
-  config.mesh = config_defaults.mesh_config()  # sampling over every device (one process)
+  config.mesh = config_defaults.mesh_config()  # each process samples over its own devices
+  config.distributed = config_defaults.distributed_config()  # several processes: rows split
   config.generate = dict(
       prompts="",               # jsonl with "id" and "prompt" per line
       output="",                # completions jsonl; default WORKDIR/generate/completions.jsonl

@@ -12,7 +12,8 @@ from cai_jax import config_defaults
 
 def get_config():
   config = config_defaults.base_config("sample_pairs")
-  config.mesh = config_defaults.mesh_config()  # sampling over every device (one process)
+  config.mesh = config_defaults.mesh_config()  # each process samples over its own devices
+  config.distributed = config_defaults.distributed_config()  # several processes: records split
   # '' = the SL-CAI model exported by sl_train in this workdir: WORKDIR/sl_train/export_hf.
   config.model.checkpoint = ""
   # The helpful exchanges shown before each prompt come from this constitution (initial_prefix):

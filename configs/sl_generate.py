@@ -12,7 +12,8 @@ from cai_jax import config_defaults
 
 def get_config():
   config = config_defaults.base_config("sl_generate")
-  config.mesh = config_defaults.mesh_config()  # sampling over every device (one process)
+  config.mesh = config_defaults.mesh_config()  # each process samples over its own devices
+  config.distributed = config_defaults.distributed_config()  # several processes: records split
   # A name in constitutions/ (harmless, caveats), a constitution .json file, or a folder with
   # the paper's prompt files (runs the paper's exact constitution).
   config.constitution = "harmless"

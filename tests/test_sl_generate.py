@@ -14,6 +14,7 @@ import sys
 import time
 
 import jax
+import numpy as np
 import pytest
 
 from cai_jax import main
@@ -23,6 +24,7 @@ from cai_jax.constitution import prompts as P
 from cai_jax.constitution.loading import load_constitution
 from cai_jax.constitution.schema import ConstitutionError
 from cai_jax.data.jsonl import DataError, read_jsonl
+from cai_jax.sampling.record_keys import record_keys
 from cai_jax.sampling.strategies import Greedy
 from configs_loader import load_config
 import tiny_model
@@ -47,10 +49,10 @@ class RecordingSampler:
   def prefill_prefix(self, text):
     return ("PREFIX", text)
 
-  def generate(self, rows, *, max_new_tokens, strategy, key, stop, prefix):
+  def generate(self, rows, *, max_new_tokens, strategy, keys, stop, prefix):
     n = len(self.calls)
     self.calls.append({"texts": [prefix[1] + r for r in rows], "stop": tuple(stop),
-                       "max_new_tokens": max_new_tokens})
+                       "max_new_tokens": max_new_tokens, "keys": np.asarray(keys)})
     texts = [f" out{n}.{i}" for i in range(len(rows))]
     return FakeOutput(texts, ["stop"] * len(rows), [3] * len(rows), [False] * len(rows))
 
@@ -65,8 +67,12 @@ def test_loop_sends_the_documented_contexts(harmless):
   settings = Settings(rounds=2, max_response_tokens=5, max_critique_tokens=6,
                       max_revision_tokens=7, seed=3)
   items = [("a", "\n\nHuman: q1\n\nAssistant:"), ("b", "\n\nHuman: q2\n\nAssistant:")]
-  records = CritiqueReviser(fake, harmless, settings, Greedy()).run(items, jax.random.PRNGKey(0))
+  keys = record_keys(3, ["a", "b"])
+  records = CritiqueReviser(fake, harmless, settings, Greedy()).run(items, keys)
   assert len(fake.calls) == 1 + 2 * 2
+  for n, call in enumerate(fake.calls):  # each step of a record: its own fold of its key
+    for i in range(2):
+      np.testing.assert_array_equal(call["keys"][i], jax.random.fold_in(keys[i], n))
   answer, crit1, rev1, crit2, rev2 = fake.calls
   assert answer["texts"][0] == P.initial_context(harmless, items[0][1])
   assert answer["stop"] == P.RESPONSE_STOPS and answer["max_new_tokens"] == 5
@@ -90,7 +96,7 @@ def test_fresh_context_and_skip_critique(harmless):
   fake = RecordingSampler()
   settings = Settings(rounds=2, continue_transcript=False, skip_critique=True, seed=1)
   items = [("x", "\n\nHuman: hello\n\nAssistant:")]
-  CritiqueReviser(fake, harmless, settings, Greedy()).run(items, jax.random.PRNGKey(0))
+  CritiqueReviser(fake, harmless, settings, Greedy()).run(items, record_keys(1, ["x"]))
   assert len(fake.calls) == 3  # answer, revision, revision
   p = draw_principles(harmless, "x", 2, 1)
   prefix = P.critique_revision_prefix(harmless)

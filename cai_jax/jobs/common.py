@@ -14,8 +14,8 @@ def sampling_mesh(config):
   """The mesh a sampling / scoring job spreads over: the devices of this process, with
   config.mesh where it fits them (`parallel.sampling_mesh_spec`), parameters placed as in
   training and rows over the data axes; None on one device or without a `mesh` section.
-  Records are not split between processes yet: eval on a slice samples on each process's own
-  devices and the first process writes; the other sampling jobs run in one process."""
+  With several processes each samples on its own devices and the jobs split their records
+  between processes (`record_split`)."""
   import jax
 
   from cai_jax import parallel
@@ -81,13 +81,3 @@ def sampling_strategy(section, name: str, temperature="temperature", top_k="top_
   except ValueError as e:
     fields = "/".join(f for f in (temperature, top_k, top_p) if f)
     raise ConfigError(f"{name}.{fields}: {e}") from None
-
-
-def batch_key(seed: int, first_id: str):
-  """One PRNG key per batch, derived from its first record id: a restarted job re-derives the
-  same key for the same batch."""
-  import hashlib
-
-  import jax
-  return jax.random.fold_in(jax.random.PRNGKey(seed),
-                            int(hashlib.sha256(first_id.encode()).hexdigest()[:7], 16))

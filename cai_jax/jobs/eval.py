@@ -20,7 +20,9 @@ before any model loads):
   `eval.helpful_constitution`; Elo scores and win rates with bootstrap intervals over prompts,
   PM scores of every answer (when a PM exists), answer lengths and the PM's calibration against
   the judge. Outputs: answers/<stage>.jsonl and judgements.jsonl (appended; a rerun skips what
-  is written), pm_scores.json, and report.json's "stages" section.
+  is written), pm_scores.json, and report.json's "stages" section. With several processes
+  (`distributed`) each samples the answers and judges the pairs it owns (`record_split`; answer
+  keys from (seed, stage, answer id)) and process 0 merges them; the PM scores on the whole mesh.
 The preference model is `eval.pm` (a folder written by pm_train; default WORKDIR/pm_train/pm).
 Calibration (see `cai_jax.eval.calibration`): each pair counted from both sides, `num_bins`
 equal-width bins over [0, 1].
@@ -116,10 +118,12 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
   `checked`: `check_stages(config)`'s result when the caller has already validated."""
   from cai_jax.cai import feedback as F
   from cai_jax.constitution import prompts as P
-  from cai_jax.data.jsonl import append_jsonl, finished_ids, read_jsonl
+  from cai_jax.data.jsonl import read_jsonl
   from cai_jax.eval import stage_compare as SC
   from cai_jax.constitution.conversation_format import split_prefix
-  from cai_jax.jobs.common import batch_key, conversation_format
+  from cai_jax.jobs.common import conversation_format
+  from cai_jax.jobs.record_split import SplitOutput
+  from cai_jax.sampling.record_keys import record_keys
   from cai_jax.sampling.sampler import Sampler
 
   e = config.eval
@@ -137,11 +141,14 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
   # 1. answers, stage by stage (one model in memory at a time)
   for stage in stages:
     path = os.path.join(answers_dir, f"{stage.name}.jsonl")
-    done = finished_ids(path)
+    split = SplitOutput(path, f"eval/answers/{stage.name}")
+    done = split.finished_ids()
     todo = [(s, r) for s, r in wanted if SC.answer_id(s, r.id) not in done]
     print(f"eval: stage {stage.name} ({stage.checkpoint}): {len(wanted) - len(todo)} answers "
           f"written, {len(todo)} to sample", flush=True)
+    todo = split.mine(todo, id_of=lambda x: SC.answer_id(x[0], x[1].id))
     if not todo:
+      split.finish([SC.answer_id(s, r.id) for s, r in wanted])
       continue
     model = load_model(config, mesh, checkpoint=stage.checkpoint)
     fmt = conversation_format(config, model.tokenizer)
@@ -154,26 +161,26 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
     try:
       for b in range(0, len(todo), e.answer_batch_size):
         batch = todo[b:b + e.answer_batch_size]
-        first = SC.answer_id(batch[0][0], batch[0][1].id)
         rows = [split_prefix(fmt, prefix_text, prefix_text + r.prompt)[1] for _, r in batch]
+        keys = record_keys(config.seed, [f"{stage.name}/{SC.answer_id(s, r.id)}"
+                                         for s, r in batch])
         out = sampler.generate(rows, max_new_tokens=e.answer_max_tokens,
-                               strategy=strategy, key=batch_key(config.seed,
-                                                                f"{stage.name}/{first}"),
-                               stop=P.RESPONSE_STOPS, prefix=prefix)
-        if main:
-          append_jsonl(path, [
-              {"id": SC.answer_id(s, r.id), "set": s, "stage": stage.name,
-               "checkpoint": stage.checkpoint, "prompt_id": r.id, "category": r.category,
-               "prompt": r.prompt, "completion": text, "finish_reason": reason,
-               "num_tokens": int(n), "truncated": bool(t)}
-              for (s, r), text, reason, n, t in zip(batch, out.texts, out.finish_reasons,
-                                                    out.num_tokens, out.truncated)])
+                               strategy=strategy, keys=keys, stop=P.RESPONSE_STOPS,
+                               prefix=prefix)
+        split.append([
+            {"id": SC.answer_id(s, r.id), "set": s, "stage": stage.name,
+             "checkpoint": stage.checkpoint, "prompt_id": r.id, "category": r.category,
+             "prompt": r.prompt, "completion": text, "finish_reason": reason,
+             "num_tokens": int(n), "truncated": bool(t)}
+            for (s, r), text, reason, n, t in zip(batch, out.texts, out.finish_reasons,
+                                                  out.num_tokens, out.truncated)])
         if bar is not None:
           bar.update(len(batch))
     finally:
       if bar is not None:
         bar.close()
     del model, sampler, prefix
+    split.finish([SC.answer_id(s, r.id) for s, r in wanted])
   keys = {SC.answer_id(s, r.id) for s, r in wanted}
   answers = {st: [obj for _, obj in read_jsonl(os.path.join(answers_dir, f"{st}.jsonl"))
                   if obj["id"] in keys] for st in names}
@@ -181,14 +188,17 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
 
   # 2. judgements: every pair of stages on every prompt, by the AI judge
   judge_path = os.path.join(out_dir, "judgements.jsonl")
-  done = finished_ids(judge_path)
-  todo_sets, wanted_judgements = {}, set()
+  judge_split = SplitOutput(judge_path, "eval/judgements")
+  done = judge_split.finished_ids()
+  todo_sets, wanted_judgements, tie_ids, ask_ids = {}, set(), [], []
   for set_name in SC.SETS:
     ask, ties = SC.judgement_pairs(set_name, names, sets[set_name], texts)
     wanted_judgements |= {p.id for p in ask} | {t["id"] for t in ties}
+    tie_ids += [t["id"] for t in ties]
+    ask_ids += [p.id for p in ask]
     if main and [t for t in ties if t["id"] not in done]:
-      append_jsonl(judge_path, [t for t in ties if t["id"] not in done])
-    todo_sets[set_name] = [p for p in ask if p.id not in done]
+      judge_split.append([t for t in ties if t["id"] not in done])
+    todo_sets[set_name] = judge_split.mine([p for p in ask if p.id not in done])
   n_todo = sum(len(v) for v in todo_sets.values())
   judge_ckpt = e.judge or m.checkpoint
   print(f"eval: {n_todo} pairs of answers to judge with {judge_ckpt}, "
@@ -208,14 +218,14 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
         for b in range(0, len(todo), e.judge_batch_size):
           batch = todo[b:b + e.judge_batch_size]
           records = labeller.label(batch)
-          if main:
-            append_jsonl(judge_path, [SC.judgement_record(set_name, r) for r in records])
+          judge_split.append([SC.judgement_record(set_name, r) for r in records])
           if bar is not None:
             bar.update(len(batch))
     finally:
       if bar is not None:
         bar.close()
     del model, scorer
+  judge_split.finish(tie_ids + ask_ids)  # the order one process writes them in
   judgements = [obj for _, obj in read_jsonl(judge_path) if obj["id"] in wanted_judgements]
 
   # 3. preference-model scores of every answer (kept in pm_scores.json: a rerun scores only
@@ -311,6 +321,7 @@ def run(config, workdir: str) -> dict:
   stages_checked = check_stages(config) if e.stages else None
 
   report: dict = {}
+  parallel.maybe_initialize_distributed(config.get("distributed"))  # before anything uses JAX
   main = jax.process_index() == 0
   if pm_sets:
     folder = _pm_folder(e, workdir)

@@ -13,7 +13,10 @@ probabilities clamped to [clamp_low, clamp_high]), and writes under WORKDIR/feed
                 mean |p - 0.5|, wall time, pairs/s and questions/s
 Every pairs line is validated before the model loads (DataError file:line); flagged pairs are
 skipped and counted, never dropped silently. A restart skips ids already labelled (a line cut
-off by a crash is redone); when nothing is left to label the model is not loaded.
+off by a crash is redone); when nothing is left to label the model is not loaded. With several
+processes (`distributed`) each labels the pairs it owns and process 0 merges the labels
+(`record_split`) into the file one process would write (CoT reasoning samples with keys from
+(seed, pair id)).
 """
 
 from __future__ import annotations
@@ -22,13 +25,16 @@ import json
 import os
 import time
 
+from cai_jax import parallel
 from cai_jax.cai import feedback as F
 from cai_jax.config_defaults import ConfigError
 from cai_jax.constitution.loading import load_constitution
-from cai_jax.data.jsonl import finished_ids, write_json_atomic
+from cai_jax.data.jsonl import write_json_atomic
 from cai_jax.eval.mc import MCScorer
-from cai_jax.jobs.common import (batch_key, conversation_format, load_model, progress,
-                                sampling_mesh, sampling_strategy)
+from cai_jax.jobs.common import (conversation_format, load_model, progress, sampling_mesh,
+                                sampling_strategy)
+from cai_jax.jobs.record_split import SplitOutput, barrier
+from cai_jax.sampling.record_keys import record_keys
 from cai_jax.sampling.sampler import Sampler
 
 
@@ -52,6 +58,7 @@ def settings_from_config(config) -> F.FeedbackSettings:
 def run(config, workdir: str) -> dict:
   f = config.feedback
   settings = settings_from_config(config)
+  parallel.maybe_initialize_distributed(config.get("distributed"))  # before anything uses JAX
   strategy = None
   if settings.mode == "cot":
     strategy = sampling_strategy(f, "feedback", "cot_temperature", "cot_top_k", "cot_top_p")
@@ -68,12 +75,16 @@ def run(config, workdir: str) -> dict:
   os.makedirs(out_dir, exist_ok=True)
   output = f.output or os.path.join(out_dir, "labels.jsonl")
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  done = finished_ids(output)
+  split = SplitOutput(output, "feedback")
+  done = split.finished_ids()
   todo = [p for p in pairs if p.id not in done]
   print(f"{len(pairs)} pairs ({len(pairs) - len(todo)} labelled, {len(todo)} to label), "
         f"{len(skipped)} flagged and skipped; mode {settings.mode}, {settings.num_principles} "
         f"principles, both_orders={settings.both_orders}; constitution {constitution.name!r}",
         flush=True)
+  todo = split.mine(todo)
+  if split.count > 1:
+    print(f"process {split.index} of {split.count}: {len(todo)} pairs to label", flush=True)
 
   start = time.perf_counter()
   labeller = None
@@ -103,11 +114,18 @@ def run(config, workdir: str) -> dict:
     with progress(len(todo), "feedback", "pair") as bar:
       for b in range(0, len(todo), f.batch_size):
         batch = todo[b:b + f.batch_size]
-        records = labeller.label(batch, batch_key(config.seed, batch[0].id))
-        F.append_records(output, [{**r, "provenance": provenance} for r in records])
+        records = labeller.label(batch, record_keys(config.seed, [p.id for p in batch]))
+        records = [{**r, "provenance": provenance} for r in records]
+        for r in records:  # probabilities in [0, 1], as `F.append_records` checks
+          F.validate_record(r, f"{split.path}: record for pair {r.get('id')!r} (not written)")
+        split.append(records)
         bar.update(len(batch))
         bar.set_postfix(q_s=f"{labeller.questions_scored / (time.perf_counter() - start):.2f}")
   wall = time.perf_counter() - start
+  split.finish([p.id for p in pairs])
+  if not split.is_main:  # process 0 writes the report
+    barrier("feedback/report")
+    return {}
 
   wanted = {p.id for p in pairs}
   labels = [x for x in F.read_feedback_file(output, allow_empty=True) if x.id in wanted] \
@@ -139,4 +157,5 @@ def run(config, workdir: str) -> dict:
   summary["skipped_flagged"] = {"count": len(skipped), "by_reason": reasons}
   print(json.dumps(summary, indent=1), flush=True)
   print(f"wrote {output}", flush=True)
+  barrier("feedback/report")
   return report

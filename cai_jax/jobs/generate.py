@@ -2,22 +2,23 @@
 
 Records: {"id", "prompt", "completion", "finish_reason", "num_tokens", "truncated"}. On restart,
 ids already in the output are skipped; a last line cut off by a crash is dropped first, so no
-record is lost or written twice. Prompts are encoded as given (special-token text such as
+record is lost or written twice. Each row samples with a key from (seed, id), so a restart or
+another batch size gives it the same completion; several processes (`distributed`) split the rows
+and process 0 merges their records (`record_split`). Prompts are encoded as given (special-token text such as
 `<|im_start|>` becomes its single id), BOS first where the checkpoint's tokenizer adds one.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
-import jax
-
+from cai_jax import parallel
 from cai_jax.config_defaults import ConfigError
-from cai_jax.data.jsonl import DataError, finished_ids, read_jsonl, require
-from cai_jax.jobs.common import (load_model, progress, sampling_mesh,
-                                sampling_strategy)
+from cai_jax.data.jsonl import DataError, read_jsonl, require
+from cai_jax.jobs.common import load_model, progress, sampling_mesh, sampling_strategy
+from cai_jax.jobs.record_split import SplitOutput
+from cai_jax.sampling.record_keys import record_keys
 from cai_jax.sampling.sampler import Sampler
 
 
@@ -49,12 +50,16 @@ def run(config, workdir: str) -> str:
   if any(not isinstance(s, str) or not s for s in stop):
     raise ConfigError(f"generate.stop: stop strings must be non-empty strings, got {stop!r}")
   rows = read_prompts(g.prompts)
+  parallel.maybe_initialize_distributed(config.get("distributed"))  # before anything uses JAX
   output = g.output or os.path.join(workdir, "generate", "completions.jsonl")
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  done = finished_ids(output)
+  split = SplitOutput(output, "generate")
+  done = split.finished_ids()
   todo = [r for r in rows if r[0] not in done]
   print(f"{len(rows)} prompts, {len(done)} already done, {len(todo)} to generate", flush=True)
+  todo = split.mine(todo, id_of=lambda r: r[0])
   if not todo:
+    split.finish([rid for rid, _ in rows])
     return output
 
   mesh = sampling_mesh(config)
@@ -64,23 +69,21 @@ def run(config, workdir: str) -> str:
                     max_batch=g.batch_size, chunk_size=g.chunk_size,
                     mesh=mesh)
   prefix = sampler.prefill_prefix(g.prefix) if g.prefix else None
-  key = jax.random.PRNGKey(config.seed)
   tokens, start = 0, time.perf_counter()
-  with progress(len(todo), "generate", "row") as bar, open(output, "a", encoding="utf-8") as out:
+  with progress(len(todo), "generate", "row") as bar:
     for block_start in range(0, len(todo), g.write_every):
       block = todo[block_start:block_start + g.write_every]
-      key, sub = jax.random.split(key)
       result = sampler.generate([p for _, p in block], max_new_tokens=g.max_new_tokens,
-                                strategy=strategy, key=sub, stop=stop, prefix=prefix,
-                                progress=bar)
-      for (rid, prompt), text, reason, n, trunc in zip(
-          block, result.texts, result.finish_reasons, result.num_tokens, result.truncated):
-        out.write(json.dumps({"id": rid, "prompt": prompt, "completion": text,
-                              "finish_reason": reason, "num_tokens": n, "truncated": trunc},
-                             ensure_ascii=False) + "\n")
-      out.flush()
-      os.fsync(out.fileno())
+                                strategy=strategy, keys=record_keys(config.seed,
+                                                                    [rid for rid, _ in block]),
+                                stop=stop, prefix=prefix, progress=bar)
+      split.append([{"id": rid, "prompt": prompt, "completion": text, "finish_reason": reason,
+                     "num_tokens": n, "truncated": trunc}
+                    for (rid, prompt), text, reason, n, trunc in zip(
+                        block, result.texts, result.finish_reasons, result.num_tokens,
+                        result.truncated)])
       tokens += sum(result.num_tokens)
       bar.set_postfix(tok_per_s=f"{tokens / (time.perf_counter() - start):.1f}")
+  split.finish([rid for rid, _ in rows])
   print(f"wrote {output}", flush=True)
   return output

@@ -4,8 +4,10 @@ For each prompt of a prompt set ('red_team', 'helpful' or a prompts jsonl, see
 `sources.load_prompt_set`) the policy (`config.model.checkpoint`; by default the SL-CAI model
 that `sl_train` exported in the same workdir, WORKDIR/sl_train/export_hf) samples two answers at
 `temperature` after the constitution's helpful exchanges (`prompts.initial_prefix`, prefilled once
-and reused), stopped at `prompts.RESPONSE_STOPS`. Both answers come from one sampler call: each
-prompt is passed twice with one key, so the two rows draw independent tokens.
+and reused), stopped at `prompts.RESPONSE_STOPS`. Both answers come from one sampler call, each
+with its own key derived from (seed, prompt id, answer 0 or 1), so a pair does not depend on the
+batch or process that sampled it: several processes (`distributed`) split the prompts and process
+0 merges their records (`record_split`) into the file one process would write.
 
 Writes WORKDIR/sample_pairs/pairs.jsonl (or `output`), one line per prompt:
   {"id", "prompt", "category", "responses": [a, b], "finish_reasons": [ra, rb],
@@ -25,7 +27,9 @@ import json
 import os
 import time
 
+import numpy as np
 
+from cai_jax import parallel
 from cai_jax.cai.feedback import pair_flags
 from cai_jax.checkpoints import loader
 from cai_jax.config_defaults import ConfigError
@@ -33,9 +37,11 @@ from cai_jax.constitution import prompts as P
 from cai_jax.constitution.conversation_format import split_prefix
 from cai_jax.constitution.loading import load_constitution
 from cai_jax.data import sources
-from cai_jax.data.jsonl import append_jsonl, finished_ids, read_jsonl, write_json_atomic
-from cai_jax.jobs.common import (batch_key, conversation_format, load_model, policy_checkpoint,
-                                progress, sampling_mesh, sampling_strategy)
+from cai_jax.data.jsonl import read_jsonl, write_json_atomic
+from cai_jax.jobs.common import (conversation_format, load_model, policy_checkpoint, progress,
+                                sampling_mesh, sampling_strategy)
+from cai_jax.jobs.record_split import SplitOutput, barrier
+from cai_jax.sampling.record_keys import record_keys
 from cai_jax.sampling.sampler import Sampler
 
 
@@ -55,6 +61,7 @@ def check(g) -> None:
 def run(config, workdir: str) -> dict:
   g = config.sample_pairs
   check(g)
+  parallel.maybe_initialize_distributed(config.get("distributed"))  # before anything uses JAX
   strategy = sampling_strategy(g, "sample_pairs")
   constitution = load_constitution(config.constitution)
   prompts = sources.load_prompt_set(g.prompts)
@@ -64,8 +71,9 @@ def run(config, workdir: str) -> dict:
   output = g.output or os.path.join(out_dir, "pairs.jsonl")
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   checkpoint = policy_checkpoint(config, workdir)
-  done = finished_ids(output)
-  todo = [r for r in prompts if r.id not in done]
+  split = SplitOutput(output, "sample_pairs")
+  done = split.finished_ids()
+  todo = split.mine([r for r in prompts if r.id not in done])
   cache_dir = os.path.expanduser(config.model.cache_dir)
   skipped = []
   if todo:  # the tokenizer alone says which prompts are too long; the model loads only if needed
@@ -75,8 +83,9 @@ def run(config, workdir: str) -> dict:
     lengths = tokenizer.encode_batch([fmt.context(r.prompt) for r in todo], add_bos=False)
     skipped = [r.id for r, ids in zip(todo, lengths) if len(ids) > g.max_conversation_tokens]
     todo = [r for r, ids in zip(todo, lengths) if len(ids) <= g.max_conversation_tokens]
+  where = f" by process {split.index} of {split.count}" if split.count > 1 else ""
   print(f"{len(prompts)} prompts ({len(done)} done, {len(skipped)} too long, {len(todo)} to "
-        f"sample); policy {checkpoint}; constitution {constitution.name!r}", flush=True)
+        f"sample{where}); policy {checkpoint}; constitution {constitution.name!r}", flush=True)
   provenance = {"model": checkpoint, "constitution": {"name": constitution.name,
                                                       "version": constitution.version,
                                                       "source": constitution.source},
@@ -99,10 +108,11 @@ def run(config, workdir: str) -> dict:
       for b in range(0, len(todo), g.batch_size):
         batch = todo[b:b + g.batch_size]
         rows = [split_prefix(fmt, prefix_text, prefix_text + r.prompt)[1]
-                for r in batch for _ in range(2)]  # each prompt twice, one key
+                for r in batch for _ in range(2)]  # each prompt twice, a key per answer
+        keys = np.stack([record_keys(config.seed, [r.id for r in batch], i) for i in (0, 1)],
+                        axis=1).reshape(-1, 2)
         out = sampler.generate(rows, max_new_tokens=g.max_response_tokens, strategy=strategy,
-                               key=batch_key(config.seed, batch[0].id), stop=P.RESPONSE_STOPS,
-                               prefix=prefix)
+                               keys=keys, stop=P.RESPONSE_STOPS, prefix=prefix)
         records = []
         for i, r in enumerate(batch):
           a, b_ = out.texts[2 * i], out.texts[2 * i + 1]
@@ -113,11 +123,15 @@ def run(config, workdir: str) -> dict:
               "flags": pair_flags(a, b_),
               "truncated": bool(out.truncated[2 * i] or out.truncated[2 * i + 1]),
               "provenance": provenance})
-        append_jsonl(output, records)
+        split.append(records)
         tokens += int(sum(out.num_tokens))
         bar.update(len(batch))
         bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.1f}")
   wall = time.perf_counter() - start
+  split.finish([r.id for r in prompts])
+  if not split.is_main:  # process 0 writes the report
+    barrier("sample_pairs/report")
+    return {}
 
   wanted = {r.id for r in prompts}
   records = [obj for _, obj in read_jsonl(output) if obj["id"] in wanted] \
@@ -139,4 +153,5 @@ def run(config, workdir: str) -> dict:
   write_json_atomic(os.path.join(out_dir, "report.json"), report)
   print(json.dumps({k: v for k, v in report.items() if k != "output"}, indent=1), flush=True)
   print(f"wrote {output}", flush=True)
+  barrier("sample_pairs/report")
   return report

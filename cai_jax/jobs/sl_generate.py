@@ -12,7 +12,9 @@ Writes, under WORKDIR/sl_generate/ (the records file may be set with `output`):
                   sl_train.jsonl so that sl_train reports a loss on revisions it never saw
   report.json     counts, flags, lengths per round, wall time, tokens/s
 A restart skips ids already written (a line cut off by a crash is redone), so a killed run loses
-and duplicates nothing. Red-team conversations longer than `max_conversation_tokens` are skipped
+and duplicates nothing. With several processes (`distributed`), each generates the records it owns
+and process 0 merges them (`record_split`); every record's randomness comes from (seed, record
+id), so the records are those one process would write, whatever the number of processes. Red-team conversations longer than `max_conversation_tokens` are skipped
 and counted in the report (never sent truncated).
 """
 
@@ -23,15 +25,16 @@ import os
 import random
 import time
 
-import jax
-
+from cai_jax import parallel
 from cai_jax.cai.critique_revision import CritiqueReviser, Settings, degenerate_flags
 from cai_jax.config_defaults import ConfigError
 from cai_jax.constitution.loading import load_constitution
 from cai_jax.data import holdout, sources
-from cai_jax.data.jsonl import append_jsonl, finished_ids, read_jsonl, write_json_atomic
-from cai_jax.jobs.common import (batch_key, conversation_format, load_model, progress,
-                                sampling_mesh, sampling_strategy)
+from cai_jax.data.jsonl import read_jsonl, write_json_atomic
+from cai_jax.jobs.common import conversation_format, load_model, progress, sampling_mesh, \
+    sampling_strategy
+from cai_jax.jobs.record_split import SplitOutput, barrier
+from cai_jax.sampling.record_keys import record_keys
 from cai_jax.sampling.sampler import Sampler
 
 
@@ -63,6 +66,7 @@ def split_by_length(tokenizer, items, limit: int, fmt=None):
 def run(config, workdir: str) -> dict:
   g = config.sl_generate
   check(g)
+  parallel.maybe_initialize_distributed(config.get("distributed"))  # before anything uses JAX
   strategy = sampling_strategy(g, "sl_generate")
   constitution = load_constitution(config.constitution)
   red = sources.load_prompt_set(g.prompts)
@@ -75,7 +79,9 @@ def run(config, workdir: str) -> dict:
   os.makedirs(out_dir, exist_ok=True)
   records_path = g.output or os.path.join(out_dir, "records.jsonl")
   helpful_path = os.path.join(out_dir, "helpful.jsonl")
-  done, done_helpful = finished_ids(records_path), finished_ids(helpful_path)
+  split = SplitOutput(records_path, "sl_generate/records")
+  split_helpful = SplitOutput(helpful_path, "sl_generate/helpful")
+  done, done_helpful = split.finished_ids(), split_helpful.finished_ids()
 
   mesh = sampling_mesh(config)
   model = load_model(config, mesh)
@@ -88,6 +94,10 @@ def run(config, workdir: str) -> dict:
   print(f"{len(red)} red-team prompts ({len(red) - len(todo)} done, {len(skipped)} too long), "
         f"{len(helpful)} helpful prompts ({len(helpful) - len(todo_helpful)} done); "
         f"constitution {constitution.name!r} v{constitution.version}", flush=True)
+  todo, todo_helpful = split.mine(todo), split_helpful.mine(todo_helpful)
+  if split.count > 1:
+    print(f"process {split.index} of {split.count}: {len(todo)} red-team and "
+          f"{len(todo_helpful)} helpful prompts", flush=True)
   settings = Settings(rounds=g.rounds, skip_critique=g.skip_critique,
                       continue_transcript=g.continue_transcript,
                       max_response_tokens=g.max_response_tokens,
@@ -109,23 +119,22 @@ def run(config, workdir: str) -> dict:
                       max_batch=g.batch_size, chunk_size=g.chunk_size,
                       eos_ids=fmt.stop_ids, mesh=mesh)
     reviser = CritiqueReviser(sampler, constitution, settings, strategy, fmt)
-    key = jax.random.PRNGKey(config.seed)
     with progress(len(todo), "sl_generate", "prompt") as bar:
       for b in range(0, len(todo), g.batch_size):
         batch = todo[b:b + g.batch_size]
-        sub = batch_key(config.seed, batch[0].id)
-        bodies = reviser.run([(r.id, r.prompt) for r in batch], sub)
-        append_jsonl(records_path, [{**body, "category": category.get(body["id"]),
-                                     "provenance": provenance} for body in bodies])
+        bodies = reviser.run([(r.id, r.prompt) for r in batch],
+                             record_keys(config.seed, [r.id for r in batch]))
+        split.append([{**body, "category": category.get(body["id"]),
+                       "provenance": provenance} for body in bodies])
         bar.update(len(batch))
         elapsed = time.perf_counter() - start
         bar.set_postfix(tok_s=f"{reviser.tokens_generated / elapsed:.1f}")
     with progress(len(todo_helpful), "helpful answers", "prompt") as bar:
       for b in range(0, len(todo_helpful), g.batch_size):
         batch = todo_helpful[b:b + g.batch_size]
-        sub = jax.random.fold_in(key, 1 + b)
-        out = reviser.answer([r.prompt for r in batch], sub)
-        append_jsonl(helpful_path, [
+        out = reviser.answer([r.prompt for r in batch],
+                             record_keys(config.seed, [f"helpful:{r.id}" for r in batch]))
+        split_helpful.append([
             {"id": r.id, "prompt": r.prompt, "category": r.category, "completion": text,
              "finish_reason": reason, "flags": degenerate_flags(text, reason),
              "truncated": trunc, "provenance": provenance}
@@ -133,6 +142,11 @@ def run(config, workdir: str) -> dict:
         bar.update(len(batch))
   wall = time.perf_counter() - start
   tokens = reviser.tokens_generated if reviser else 0
+  split.finish([r.id for r in red])
+  split_helpful.finish([r.id for r in helpful])
+  if not split.is_main:  # process 0 writes the SL files and the report
+    barrier("sl_generate/report")
+    return {}
 
   records = [r for r in read_records(records_path) if r["id"] in {x.id for x in red}]
   helpful_records = [r for r in read_records(helpful_path) if r["id"] in {x.id for x in helpful}]
@@ -147,6 +161,7 @@ def run(config, workdir: str) -> dict:
                        "sl_eval": eval_path}
   write_json_atomic(os.path.join(out_dir, "report.json"), report)
   print_report(report, records, g.report_examples, config.seed)
+  barrier("sl_generate/report")
   return report
 
 

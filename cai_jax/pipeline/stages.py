@@ -18,10 +18,10 @@ STAGES = ("sl_generate", "sl_train", "sample_pairs", "feedback", "pm_train", "rl
 # Top-level fields of each stage's own config (configs/<stage>.py) besides job, seed, model and
 # the stage's section; tests/test_pipeline.py checks they match the config files.
 SHARED_FIELDS = {
-    "sl_generate": ("constitution", "mesh"),
+    "sl_generate": ("constitution", "mesh", "distributed"),
     "sl_train": ("mesh", "distributed", "optim"),
-    "sample_pairs": ("constitution", "mesh"),
-    "feedback": ("constitution", "mesh"),
+    "sample_pairs": ("constitution", "mesh", "distributed"),
+    "feedback": ("constitution", "mesh", "distributed"),
     "pm_train": ("mesh", "distributed", "optim"),
     "rl_train": ("mesh", "distributed", "optim"),
     "eval": ("mesh", "distributed"),

@@ -2,30 +2,31 @@
 8 hosts of 4 chips).
 
 Run the stages one at a time, in order, with the same command and WORKDIR (on storage every
-machine sees: a GCS bucket through gcsfuse, NFS):
+machine sees: a GCS bucket through gcsfuse, NFS), on every host of the slice:
 
     python -m cai_jax.main --config configs/hardware/gemma3_27b_tpu_v5p_64.py \
         --workdir /mnt/shared/cai_27b --config.model.checkpoint=/path/to/gemma-3-27b-it \
         --config.pipeline.stages=STAGES
 
-  1. STAGES=sl_generate             on a machine of its own (below)
-  2. STAGES=sl_train                on every host of the slice
-  3. STAGES=sample_pairs,feedback   on a machine of its own
-  4. STAGES=pm_train, then rl_train, then eval: on every host of the slice
+  1. STAGES=sl_generate
+  2. STAGES=sl_train
+  3. STAGES=sample_pairs,feedback
+  4. STAGES=pm_train, then rl_train, then eval
 
-The sampling stages (sl_generate, sample_pairs, feedback) start no `jax.distributed`: one
-process on a single-host machine that sees WORKDIR (JAX on one host of a multi-host slice expects
-the other hosts' processes): a TPU v5p-8, whose 4 chips hold the model sharded as in training
-(fsdp=2 x tensor=2, `parallel.sampling_mesh_spec`; about 20 GiB a chip by the estimate), or one
-H100 / H200 holding it whole in bfloat16 (about 64 GiB with sl_generate's cache). eval samples
-its answers and runs its judge on each host's 4 chips, and scores with the PM on the whole
-mesh.
+`distributed.auto` lets JAX find the 8 hosts. The trainers run on the whole mesh. The sampling
+stages (sl_generate, sample_pairs, feedback, eval's answers and judge) split their records
+between the 8 processes (`cai_jax.jobs.record_split`): each samples its share on its own host's
+4 chips, which hold the model sharded as in training (fsdp=2 x tensor=2,
+`parallel.sampling_mesh_spec`; about 20 GiB a chip by the estimate), and process 0 merges the
+records; a restart with any number of hosts resumes them. eval scores with the PM on the whole
+mesh. The same stages also run on a single machine (a TPU v5p-8, or one H100 / H200 holding the
+model whole in bfloat16: about 64 GiB with sl_generate's cache).
 
 Set `model.checkpoint` to a local Hugging Face folder of google/gemma-3-27b-it (or -pt; the
 multimodal folder's text tower is read) present on every host: config.json, *.safetensors and
 tokenizer.model; nothing is downloaded at run time. The folder must hold the architecture named
 in `hardware.preset`. Mesh: fsdp=16 x tensor=2 (embed over fsdp; heads, mlp and vocabulary over
-tensor), `distributed.auto` lets JAX find the 8 hosts. Per-device memory of every stage:
+tensor). Per-device memory of every stage:
 `python -m cai_jax.train.memory <this file>`; tests/test_hardware_configs.py checks each stays
 under 90% of a chip's HBM (and the one-device stages under 90% of an H100's 80 GB too).
 

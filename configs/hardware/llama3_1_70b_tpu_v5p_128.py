@@ -10,9 +10,9 @@ host (config.json, *.safetensors, tokenizer.json, tokenizer_config.json); with t
 checkpoint add `--config.conversation.format=chat` (its chat template, <|eot_id|> ends turns).
 70.6B parameters: the trainers keep float32 master weights and AdamW moments (16 bytes a
 parameter, 1.1 TB; rl_train trains a policy and a value model, 2.3 TB) sharded over all 64 chips
-(fsdp=32 x tensor=2). The sampling stages run in one process on one host's 4 chips (a host of
-the slice or a separate v5p-8): 141 GB of bfloat16 weights do not fit one chip, so they are
-sharded there too (fsdp=2 x tensor=2, `parallel.sampling_mesh_spec`), about 35 GB a chip.
+(fsdp=32 x tensor=2). The sampling stages split their records between the 16 hosts, each
+sampling on its own 4 chips: 141 GB of bfloat16 weights do not fit one chip, so they are sharded
+there too (fsdp=2 x tensor=2, `parallel.sampling_mesh_spec`), about 35 GB a chip.
 Per-device memory of every stage: `python -m cai_jax.train.memory <this file>`;
 tests/test_hardware_configs.py checks each stays under 90% of a chip's HBM.
 """
