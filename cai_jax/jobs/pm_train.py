@@ -111,6 +111,28 @@ def load_initial(config, mesh, head_scale: float):
   return model.config, model.tokenizer, {"decoder": model.params, "head": head}
 
 
+def make_optimizer(config, steps: int):
+  """(the optimizer config with its schedule's length, the optimizer: the head's learning
+  rate scaled by pm_train.head_lr_scale)."""
+  opt_cfg = config.optim.copy_and_resolve_references()
+  with opt_cfg.unlocked():
+    opt_cfg.total_steps = steps
+  return opt_cfg, optim.make_optimizer(
+      opt_cfg, subtree_lr_scale={"head": config.pm_train.head_lr_scale})
+
+
+def make_steps(c, model_cfg, optimizer, opt_cfg, mesh, shardings):
+  """(the compiled train step, the compiled eval step): the programs this job runs, also
+  compiled for a TPU topology by the compile_check job."""
+  loss_fn = pm.make_pm_loss(model_cfg)
+  step_fn = engine.compile_step(
+      engine.make_train_step(loss_fn, optimizer, micro_batches=c.micro_batches, mesh=mesh,
+                             learning_rate_fn=optim.schedule(opt_cfg)),
+      shardings, mesh)
+  eval_fn = engine.compile_eval_step(engine.make_eval_step(loss_fn), shardings.params, mesh)
+  return step_fn, eval_fn
+
+
 def run(config, workdir: str) -> dict:
   c = config.pm_train
   if not c.ai_labels and not c.human_comparisons:
@@ -137,10 +159,7 @@ def run(config, workdir: str) -> dict:
   held_out = {s: tok(xs) for s, xs in data["eval"].items() if xs}
   sizes = {s: len(xs) for s, xs in train.items()}
   steps = c.steps or prefs.steps_for_epochs(sizes, rows_per, c.epochs)
-  opt_cfg = config.optim.copy_and_resolve_references()
-  with opt_cfg.unlocked():
-    opt_cfg.total_steps = steps
-  optimizer = optim.make_optimizer(opt_cfg, subtree_lr_scale={"head": c.head_lr_scale})
+  opt_cfg, optimizer = make_optimizer(config, steps)
   shardings, abstract = pm.state_shardings(model_cfg, mesh, optimizer)
   meta = {"model_config": model_cfg.to_dict(), "job": "pm_train",
           "ai_labels": os.path.abspath(c.ai_labels) if c.ai_labels else "",
@@ -159,12 +178,7 @@ def run(config, workdir: str) -> dict:
   else:
     state = engine.new_state(params, optimizer, jax.random.PRNGKey(config.seed), shardings)
 
-  loss_fn = pm.make_pm_loss(model_cfg)
-  step_fn = engine.compile_step(
-      engine.make_train_step(loss_fn, optimizer, micro_batches=c.micro_batches, mesh=mesh,
-                             learning_rate_fn=optim.schedule(opt_cfg)),
-      shardings, mesh)
-  eval_fn = engine.compile_eval_step(engine.make_eval_step(loss_fn), shardings.params, mesh)
+  step_fn, eval_fn = make_steps(c, model_cfg, optimizer, opt_cfg, mesh, shardings)
   truncated = {s: sum(e.truncated for e in xs) for s, xs in train.items()}
   for s, n in truncated.items():
     if n:

@@ -227,6 +227,36 @@ def sample_table(iteration: int, rows: list[dict]) -> str:
 # The job
 
 
+def make_optimizer(config, total_steps: int):
+  """(the optimizer config with its schedule's length, the optimizer)."""
+  opt_cfg = config.optim.copy_and_resolve_references()
+  with opt_cfg.unlocked():
+    opt_cfg.total_steps = total_steps
+  return opt_cfg, optim.make_optimizer(opt_cfg)
+
+
+def make_programs(c, policy_cfg, ref_cfg, value_cfg, pm_cfg, optimizer, opt_cfg, mesh,
+                  shardings):
+  """(scoring pass, PM pass or None without a PM, PPO train step), jitted as this job runs
+  them; also compiled for a TPU topology by the compile_check job. The rollout's sampler is
+  `Sampler`'s own."""
+  replicated = parallel.replicated(mesh)
+  score_fn = parallel.run_under(mesh, jax.jit(
+      ro.make_score_fn(policy_cfg.replace(remat=False), ref_cfg,
+                       value_cfg.replace(remat=False), chunk_tokens=c.loss_chunk_tokens),
+      out_shardings=replicated))
+  pm_fn = (parallel.run_under(mesh, jax.jit(ro.make_pm_fn(pm_cfg), out_shardings=replicated))
+           if pm_cfg is not None else None)
+  loss_fn = ro.make_ppo_loss(policy_cfg, value_cfg, clip_eps=c.clip_eps,
+                             clip_eps_value=c.clip_eps_value, vf_coef=c.vf_coef,
+                             ent_coef=c.ent_coef, chunk_tokens=c.loss_chunk_tokens)
+  step_fn = engine.compile_step(
+      engine.make_train_step(loss_fn, optimizer, micro_batches=c.micro_batches, mesh=mesh,
+                             learning_rate_fn=optim.schedule(opt_cfg)),
+      shardings, mesh)
+  return score_fn, pm_fn, step_fn
+
+
 def run(config, workdir: str) -> dict:
   c = config.rl_train
   m = config.model
@@ -305,10 +335,7 @@ def run(config, workdir: str) -> dict:
   pm_shardings = lambda cfg: pm_lib.param_shardings(cfg, mesh)  # noqa: E731
 
   steps_per_iteration = c.ppo_epochs * (c.batch_size // c.minibatch_size)
-  opt_cfg = config.optim.copy_and_resolve_references()
-  with opt_cfg.unlocked():
-    opt_cfg.total_steps = c.iterations * steps_per_iteration
-  optimizer = optim.make_optimizer(opt_cfg)
+  opt_cfg, optimizer = make_optimizer(config, c.iterations * steps_per_iteration)
   shardings, abstract = engine.state_shardings_for(ro.boxed_trainable(policy_cfg, value_cfg),
                                                    mesh, optimizer)
   meta = {"model_config": policy_cfg.to_dict(), "value_config": value_cfg.to_dict(),
@@ -352,20 +379,9 @@ def run(config, workdir: str) -> dict:
 
   # ---- compiled pieces
   replicated = parallel.replicated(mesh)
-  score_fn = parallel.run_under(mesh, jax.jit(
-      ro.make_score_fn(policy_cfg.replace(remat=False), ref_cfg,
-                       value_cfg.replace(remat=False), chunk_tokens=c.loss_chunk_tokens),
-      out_shardings=replicated))
-  pm_fn = (parallel.run_under(mesh, jax.jit(ro.make_pm_fn(pm_model.config),
-                                            out_shardings=replicated))
-           if pm_model is not None else None)
-  loss_fn = ro.make_ppo_loss(policy_cfg, value_cfg, clip_eps=c.clip_eps,
-                             clip_eps_value=c.clip_eps_value, vf_coef=c.vf_coef,
-                             ent_coef=c.ent_coef, chunk_tokens=c.loss_chunk_tokens)
-  step_fn = engine.compile_step(
-      engine.make_train_step(loss_fn, optimizer, micro_batches=c.micro_batches, mesh=mesh,
-                             learning_rate_fn=optim.schedule(opt_cfg)),
-      shardings, mesh)
+  score_fn, pm_fn, step_fn = make_programs(
+      c, policy_cfg, ref_cfg, value_cfg, pm_model.config if pm_model is not None else None,
+      optimizer, opt_cfg, mesh, shardings)
   finite_fn = parallel.run_under(mesh, jax.jit(ro.all_finite, out_shardings=replicated))
   per_shard = parallel.batch_size_per_shard(mesh)
   pm_rows_multiple = math.lcm(per_shard, jax.process_count())

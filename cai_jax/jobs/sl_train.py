@@ -38,6 +38,26 @@ def check_config(c, mesh) -> None:
   parallel.process_rows(c.batch_size)
 
 
+def make_optimizer(config, steps: int):
+  """(the optimizer config with its schedule's length, the optimizer)."""
+  opt_cfg = config.optim.copy_and_resolve_references()
+  with opt_cfg.unlocked():
+    opt_cfg.total_steps = steps
+  return opt_cfg, optim.make_optimizer(opt_cfg)
+
+
+def make_steps(c, model_cfg, optimizer, opt_cfg, mesh, shardings):
+  """(the compiled train step, the compiled eval step): the programs this job runs, also
+  compiled for a TPU topology by the compile_check job."""
+  loss_fn = lm.make_lm_loss(model_cfg, chunk_tokens=c.loss_chunk_tokens)
+  step_fn = engine.compile_step(
+      engine.make_train_step(loss_fn, optimizer, micro_batches=c.micro_batches, mesh=mesh,
+                             learning_rate_fn=optim.schedule(opt_cfg)),
+      shardings, mesh)
+  eval_fn = engine.compile_eval_step(engine.make_eval_step(loss_fn), shardings.params, mesh)
+  return step_fn, eval_fn
+
+
 def run(config, workdir: str) -> dict:
   c = config.sl_train
   if not c.data:
@@ -61,10 +81,7 @@ def run(config, workdir: str) -> dict:
   held_out = (sl.read_sl_file(c.eval_data, model.tokenizer, max_length=c.max_length,
                               append_eos=c.append_eos, fmt=fmt) if c.eval_data else [])
   steps = c.steps or c.epochs * math.ceil(len(train) / c.batch_size)
-  opt_cfg = config.optim.copy_and_resolve_references()
-  with opt_cfg.unlocked():
-    opt_cfg.total_steps = steps
-  optimizer = optim.make_optimizer(opt_cfg)
+  opt_cfg, optimizer = make_optimizer(config, steps)
   shardings, abstract = engine.state_shardings(model_cfg, mesh, optimizer)
   meta = {"model_config": model_cfg.to_dict(), "job": "sl_train", "data": os.path.abspath(c.data)}
 
@@ -80,12 +97,7 @@ def run(config, workdir: str) -> dict:
   else:
     state = engine.new_state(model.params, optimizer, jax.random.PRNGKey(config.seed), shardings)
 
-  loss_fn = lm.make_lm_loss(model_cfg, chunk_tokens=c.loss_chunk_tokens)
-  step_fn = engine.compile_step(
-      engine.make_train_step(loss_fn, optimizer, micro_batches=c.micro_batches, mesh=mesh,
-                             learning_rate_fn=optim.schedule(opt_cfg)),
-      shardings, mesh)
-  eval_fn = engine.compile_eval_step(engine.make_eval_step(loss_fn), shardings.params, mesh)
+  step_fn, eval_fn = make_steps(c, model_cfg, optimizer, opt_cfg, mesh, shardings)
   truncated = sum(e.truncated for e in train)
   if truncated:
     print(f"{truncated} of {len(train)} training examples were longer than max_length="
