@@ -60,6 +60,10 @@ JOBS: dict[str, tuple[str, str]] = {
                  "the whole run in one workdir: sl_generate, sl_train, sample_pairs, feedback, "
                  "pm_train, rl_train, eval, report; skips stages whose finished output exists; "
                  "status in WORKDIR/pipeline/status.json"),
+    "compile_check": ("cai_jax.jobs.compile_check",
+                      "compile every program of a TPU hardware config for its topology without "
+                      "a TPU (libtpu, the tpu-aot extra): bytes per device against HBM, FLOPs, "
+                      "compile time; WORKDIR/compile_check/report.json"),
     "convert": ("cai_jax.jobs.convert",
                 "export config.model.checkpoint as an HF folder and/or a cai_jax orbax "
                 "checkpoint under WORKDIR/convert/"),

@@ -120,7 +120,11 @@ def topology_devices(topology: Topology) -> list:
   chips = 1
   for d in re.findall(r"\d+", topology.name.split(":", 1)[-1]):
     chips *= int(d)
-  _quiet_libtpu(f"{topology.name.split(':')[0]}-{chips}")
+  # Cloud TPU's accelerator names: TensorCores for v4 / v5p (2 a chip), chips for v5e / v6e
+  prefix = topology.name.split(":")[0]
+  accelerator = {"v5": f"v5p-{2 * chips}", "v4": f"v4-{2 * chips}",
+                 "v5e": f"v5litepod-{chips}"}.get(prefix, f"{prefix}-{chips}")
+  _quiet_libtpu(accelerator)
   try:
     desc = topologies.get_topology_desc(
         platform="tpu", topology_name=topology.name, chip_config_name=topology.chip_config,
