@@ -66,7 +66,7 @@ remat.
 
 Checked against TPU's compiler (`cai_jax.jobs.compile_check`: libtpu compiles each program
 for the config's topology on a CPU machine and reports its arguments, outputs and temporaries
-per device). Gemma 3 1B on a v5e-8 (gemma3_1b_tpu_v5e_8), estimate / compiler's bytes per
+per device). The 1B config on a v5e-8 (gemma3_1b_tpu_v5e_8), estimate / compiler's bytes per
 device: sl_generate prefill 1.84 / 1.46 GiB (x1.26), decode 1.84 / 1.58 (x1.16); sample_pairs
 prefill 1.10 / 1.15 (x0.96), decode 1.10 / 2.65 (x0.41: the estimate is low; the decode loop's
 temporaries, 2.36 GiB, exceed the KV cache and one block's working set it counts); feedback's
