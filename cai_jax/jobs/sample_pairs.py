@@ -73,7 +73,7 @@ def run(config, workdir: str) -> dict:
   checkpoint = policy_checkpoint(config, workdir)
   split = SplitOutput(output, "sample_pairs")
   done = split.finished_ids()
-  todo = split.mine([r for r in prompts if r.id not in done])
+  todo = [r for r in prompts if r.id not in done]
   cache_dir = os.path.expanduser(config.model.cache_dir)
   skipped = []
   if todo:  # the tokenizer alone says which prompts are too long; the model loads only if needed
@@ -83,6 +83,7 @@ def run(config, workdir: str) -> dict:
     lengths = tokenizer.encode_batch([fmt.context(r.prompt) for r in todo], add_bos=False)
     skipped = [r.id for r, ids in zip(todo, lengths) if len(ids) > g.max_conversation_tokens]
     todo = [r for r, ids in zip(todo, lengths) if len(ids) <= g.max_conversation_tokens]
+  todo = split.mine(todo)  # after the length check: every process reports every skipped prompt
   where = f" by process {split.index} of {split.count}" if split.count > 1 else ""
   print(f"{len(prompts)} prompts ({len(done)} done, {len(skipped)} too long, {len(todo)} to "
         f"sample{where}); policy {checkpoint}; constitution {constitution.name!r}", flush=True)
