@@ -71,10 +71,12 @@ device: sl_generate prefill 1.84 / 1.46 GiB (x1.26), decode 1.84 / 1.58 (x1.16);
 prefill 1.10 / 1.15 (x0.96), decode 1.10 / 2.65 (x0.41: the estimate is low; the decode loop's
 temporaries, 2.36 GiB, exceed the KV cache and one block's working set it counts); feedback's
 scorer 1.58 / 1.49 (x1.06); eval's answers prefill 1.09 / 1.44 (x0.75), decode 1.09 / 1.57
-(x0.69), its judge 1.58 / 1.49 (x1.06), its PM scores on the whole mesh 1.34 / 0.62 (x2.17).
-The trainers' steps and the larger configs compile too slowly on a 2-core machine to have been
-measured yet (the README's hardware table); until they are, the sampling estimates can be low
-by up to 2.4x (the decode loop) and every estimate stays a planning number.
+(x0.69), its judge 1.58 / 1.49 (x1.06), its PM scores on the whole mesh 1.34 / 0.62 (x2.17);
+sl_train's step (fsdp=8, remat=full, 2 micro-batches of 32 x 1,024) 6.15 / 8.16 (x0.75: the
+compiler's temporaries, 6.76 GiB, exceed the gradients, gathered weights, saved block inputs
+and loss chunk counted). pm_train, rl_train and the larger configs compile too slowly on a
+2-core machine to have been measured yet (the README's hardware table); until they are, an
+estimate can be low by up to 2.4x (the decode loop) and stays a planning number.
 
 For rl_train the job's phases do not overlap, so the peak is the persistent part (train state
 of policy + value model, frozen reference and PM) plus the largest of:
