@@ -74,9 +74,10 @@ scorer 1.58 / 1.49 (x1.06); eval's answers prefill 1.09 / 1.44 (x0.75), decode 1
 (x0.69), its judge 1.58 / 1.49 (x1.06), its PM scores on the whole mesh 1.34 / 0.62 (x2.17);
 sl_train's step (fsdp=8, remat=full, 2 micro-batches of 32 x 1,024) 6.15 / 8.16 (x0.75: the
 compiler's temporaries, 6.76 GiB, exceed the gradients, gathered weights, saved block inputs
-and loss chunk counted). pm_train, rl_train and the larger configs compile too slowly on a
-2-core machine to have been measured yet (the README's hardware table); until they are, an
-estimate can be low by up to 2.4x (the decode loop) and stays a planning number.
+and loss chunk counted); pm_train's step (the same batch as pairs) 6.32 / 11.47 (x0.55: its
+[2B, L] pair batch's temporaries, 10.07 GiB). rl_train and the larger configs compile too
+slowly on a 2-core machine to have been measured yet (the README's hardware table); until they
+are, an estimate can be low by up to 2.4x (the decode loop) and stays a planning number.
 
 For rl_train the job's phases do not overlap, so the peak is the persistent part (train state
 of policy + value model, frozen reference and PM) plus the largest of:
