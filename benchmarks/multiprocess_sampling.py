@@ -49,15 +49,7 @@ def assets(root: str, n: int) -> None:
               + "\n")
   with open(os.path.join(root, "overrides.json"), "w") as f:
     json.dump({"eval": {"eval.num_prompts": n // 2}}, f)
-  with open(os.path.join(ROOT, "constitutions", "harmless.json")) as f:
-    c = json.load(f)
-  for k in ("critique_revision", "mc_principles"):
-    c[k] = c[k][:2]
-  for k in ("critique_revision_few_shot", "helpful_few_shot", "mc_few_shot", "cot_few_shot"):
-    c[k] = c[k][:1]
-  c["name"] = "harmless-short"
-  with open(os.path.join(root, "constitution.json"), "w") as f:
-    json.dump(c, f)
+  tiny_model.write_short_constitution(os.path.join(root, "constitution.json"))
 
 
 def run(root: str, workdir: str, processes: int) -> dict:

@@ -47,15 +47,7 @@ def assets(tmp_path_factory):
       f.write(json.dumps({"id": f"q{i}", "prompt": f"\n\nHuman: what is {WORDS[i]}?\n\nAssistant:",
                           "responses": [f" {WORDS[i + 1]} and {WORDS[i + 2]}.",
                                         f" no {WORDS[i + 3]}."]}) + "\n")
-  with open(os.path.join(HERE, "..", "constitutions", "harmless.json")) as f:
-    c = json.load(f)  # cut to one few-shot example and two principles: short contexts
-  for k in ("critique_revision", "mc_principles"):
-    c[k] = c[k][:2]
-  for k in ("critique_revision_few_shot", "helpful_few_shot", "mc_few_shot", "cot_few_shot"):
-    c[k] = c[k][:1]
-  c["name"] = "harmless-short"
-  with open(root / "constitution.json", "w") as f:
-    json.dump(c, f)
+  tiny_model.write_short_constitution(root / "constitution.json")
   return root
 
 

@@ -33,18 +33,7 @@ def _assets(root):
       f.write(json.dumps({"prompt": f"Q: {WORDS[i]}?" + " x" * (i * 7),
                           "corrects": [f" {WORDS[i + 1]}"],
                           "incorrects": [f" {WORDS[i + 2]}", " no"]}) + "\n")
-  # The default constitution cut to its first few-shot example of each kind and two principles:
-  # the tiny model's contexts stay short enough for 8 simulated devices on 2 cores.
-  here = os.path.dirname(os.path.abspath(__file__))
-  with open(os.path.join(here, "..", "constitutions", "harmless.json")) as f:
-    c = json.load(f)
-  for k in ("critique_revision", "mc_principles"):
-    c[k] = c[k][:2]
-  for k in ("critique_revision_few_shot", "helpful_few_shot", "mc_few_shot", "cot_few_shot"):
-    c[k] = c[k][:1]
-  c["name"] = "harmless-short"
-  with open(root / "constitution.json", "w") as f:
-    json.dump(c, f)
+  tiny_model.write_short_constitution(root / "constitution.json")
 
 
 def _numbers(x):

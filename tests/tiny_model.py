@@ -108,3 +108,22 @@ def write_pipeline_data(folder) -> dict[str, str]:
       f.write(json.dumps({"id": f"q{i}", "prompt": f"\n\nHuman: what is {w[i + 4]}?"
                                                    "\n\nAssistant:"}) + "\n")
   return paths
+
+
+def write_short_constitution(path) -> str:
+  """The default constitution cut to its first few-shot example of each kind and two principles
+  ("harmless-short"): a tiny model's contexts stay short (many simulated devices or processes
+  on 2 cores)."""
+  import json
+  import os
+  here = os.path.dirname(os.path.abspath(__file__))
+  with open(os.path.join(here, "..", "constitutions", "harmless.json")) as f:
+    c = json.load(f)
+  for k in ("critique_revision", "mc_principles"):
+    c[k] = c[k][:2]
+  for k in ("critique_revision_few_shot", "helpful_few_shot", "mc_few_shot", "cot_few_shot"):
+    c[k] = c[k][:1]
+  c["name"] = "harmless-short"
+  with open(path, "w") as f:
+    json.dump(c, f)
+  return str(path)
