@@ -20,6 +20,14 @@ def _have(module: str) -> bool:
 
 
 HAVE_TRANSFORMERS = _have("transformers") and _have("torch")
+
+
+def simulated_devices_flags(n: int) -> str:
+  """XLA_FLAGS for a subprocess with `n` simulated CPU devices. On 2 cores `n` device threads
+  can wait for each other past XLA's 40 s collective timeout (seen once in CI: "only 6 of 8
+  arrived"), which aborts the process; a real hang still ends at the test's own timeout."""
+  return (f"--xla_force_host_platform_device_count={n} "
+          "--xla_cpu_collective_call_terminate_timeout_seconds=600")
 needs_transformers = pytest.mark.skipif(
     not HAVE_TRANSFORMERS, reason="transformers/torch not installed: golden files are used")
 

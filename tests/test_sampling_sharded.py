@@ -12,6 +12,7 @@ import sys
 import numpy as np
 
 import tiny_model
+from conftest import simulated_devices_flags
 
 WORDS = ["apples", "rivers", "quiet", "music", "paper", "stone", "green", "light"]
 MESHES = ["8,1,1", "2,2,2", "1,4,2"]
@@ -51,7 +52,7 @@ def _strings(x):
 def test_sampling_jobs_on_meshes_equal_one_device(tmp_path):
   _assets(tmp_path)
   here = os.path.dirname(os.path.abspath(__file__))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=simulated_devices_flags(8),
              JAX_PLATFORMS="cpu")
   args = [str(tmp_path / n) for n in ("hf", "prompts.jsonl", "pairs.jsonl", "items.jsonl",
                                       "constitution.json", "run")]

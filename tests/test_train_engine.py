@@ -21,6 +21,7 @@ from cai_jax.data import sl
 from cai_jax.model import families
 from cai_jax.model import decoder
 from cai_jax.train import engine, flops, lm, losses, optim
+from conftest import simulated_devices_flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -114,7 +115,7 @@ def test_four_micro_batches_equal_one_batch(tiny):
 
 
 def test_meshes_match_one_device_and_shard_as_the_rules_say():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=simulated_devices_flags(8),
              JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, os.path.join(HERE, "sharded_check.py")], env=env,
                         capture_output=True, text=True, timeout=600, cwd=HERE)
