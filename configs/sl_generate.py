@@ -21,8 +21,12 @@ def get_config():
       prompts="red_team:train",   # ours (:train = all but the held-out :test split) or a jsonl
       helpful_prompts="helpful:train",  # ours or a jsonl; '' = no helpful answers
       limit=0,                    # red-team prompts to use (0 = all)
-      helpful_ratio=1.0,          # helpful examples per revision in the SL file
+      helpful_ratio=1.0,          # helpful examples per red-team prompt used (not per SL row:
+                                  # with all_revisions a prompt gives up to `rounds` rows)
       rounds=4,                   # critique -> revision rounds, one drawn principle each
+      targets="all_revisions",    # SL rows per record: "all_revisions" = each round's revision
+                                  # with the prompt (the paper's, section 3.1), id RECORD:rK;
+                                  # "final" = the last revision only, id RECORD
       skip_critique=False,        # revise directly, without sampling a critique
       continue_transcript=True,   # round r+1 continues the transcript (the paper's layout)
       temperature=1.0,            # 0 = greedy
@@ -35,10 +39,12 @@ def get_config():
       max_prompt_length=4096,     # sampler budget per row after the cached few-shot prefix
       batch_size=8,
       chunk_size=16,              # decode steps between stop-string checks
-      drop_flagged=True,          # leave degenerate outputs out of the SL file: a record whose
-                                  # final revision is flagged, a flagged helpful answer
-      heldout_fraction=0.0,       # share of the usable revisions written to sl_eval.jsonl
-                                  # instead of sl_train.jsonl (by a hash of the record id)
+      drop_flagged=True,          # leave degenerate outputs out of the SL file: a flagged
+                                  # revision (only the text trained on counts, not the initial
+                                  # answer or critique), a flagged helpful answer
+      heldout_fraction=0.0,       # share of the records with a usable revision written to
+                                  # sl_eval.jsonl instead of sl_train.jsonl (by a hash of the
+                                  # record id: all rounds of a record on the same side)
       output="",                  # records jsonl; default WORKDIR/sl_generate/records.jsonl
       report_examples=5,          # records printed in full by the report
   )

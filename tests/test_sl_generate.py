@@ -154,8 +154,13 @@ def test_job_writes_records_sl_file_and_report_then_sl_train_runs(tiny_ckpt, tmp
     assert r["provenance"]["settings"]["rounds"] == 2
   assert len(ids_in(str(out / "helpful.jsonl"))) == 3
   sl_rows = [obj for _, obj in read_jsonl(str(out / "sl_train.jsonl"))]
-  assert sorted(r["source"] for r in sl_rows) == ["helpful"] * 3 + ["sl_cai"] * 6
-  assert report["records"] == 6 and report["sl_examples"] == 9
+  # targets="all_revisions" (the default): both rounds' revisions of each of the 6 records
+  assert sorted(r["source"] for r in sl_rows) == ["helpful"] * 3 + ["sl_cai"] * 12
+  assert sorted(r["id"] for r in sl_rows if r["source"] == "sl_cai") == sorted(
+      f"{r['id']}:r{k}" for r in records for k in (1, 2))
+  assert report["records"] == 6 and report["sl_examples"] == 15
+  assert report["sl_targets"] == "all_revisions"
+  assert report["sl_rows_per_round"] == {"1": 6, "2": 6}
   assert len(report["rounds"]) == 2 and report["tokens_generated_this_run"] > 0
   assert json.loads((out / "report.json").read_text())["records"] == 6
   summary = main.run(load_config("sl_train", **{
@@ -213,8 +218,9 @@ def test_bad_inputs(tiny_ckpt, tmp_path):
 
 
 def test_sl_file_drops_only_flagged_training_text_and_holds_out_revisions(tmp_path):
-  """drop_flagged looks at the text trained on (the final revision), not at the initial answer
-  or the critique; heldout_fraction moves whole records to sl_eval.jsonl, never into both."""
+  """targets="final": drop_flagged looks at the text trained on (the final revision), not at the
+  initial answer or the critique; heldout_fraction moves whole records to sl_eval.jsonl, never
+  into both."""
   from cai_jax.jobs import sl_generate
 
   def record(i, flags, rounds=1):
@@ -231,13 +237,105 @@ def test_sl_file_drops_only_flagged_training_text_and_holds_out_revisions(tmp_pa
   helpful = [{"id": "h0", "prompt": "p", "completion": " ok", "flags": []},
              {"id": "h1", "prompt": "p", "completion": " ok", "flags": ["runaway_length"]}]
   train, held = str(tmp_path / "train.jsonl"), str(tmp_path / "eval.jsonl")
-  n, n_eval = sl_generate.write_sl_file(train, records, helpful, True, 0, heldout_fraction=0.34,
-                                        eval_path=held)
+  n, n_eval, per_round = sl_generate.write_sl_file(train, records, helpful, True, 0,
+                                                   heldout_fraction=0.34, eval_path=held,
+                                                   targets="final")
   rows = [obj for _, obj in read_jsonl(train)]
   held_rows = [obj for _, obj in read_jsonl(held)]
   usable = {"r0", "r1", "r2", "r5", "r7", "r8"}
   assert n_eval == 2 and {r["id"] for r in held_rows} < usable  # round(0.34 x 6) = 2
   assert {r["id"] for r in rows} == (usable - {r["id"] for r in held_rows}) | {"h0"}
   assert n == len(rows) == 5 and all(r["source"] == "sl_cai" for r in held_rows)
-  n_all, none = sl_generate.write_sl_file(train, records, helpful, False, 0)
+  assert sum(per_round.values()) == 4 and set(per_round) <= {"0", "1", "2"}
+  n_all, none, _ = sl_generate.write_sl_file(train, records, helpful, False, 0, targets="final")
   assert (n_all, none) == (11, 0)
+
+
+def sl_record(rid, revisions, flags=(), initial=" first try"):
+  """A records.jsonl record as the critique-revision loop writes it (only the SL file's fields)."""
+  return {"id": rid, "prompt": f"\n\nHuman: {rid}?\n\nAssistant:", "initial_response": initial,
+          "rounds": [{"principle_id": f"p{k}", "critique": " meh", "revision": text}
+                     for k, text in enumerate(revisions, 1)],
+          "final": revisions[-1] if revisions else initial, "flags": list(flags)}
+
+
+def test_sl_file_all_revisions_one_row_per_usable_round(tmp_path):
+  """targets="all_revisions": each round's revision with the record's prompt; drop_flagged drops
+  a round only for its own revision's flag, never for a flagged initial answer or critique."""
+  from cai_jax.jobs import sl_generate
+
+  records = [sl_record("a", [" a one", " a two"]),
+             sl_record("b", [" b one", " b two"], ["round1.revision:repetitive"]),
+             sl_record("c", [" c one", " c two"],
+                       ["initial:runaway_length", "round2.critique:runaway_length"])]
+  helpful = [{"id": "h0", "prompt": "\n\nHuman: hi\n\nAssistant:", "completion": " hello",
+              "flags": []}]
+
+  def row(rid, k, principles):
+    return {"id": f"{rid}:r{k}", "record_id": rid, "prompt": f"\n\nHuman: {rid}?\n\nAssistant:",
+            "completion": f" {rid} {['one', 'two'][k - 1]}", "source": "sl_cai", "round": k,
+            "principles": principles}
+
+  helpful_row = {"id": "h0", "prompt": "\n\nHuman: hi\n\nAssistant:", "completion": " hello",
+                 "source": "helpful"}
+  path = str(tmp_path / "train.jsonl")
+
+  def written(**kw):
+    out = sl_generate.write_sl_file(path, records, helpful, seed=0, **kw)
+    return out, sorted((obj for _, obj in read_jsonl(path)), key=lambda r: r["id"])
+
+  out, rows = written(drop_flagged=True)
+  assert rows == [row("a", 1, ["p1"]), row("a", 2, ["p1", "p2"]), row("b", 2, ["p1", "p2"]),
+                  row("c", 1, ["p1"]), row("c", 2, ["p1", "p2"]), helpful_row]
+  assert out == (6, 0, {"1": 2, "2": 3})
+  out, rows = written(drop_flagged=False)
+  assert [r["id"] for r in rows] == ["a:r1", "a:r2", "b:r1", "b:r2", "c:r1", "c:r2", "h0"]
+  assert out.train_per_round == {"1": 3, "2": 3}
+  # "final": one row per record under its own id, the last revision (b's is not flagged)
+  out, rows = written(drop_flagged=True, targets="final")
+  assert rows == [{"id": rid, "record_id": rid, "prompt": f"\n\nHuman: {rid}?\n\nAssistant:",
+                   "completion": f" {rid} two", "source": "sl_cai", "round": 2,
+                   "principles": ["p1", "p2"]} for rid in "abc"] + [helpful_row]
+  assert out == (4, 0, {"2": 3})
+
+  # A blank revision is never trained on; a flagged final revision drops only that round.
+  more = [sl_record("d", [" d one", "  \n"]),
+          sl_record("e", [" e one", " e two"], ["round2.revision:runaway_length"])]
+  rows = sl_generate.revision_rows(more, drop_flagged=False)
+  assert [r["id"] for r in rows] == ["d:r1", "e:r1", "e:r2"]
+  assert [r["id"] for r in sl_generate.revision_rows(more, True)] == ["d:r1", "e:r1"]
+  assert sl_generate.revision_rows(more, True, "final") == []
+  # No rounds: the initial answer is the one row in both modes (dropped when it is flagged).
+  bare = [sl_record("f", [], initial=" plain"), sl_record("g", [], ["initial:empty"], " x")]
+  for targets, rid in (("all_revisions", "f:r0"), ("final", "f")):
+    assert sl_generate.revision_rows(bare, True, targets) == [
+        {"id": rid, "record_id": "f", "prompt": "\n\nHuman: f?\n\nAssistant:",
+         "completion": " plain", "source": "sl_cai", "round": 0, "principles": []}]
+    assert len(sl_generate.revision_rows(bare, False, targets)) == 2
+
+
+def test_sl_holdout_keeps_all_rounds_of_a_record_together(tmp_path):
+  from cai_jax.data import holdout
+  from cai_jax.jobs import sl_generate
+
+  records = [sl_record(f"rec{i}", [f" {i} one", f" {i} two", f" {i} three"]) for i in range(12)]
+  train, held = str(tmp_path / "train.jsonl"), str(tmp_path / "eval.jsonl")
+  out = sl_generate.write_sl_file(train, records, [], True, 5, heldout_fraction=0.25,
+                                  eval_path=held)
+  train_rows = [obj for _, obj in read_jsonl(train)]
+  held_rows = [obj for _, obj in read_jsonl(held)]
+  held_records = {r["record_id"] for r in held_rows}
+  assert held_records == holdout.held_out_ids([r["id"] for r in records], 0.25, "sl_generate:5")
+  assert len(held_records) == 3 and out == (27, 9, {"1": 9, "2": 9, "3": 9})
+  assert sorted(r["id"] for r in held_rows) == sorted(
+      f"{rid}:r{k}" for rid in held_records for k in (1, 2, 3))
+  assert not held_records & {r["record_id"] for r in train_rows}
+
+
+def test_bad_sl_targets_is_a_config_error(tmp_path):
+  from cai_jax.config_defaults import ConfigError
+
+  with pytest.raises(ConfigError, match="sl_generate.targets"):
+    main.run(load_config("sl_generate", **{"sl_generate.targets": "last",
+                                           "model.checkpoint": str(tmp_path / "none")}),
+             str(tmp_path))

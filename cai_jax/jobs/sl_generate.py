@@ -5,11 +5,13 @@ Writes, under WORKDIR/sl_generate/ (the records file may be set with `output`):
                   "initial_response", "rounds": [{"principle_id", "critique", "revision"}],
                   "final", "flags", "truncated", "provenance"}; appended batch by batch
   helpful.jsonl   answers to the helpfulness prompts: {"id", "prompt", "completion", "flags", ...}
-  sl_train.jsonl  the SL file for `sl_train`: {"id", "prompt", "completion", "source"}, revisions
-                  and `helpful_ratio` helpful answers per revision, shuffled with the seed
-  sl_eval.jsonl   held-out revisions in the same format: `heldout_fraction` of the usable
-                  revisions (by a hash of the record id, `data.holdout`), left out of
-                  sl_train.jsonl so that sl_train reports a loss on revisions it never saw
+  sl_train.jsonl  the SL file for `sl_train`: {"id", "prompt", "completion", "source", ...},
+                  revisions (`targets`: every round's, the paper's, or only the final one) and
+                  `helpful_ratio` helpful answers per red-team prompt, shuffled with the seed
+  sl_eval.jsonl   held-out revisions in the same format: `heldout_fraction` of the records with
+                  a usable revision (by a hash of the record id, `data.holdout`; all rounds of a
+                  record on one side), left out of sl_train.jsonl so that sl_train reports a
+                  loss on revisions of prompts it never saw
   report.json     counts, flags, lengths per round, wall time, tokens/s
 A restart skips ids already written (a line cut off by a crash is redone), so a killed run loses
 and duplicates nothing. With several processes (`distributed`), each generates the records it owns
@@ -24,6 +26,7 @@ import json
 import os
 import random
 import time
+from typing import NamedTuple
 
 from cai_jax import parallel
 from cai_jax.cai.critique_revision import CritiqueReviser, Settings, degenerate_flags
@@ -38,6 +41,11 @@ from cai_jax.sampling.record_keys import record_keys
 from cai_jax.sampling.sampler import Sampler
 
 
+# What a record gives the SL file: the revision of every round, each paired with the prompt (the
+# paper's section 3.1), or only the last one.
+TARGETS = ("all_revisions", "final")
+
+
 def check(g) -> None:
   for field in ("rounds", "max_response_tokens", "max_critique_tokens", "max_revision_tokens",
                 "max_conversation_tokens", "max_prompt_length", "batch_size", "chunk_size"):
@@ -48,6 +56,9 @@ def check(g) -> None:
     raise ConfigError("sl_generate.limit and helpful_ratio must be >= 0")
   if not 0.0 <= g.heldout_fraction < 1.0:
     raise ConfigError(f"sl_generate.heldout_fraction must be in [0, 1), got {g.heldout_fraction}")
+  if g.targets not in TARGETS:
+    raise ConfigError(f"sl_generate.targets must be one of {', '.join(TARGETS)}, "
+                      f"got {g.targets!r}")
 
 
 def read_records(path: str) -> list[dict]:
@@ -152,11 +163,12 @@ def run(config, workdir: str) -> dict:
   helpful_records = [r for r in read_records(helpful_path) if r["id"] in {x.id for x in helpful}]
   sl_path = os.path.join(out_dir, "sl_train.jsonl")
   eval_path = os.path.join(out_dir, "sl_eval.jsonl")
-  n_sl, n_eval = write_sl_file(sl_path, records, helpful_records, g.drop_flagged, config.seed,
-                               heldout_fraction=g.heldout_fraction, eval_path=eval_path)
-  report = make_report(records, helpful_records, skipped, skipped_helpful, wall, tokens, n_sl,
+  sl = write_sl_file(sl_path, records, helpful_records, g.drop_flagged, config.seed,
+                     heldout_fraction=g.heldout_fraction, eval_path=eval_path, targets=g.targets)
+  report = make_report(records, helpful_records, skipped, skipped_helpful, wall, tokens, sl.train,
                        model.tokenizer)
-  report["sl_heldout_examples"] = n_eval
+  report.update(sl_targets=g.targets, sl_rows_per_round=sl.train_per_round,
+                sl_heldout_examples=sl.held_out)
   report["outputs"] = {"records": records_path, "helpful": helpful_path, "sl_train": sl_path,
                        "sl_eval": eval_path}
   write_json_atomic(os.path.join(out_dir, "report.json"), report)
@@ -173,24 +185,62 @@ def _write_rows(path: str, rows: list[dict]) -> None:
   os.replace(tmp, path)
 
 
-def trained_text_flags(record: dict) -> list[str]:
-  """The flags of the text a record contributes to SL training, its `final` output: the last
-  round's revision (the initial answer when there are no rounds). A runaway initial answer or
-  critique does not make the revision unusable: revising such answers is the method's point."""
-  name = f"round{len(record['rounds'])}.revision" if record["rounds"] else "initial"
+def revision_flags(record: dict, round_: int) -> list[str]:
+  """The flags of one round's revision (round 0: the initial answer, what a record without rounds
+  trains on). Only the text trained on counts: a runaway initial answer or critique does not make
+  a revision unusable, since revising such answers is the method's point."""
+  name = f"round{round_}.revision" if round_ else "initial"
   return [f for f in record["flags"] if f.rsplit(":", 1)[0] == name]
 
 
+def trained_text_flags(record: dict) -> list[str]:
+  """The flags of a record's `final` output: the last round's revision (the initial answer when
+  there are no rounds)."""
+  return revision_flags(record, len(record["rounds"]))
+
+
+def revision_rows(records, drop_flagged: bool, targets: str = "all_revisions") -> list[dict]:
+  """The SL rows the records give, in record then round order. A round's revision is left out
+  when blank, or flagged with `drop_flagged`; the record's other rounds stay. Every row keeps its
+  record's id in "record_id" (the unit of the held-out split) and its "round" (0: the initial
+  answer of a record without rounds)."""
+  if targets not in TARGETS:
+    raise ConfigError(f"sl_generate.targets must be one of {', '.join(TARGETS)}, got {targets!r}")
+  rows = []
+  for r in records:
+    principles = [x["principle_id"] for x in r["rounds"]]
+    if targets == "final":  # one row per record, under the record's own id
+      candidates = [(r["id"], len(r["rounds"]), r["final"])]
+    elif not r["rounds"]:  # no rounds: `final` is the initial answer
+      candidates = [(f"{r['id']}:r0", 0, r["final"])]
+    else:
+      candidates = [(f"{r['id']}:r{k}", k, rd["revision"])
+                    for k, rd in enumerate(r["rounds"], 1)]
+    for row_id, k, text in candidates:
+      if text.strip() and not (drop_flagged and revision_flags(r, k)):
+        rows.append({"id": row_id, "record_id": r["id"], "prompt": r["prompt"],
+                     "completion": text, "source": "sl_cai", "round": k,
+                     "principles": principles[:k]})
+  return rows
+
+
+class SLFile(NamedTuple):
+  train: int             # rows in the training file (revisions + helpful answers)
+  held_out: int          # rows in the held-out file
+  train_per_round: dict  # {"round": revision rows in the training file}; "0" = initial answers
+
+
 def write_sl_file(path: str, records, helpful_records, drop_flagged: bool, seed: int, *,
-                  heldout_fraction: float = 0.0, eval_path: str = "") -> tuple[int, int]:
-  """Writes the training file (and, with `eval_path`, the held-out revisions); returns their
-  row counts."""
-  revisions = [{"id": r["id"], "prompt": r["prompt"], "completion": r["final"],
-                "source": "sl_cai", "principles": [x["principle_id"] for x in r["rounds"]]}
-               for r in records
-               if not (drop_flagged and trained_text_flags(r)) and r["final"].strip()]
-  revisions, held_out = holdout.split(revisions, lambda r: r["id"], heldout_fraction,
+                  heldout_fraction: float = 0.0, eval_path: str = "",
+                  targets: str = "all_revisions") -> SLFile:
+  """Writes the training file (and, with `eval_path`, the held-out revisions); returns the row
+  counts. The held-out split goes by record id, so no prompt is both trained on and held out."""
+  revisions, held_out = holdout.split(revision_rows(records, drop_flagged, targets),
+                                      lambda r: r["record_id"], heldout_fraction,
                                       f"sl_generate:{seed}")
+  per_round: dict[str, int] = {}
+  for r in sorted(revisions, key=lambda r: r["round"]):
+    per_round[str(r["round"])] = per_round.get(str(r["round"]), 0) + 1
   rows = revisions + [{"id": r["id"], "prompt": r["prompt"], "completion": r["completion"],
                        "source": "helpful"}
                       for r in helpful_records
@@ -199,7 +249,7 @@ def write_sl_file(path: str, records, helpful_records, drop_flagged: bool, seed:
   _write_rows(path, rows)
   if eval_path:
     _write_rows(eval_path, held_out)
-  return len(rows), len(held_out)
+  return SLFile(len(rows), len(held_out), per_round)
 
 
 def make_report(records, helpful_records, skipped, skipped_helpful, wall, tokens, n_sl,
