@@ -69,6 +69,42 @@ def test_symmetric_points_and_folded_equivalence():
   assert calibration.accuracy([0.9, 0.2, 0.5, 0.7]) == (pytest.approx(0.625), 1)
 
 
+def test_mc_calibration_by_hand():
+  """Each option is a point (softmax of its item's summed log-probs, correct or not); P(correct)
+  sums an item's correct options. Expected values from the formula, written out with numpy."""
+  scores = [[-1.0, -2.0],                  # 2 options, the first correct
+            [-3.0, -0.5, -4.0],            # 3 options, the first correct
+            [-2.0, -1.0, -1.5, -6.0]]      # 4 options, the first two correct
+  flags = [[True, False], [True, False, False], [True, True, False, False]]
+  p1 = np.exp([-1.0, -2.0]) / np.exp([-1.0, -2.0]).sum()          # [0.731, 0.269]
+  p2 = np.exp([-3.0, -0.5, -4.0]) / np.exp([-3.0, -0.5, -4.0]).sum()  # [0.074, 0.899, 0.027]
+  e3 = np.exp([-2.0, -1.0, -1.5, -6.0])
+  p3 = e3 / e3.sum()                                              # [0.186, 0.505, 0.306, 0.003]
+  prob, outcome, p_correct = calibration.mc_option_points(scores, flags)
+  np.testing.assert_allclose(prob, np.concatenate([p1, p2, p3]), rtol=1e-12)
+  assert outcome.tolist() == [1, 0, 1, 0, 0, 1, 1, 0, 0]
+  np.testing.assert_allclose(p_correct, [p1[0], p2[0], p3[0] + p3[1]], rtol=1e-12)
+  # 10 bins: 0.731 -> 7, 0.269 -> 2, 0.074 -> 0, 0.899 -> 8, 0.027 -> 0, 0.186 -> 1,
+  # 0.505 -> 5, 0.306 -> 3, 0.003 -> 0
+  bins = {0: ([p2[0], p2[2], p3[3]], [1, 0, 0]), 1: ([p3[0]], [1]), 2: ([p1[1]], [0]),
+          3: ([p3[2]], [0]), 5: ([p3[1]], [1]), 7: ([p1[0]], [1]), 8: ([p2[1]], [0])}
+  ece = sum(len(ps) / 9 * abs(np.mean(os_) - np.mean(ps)) for ps, os_ in bins.values())
+  out = calibration.mc_calibration(scores, flags, num_bins=10)
+  assert out["n_options"] == 9 and out["ece"] == pytest.approx(ece, abs=1e-12)
+  assert out["mean_p_correct"] == pytest.approx((p1[0] + p2[0] + p3[0] + p3[1]) / 3)
+  assert [b["count"] for b in out["calibration"]["bins"]] == [3, 1, 1, 1, 0, 1, 0, 1, 1, 0]
+  assert out["calibration"]["bins"][0]["observed"] == pytest.approx(1 / 3)
+  # two options, one correct: the same points as the pair convention's symmetric_points
+  two = calibration.mc_option_points([[-1.0, -2.0], [0.0, 3.0]], [[True, False], [True, False]])
+  q = np.asarray([p1[0], 1 / (1 + np.exp(3.0))])
+  ref = calibration.symmetric_points(q)
+  np.testing.assert_allclose(np.sort(two[0]), np.sort(ref[0]), rtol=1e-12)
+  assert calibration.reliability(two[0], two[1])["ece"] == pytest.approx(
+      calibration.pair_calibration(q)["ece"], abs=1e-12)
+  with pytest.raises(ValueError, match="item 0: 2 option scores but 3 correct flags"):
+    calibration.mc_option_points([[0.0, 1.0]], [[True, False, False]])
+
+
 def test_reliability_png_has_counts(tmp_path):
   rel = calibration.pair_calibration([0.9, 0.8, 0.3, 0.65, 0.99], 10)
   path = plots.reliability_diagram(rel, str(tmp_path / "sub" / "rel.png"), title="t")
@@ -204,6 +240,11 @@ def test_eval_job_end_to_end(saved_pm, eval_files, tmp_path):
   assert os.path.isfile(lab["reliability_png"])
   mc = report["mc"][eval_files["mc"]]
   assert mc["n"] == 3 and 0 <= mc["accuracy"] <= 1
+  # calibration over every option (3 items x 2 options, one correct each: mirrored points)
+  assert mc["n_options"] == 6 and mc["calibration"]["n"] == 6 and 0 <= mc["ece"] <= 1
+  assert mc["ece"] == mc["calibration"]["ece"] and 0 < mc["mean_p_correct"] < 1
+  assert mc["reliability_png"] == str(tmp_path / "eval" / "mc_mc.png")
+  assert open(mc["reliability_png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_eval_bad_inputs_fail_before_loading(eval_files, tmp_path):

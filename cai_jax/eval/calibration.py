@@ -13,6 +13,12 @@ observed frequency acc_b (mean outcome; outcomes may be soft, in [0, 1]).
 ECE = sum over bins of (n_b / N) * |acc_b - conf_b|, N = 2 x pairs. Because of the doubling
 this equals the ECE of the "folded" points (max(q, 1 - q), whether the favoured side was the
 better) over the upper half's bins.
+
+Multiple-choice items (the paper's figure 9; `mc_option_points`): every option of every item is
+one point, (P(option), 1 if the option is correct else 0), where P is the softmax of the item's
+option scores (summed log-probabilities): the probability of choosing that option among the
+item's options. No doubling is needed: the incorrect options supply the outcomes 0. For items
+with two options, one correct, the points are exactly `symmetric_points` of P(correct).
 """
 
 from __future__ import annotations
@@ -64,6 +70,38 @@ def reliability(pred: Sequence[float], outcome: Sequence[float], num_bins: int =
 
 def expected_calibration_error(pred, outcome, num_bins: int = 10) -> float:
   return reliability(pred, outcome, num_bins)["ece"]
+
+
+def mc_option_points(scores: Sequence[Sequence[float]], is_correct: Sequence[Sequence[bool]]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(prob, outcome, p_correct): prob and outcome flat over every option of every item, in order
+  (prob = softmax of the item's scores, outcome 1.0 for a correct option); p_correct per item =
+  the summed probability of its correct options (the chance of choosing a correct one)."""
+  if len(scores) != len(is_correct):
+    raise ValueError(f"{len(scores)} items scored but {len(is_correct)} with correct flags")
+  probs, outcomes, p_correct = [], [], []
+  for i, (s, c) in enumerate(zip(scores, is_correct)):
+    s, c = np.asarray(s, np.float64), np.asarray(c, bool)
+    if s.ndim != 1 or s.size == 0 or s.shape != c.shape:
+      raise ValueError(f"item {i}: {s.size} option scores but {c.size} correct flags")
+    p = np.exp(s - s.max())
+    p /= p.sum()
+    probs.append(p)
+    outcomes.append(c.astype(np.float64))
+    p_correct.append(p[c].sum())
+  if not probs:
+    return np.zeros(0), np.zeros(0), np.zeros(0)
+  return np.concatenate(probs), np.concatenate(outcomes), np.asarray(p_correct)
+
+
+def mc_calibration(scores, is_correct, num_bins: int = 10) -> dict:
+  """{"n_options", "mean_p_correct", "ece", "calibration"}: the `reliability` of every option's
+  probability against its correctness, and the mean over items of P(correct option)."""
+  prob, outcome, p_correct = mc_option_points(scores, is_correct)
+  rel = reliability(prob, outcome, num_bins)
+  return {"n_options": int(prob.size),
+          "mean_p_correct": float(p_correct.mean()) if p_correct.size else None,
+          "ece": rel["ece"], "calibration": rel}
 
 
 def pair_calibration(q: Sequence[float], num_bins: int = 10) -> dict:

@@ -44,7 +44,7 @@ from cai_jax.config_defaults import ConfigError
 from cai_jax.data import preferences as prefs
 from cai_jax.data.jsonl import write_json_atomic
 from cai_jax.data.sources import read_hh_comparisons
-from cai_jax.eval import pm_eval, plots
+from cai_jax.eval import calibration, pm_eval, plots
 from cai_jax.eval.mc import MCScorer, read_mc_file
 from cai_jax.jobs.common import load_model, progress, sampling_mesh
 from cai_jax.model import heads
@@ -383,10 +383,21 @@ def run(config, workdir: str) -> dict:
       finally:
         if bar is not None:
           bar.close()
-      report.setdefault("mc", {})[path] = {
-          "file": os.path.abspath(path), "n": len(items), "accuracy": r.accuracy,
-          "num_truncated": r.num_truncated, "checkpoint": config.model.checkpoint}
-      print(f"mc {path}: accuracy {r.accuracy:.4f} over {len(items)} items", flush=True)
+      # Calibration as in the paper's figure 9: each option's probability among its item's
+      # options (softmax of the summed log-probabilities) binned against whether it is correct.
+      cal = calibration.mc_calibration(r.scores, [it.is_correct for it in items], e.num_bins)
+      result = {"file": os.path.abspath(path), "n": len(items), "accuracy": r.accuracy,
+                "num_truncated": r.num_truncated, "checkpoint": config.model.checkpoint, **cal}
+      if main:
+        result["reliability_png"] = plots.reliability_diagram(
+            cal["calibration"], os.path.join(out_dir, f"mc_{_stem(path)}.png"),
+            title=f"{os.path.basename(os.path.normpath(str(config.model.checkpoint)))} on "
+                  f"{os.path.basename(path)}",
+            xlabel="predicted P(option), softmax over the item's options",
+            ylabel="observed frequency the option is correct")
+      report.setdefault("mc", {})[path] = result
+      print(f"mc {path}: accuracy {r.accuracy:.4f} over {len(items)} items, mean P(correct) "
+            f"{cal['mean_p_correct']:.4f}, ECE {cal['ece']:.4f}", flush=True)
 
   if e.stages:
     report["stages"] = run_stages(config, workdir, main, stages_checked)
