@@ -36,8 +36,10 @@ def base_config(job: str) -> ml_collections.ConfigDict:
 def conversation_config() -> ml_collections.ConfigDict:
   """How the method's texts reach the model (cai_jax.constitution.conversation_format): 'hh'
   (the paper's "\\n\\nHuman: / \\n\\nAssistant:" layout, byte for byte) or 'chat' (the same
-  turns in the checkpoint's own chat template, for instruct checkpoints)."""
-  return ml_collections.ConfigDict({"format": "hh"})
+  turns in the checkpoint's own chat template, for instruct checkpoints); and what the policy
+  reads before a prompt in every stage that samples it (cai_jax.constitution.policy_layout):
+  'none' or 'helpful_exchanges' (the constitution's helpful exchanges)."""
+  return ml_collections.ConfigDict({"format": "hh", "policy_prefix": "none"})
 
 
 def mesh_config() -> ml_collections.ConfigDict:

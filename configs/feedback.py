@@ -16,14 +16,22 @@ def get_config():
   # The feedback model is the pretrained base model (config.model.checkpoint='gemma3-270m').
   # Principles and labelled examples: a name in constitutions/, a .json file, or the paper's
   # prompt folder (its exact multiple-choice principles and few-shot examples).
+  # Pairs of axis 'harmless' (red-team prompts) and untagged pairs are judged under this one.
   config.constitution = "harmless"
   config.feedback = dict(
+      helpful_constitution="helpful",  # judges pairs of axis 'helpful' (helpfulness prompts)
       pairs="",                   # pairs jsonl; default WORKDIR/sample_pairs/pairs.jsonl
       output="",                  # labels jsonl; default WORKDIR/feedback/labels.jsonl
       limit=0,                    # pairs to label (0 = all)
       mode="mc",                  # 'mc': answer directly; 'cot': reason first, then answer
       num_principles=4,           # principles per pair (drawn without replacement), averaged
       both_orders=True,           # ask with (A)/(B) swapped too and average (position debiasing)
+      label="soft",               # 'soft': the ensemble probability (the paper's choice);
+                                  # 'hard': rounded to 0 / 1 (the paper's ablation; p_soft kept)
+      few_shot_principles="same",  # 'same': the labelled examples under the question's
+                                  # principle (one cached prefix per principle); 'independent':
+                                  # each example under its own drawn principle (the paper's
+                                  # procedure; no shared prefix, so slower)
       clamp_low=0.4,              # cot only: P(A) clamped to [clamp_low, clamp_high];
       clamp_high=0.6,             #   0 and 1 disable the clamp
       max_reasoning_tokens=128,   # cot only: budget of the written reasoning

@@ -16,12 +16,16 @@ def get_config():
   config.distributed = config_defaults.distributed_config()  # several processes: records split
   # '' = the SL-CAI model exported by sl_train in this workdir: WORKDIR/sl_train/export_hf.
   config.model.checkpoint = ""
-  # The helpful exchanges shown before each prompt come from this constitution (initial_prefix):
+  # With conversation.policy_prefix='helpful_exchanges' the exchanges shown before each prompt
+  # come from this constitution (initial_prefix):
   # a name in constitutions/, a constitution .json file, or the paper's prompt folder.
   config.constitution = "harmless"
   config.sample_pairs = dict(
-      prompts="red_team:train",   # 'red_team', 'helpful' (ours; :train / :test) or a prompts jsonl
-      limit=0,                    # prompts to use (0 = all)
+      prompts="red_team:train",   # red-team prompts (axis 'harmless'): 'red_team', 'helpful'
+                                  # (ours; :train / :test) or a prompts jsonl; '' = none
+      limit=0,                    # red-team prompts to use (0 = all)
+      helpful_prompts="helpful:train",  # helpfulness prompts (axis 'helpful'); '' = none
+      helpful_limit=0,            # helpfulness prompts to use (0 = all)
       temperature=1.0,            # must be > 0: the two answers are independent samples
       top_k=0,
       top_p=1.0,

@@ -29,7 +29,8 @@ def configs(assets: str) -> dict:
           "sl_generate.helpful_prompts": os.path.join(assets, "helpful.jsonl"),
           "sl_generate.helpful_ratio": 0.5, "sl_generate.temperature": 1.0}),
       "sample_pairs": load_config("sample_pairs", **common, **small, **{
-          "sample_pairs.prompts": prompts, "sample_pairs.batch_size": 2,
+          "sample_pairs.prompts": prompts, "sample_pairs.helpful_prompts": "",
+          "sample_pairs.batch_size": 2,
           "sample_pairs.max_response_tokens": 4, "sample_pairs.temperature": 1.0}),
       "feedback": load_config("feedback", **common, **small, **{
           "feedback.pairs": os.path.join(assets, "pairs.jsonl"), "feedback.mode": "cot",

@@ -28,7 +28,7 @@ def jobs(ckpt: str, prompts: str, pairs: str, mc: str, constitution: str, cache:
           "sl_generate.max_revision_tokens": 4, "sl_generate.report_examples": 0,
           "sl_generate.helpful_ratio": 0.0, "sl_generate.temperature": 1.0}),
       "sample_pairs": load_config("sample_pairs", **common, **small, **{
-          "sample_pairs.prompts": prompts,
+          "sample_pairs.prompts": prompts, "sample_pairs.helpful_prompts": "",
           "sample_pairs.batch_size": 3, "sample_pairs.max_response_tokens": 4,
           "sample_pairs.temperature": 1.0}),
       "feedback": load_config("feedback", **common, **small, **{

@@ -193,7 +193,7 @@ def test_pipeline_in_chat_format(chat_assets, tmp_path):
        "sl_train.batch_size": 2, "sl_train.steps": 1, "sl_train.max_length": 256,
        "sl_train.progress": False, "sl_train.async_checkpoints": False,
        "optim.sl_train.warmup_steps": 1,
-       "sample_pairs.limit": 2, "sample_pairs.temperature": 1.0, "sample_pairs.batch_size": 2,
+       "sample_pairs.limit": 2, "sample_pairs.helpful_limit": 1, "sample_pairs.temperature": 1.0, "sample_pairs.batch_size": 2,
        "sample_pairs.max_response_tokens": 4, "sample_pairs.max_conversation_tokens": 4096,
        "sample_pairs.max_prompt_length": 8192,
        "feedback.num_principles": 1, "feedback.batch_size": 2, "feedback.max_length": 8192,
@@ -218,7 +218,7 @@ def test_pipeline_in_chat_format(chat_assets, tmp_path):
   assert pm_meta["settings"]["conversation_format"] == "chat"
   for stage in ("sl_generate", "pm_train", "rl_train", "eval"):
     assert json.loads((w / stage / "config.json").read_text())["conversation"] == {
-        "format": "chat"}
+        "format": "chat", "policy_prefix": "none"}
   # a PM trained on the paper's layout cannot score chat rollouts
   pm_meta["settings"]["conversation_format"] = "hh"
   (w / "pm_train/pm/pm.json").write_text(json.dumps(pm_meta))

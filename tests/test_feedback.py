@@ -527,6 +527,7 @@ def pairs_config(tiny, **extra):
   ckpt, constitution, prompts = tiny
   s = {"model.checkpoint": ckpt, "model.cache_dir": os.path.dirname(ckpt),
        "constitution": constitution, "sample_pairs.prompts": prompts,
+       "sample_pairs.helpful_prompts": "",  # red-team pairs only (the axes: test_axes_*)
        "sample_pairs.max_response_tokens": 6, "sample_pairs.batch_size": 2,
        "sample_pairs.max_conversation_tokens": 64}
   s.update(extra)
@@ -684,3 +685,105 @@ def test_job_config_and_input_errors(tiny, tmp_path, monkeypatch):
     sample_pairs_job.run(pairs_config(tiny, **{"model.checkpoint": ""}), str(tmp_path))
   assert load_config("sample_pairs").model.checkpoint == ""       # the SL-CAI export
   assert load_config("feedback").model.checkpoint == "gemma3-270m"  # the base model
+
+
+# ----------------------------------------------------------------------------------------------
+# Axes: helpfulness pairs labelled under the helpfulness constitution (issue: the PM learns both).
+
+MINI_HELPFUL = {**MINI, "name": "mini_helpful",
+                "mc_principles": [{"id": "useful", "text": "Which reply is more useful?"},
+                                  {"id": "clear", "text": "Which reply is clearer?"}]}
+HELPFUL_PROMPTS = [("h1", "\n\nHuman: What is bread made of?\n\nAssistant:"),
+                   ("h2", "\n\nHuman: Name a colour.\n\nAssistant:")]
+
+
+def test_axes_sample_pairs_and_feedback(tiny, tmp_path):
+  """sample_pairs tags red-team pairs 'harmless' and helpfulness pairs 'helpful'; feedback judges
+  each under its axis's constitution (the principles drawn come from that constitution) and
+  every label carries its axis."""
+  helpful_c = tmp_path / "mini_helpful.json"
+  helpful_c.write_text(json.dumps(MINI_HELPFUL))
+  helpful = tmp_path / "helpful.jsonl"
+  helpful.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in HELPFUL_PROMPTS))
+  report = sample_pairs_job.run(pairs_config(tiny, **{"sample_pairs.helpful_prompts": str(helpful),
+                                                      "sample_pairs.limit": 2}), str(tmp_path))
+  pairs_path = str(tmp_path / "sample_pairs" / "pairs.jsonl")
+  records = [obj for _, obj in read_jsonl(pairs_path)]
+  assert [(r["id"], r["axis"]) for r in records] == [("q1", "harmless"), ("q2", "harmless"),
+                                                     ("h1", "helpful"), ("h2", "helpful")]
+  assert report["pairs_per_axis"] == {"harmless": 2, "helpful": 2}
+  unflagged = {r["id"] for r in records if not r["flags"]}
+  report = feedback_job.run(feedback_config(tiny, pairs_path, **{
+      "feedback.helpful_constitution": str(helpful_c)}), str(tmp_path))
+  labels = F.read_feedback_file(str(tmp_path / "feedback" / "labels.jsonl"))
+  assert {x.id for x in labels} == unflagged and len(unflagged) >= 3
+  ids = {"harmless": {"kind", "safe", "honest"}, "helpful": {"useful", "clear"}}
+  for x in labels:
+    assert x.axis == ("helpful" if x.id.startswith("h") else "harmless")
+    assert {e["principle_id"] for e in x.per_principle} <= ids[x.axis]
+  raw = [obj for _, obj in read_jsonl(str(tmp_path / "feedback" / "labels.jsonl"))]
+  assert {r["axis"]: r["provenance"]["constitution"]["name"] for r in raw} == {
+      a: n for a, n in (("harmless", "mini"), ("helpful", "mini_helpful"))
+      if any(x.axis == a for x in labels)}
+  assert set(report["per_axis"]) == {x.axis for x in labels}
+  assert sum(v["labelled"] for v in report["per_axis"].values()) == len(labels)
+
+
+def test_axis_errors(tiny, tmp_path):
+  # ids shared by the red-team and helpfulness sets: pairs are keyed by id
+  with pytest.raises(ConfigError, match="share 4 ids"):
+    sample_pairs_job.run(pairs_config(tiny, **{"sample_pairs.helpful_prompts": tiny[2]}),
+                         str(tmp_path))
+  # an axis no constitution answers to, before any model loads
+  bad = tmp_path / "pairs.jsonl"
+  bad.write_text(pair_line("a", [" x", " y"]).replace('"id"', '"axis": "nonsense", "id"'))
+  with pytest.raises(ConfigError, match=r"pairs.jsonl:1: pair 'a' has axis 'nonsense'"):
+    feedback_job.run(feedback_config(tiny, str(bad)), str(tmp_path))
+  # a labels file mixing tagged and untagged records
+  rec = {"id": "a", "prompt": PROMPT, "responses": [" x", " y"], "p_first_better": 0.6,
+         "per_principle": [{"principle_id": "k", "p_first_better": 0.6, "p_a_orig": 0.6,
+                            "p_a_swapped": 0.4}], "mode": "mc"}
+  mixed = tmp_path / "labels.jsonl"
+  mixed.write_text(json.dumps({**rec, "axis": "harmless"}) + "\n"
+                   + json.dumps({**rec, "id": "b"}) + "\n")
+  with pytest.raises(DataError, match=r"labels.jsonl:2: has no 'axis' field but line 1 has"):
+    F.read_feedback_file(str(mixed))
+
+
+def test_hard_labels_and_independent_examples():
+  c = load_constitution("harmless")
+  scorer = FakeScorer(prefers_shorter)
+  soft = F.FeedbackLabeller(c, scorer, F.FeedbackSettings(num_principles=2)).label(
+      pairs_for_tests())
+  hard = F.FeedbackLabeller(c, FakeScorer(prefers_shorter),
+                            F.FeedbackSettings(num_principles=2, label="hard")).label(
+      pairs_for_tests())
+  for s, h in zip(soft, hard):  # soft 0.8 / 0.2 -> hard 1 / 0; the soft value kept
+    assert h["p_first_better"] == (1.0 if s["p_first_better"] > 0.5 else 0.0)
+    assert h["p_soft"] == s["p_first_better"] and "p_soft" not in s
+    F.validate_record(h, "hard")
+  assert F.hard_label(0.5) == 0.5
+  with pytest.raises(ValueError, match="label must be one of"):
+    F.FeedbackSettings(label="medium")
+
+  # independent few-shot principles: each example's question shows its own drawn principle
+  scorer = FakeScorer(always_a)
+  labeller = F.FeedbackLabeller(c, scorer, F.FeedbackSettings(
+      num_principles=1, both_orders=False, few_shot_principles="independent"))
+  records = labeller.label(pairs_for_tests())
+  n = len(c.mc_few_shot)
+  for r, item in zip(records, scorer.items):
+    entry = r["per_principle"][0]
+    drawn = F.draw_example_principles(c, r["id"], entry["principle_id"], n, 0)
+    assert entry["example_principle_ids"] == [p.id for p in drawn]
+    # the context: each example rendered under its own principle, then the question
+    text = item.prompt
+    for p in drawn:
+      at = text.index("\n\n\n" + p.text + "\n (A) [[[")
+      text = text[at + 1:]
+    question = c.mc_principle(entry["principle_id"]).text
+    assert text.count("\n\n\n" + question + "\n (A) [[[") >= 1
+  draws = [tuple(p.id for p in F.draw_example_principles(c, f"pair-{i}", "x", n, 0))
+           for i in range(20)]
+  assert len(set(draws)) > 1  # examples' principles vary between questions
+  assert len(set(draws[0])) > 1 or len(set(draws[1])) > 1  # and within one question

@@ -40,7 +40,7 @@ def test_notebook_runs_top_to_bottom_on_a_tiny_model(tmp_path, monkeypatch, caps
       "sl_generate.max_critique_tokens": 4, "sl_generate.max_revision_tokens": 4,
       "sl_generate.drop_flagged": False,
       "sl_train.steps": 1, "sl_train.batch_size": 2, "sl_train.max_length": 128,
-      "sample_pairs.limit": 2, "sample_pairs.batch_size": 2, "sample_pairs.max_response_tokens": 4,
+      "sample_pairs.limit": 2, "sample_pairs.helpful_limit": 1, "sample_pairs.batch_size": 2, "sample_pairs.max_response_tokens": 4,
       "feedback.num_principles": 1, "feedback.batch_size": 2,
       "pm_train.steps": 1, "pm_train.batch_size": 2, "pm_train.max_length": 128,
       "rl_train.iterations": 1, "rl_train.batch_size": 2, "rl_train.minibatch_size": 2,

@@ -36,7 +36,7 @@ def settings(assets, **extra):
        "sl_train.batch_size": 2, "sl_train.steps": 2, "sl_train.max_length": 128,
        "sl_train.progress": False, "sl_train.async_checkpoints": False,
        "optim.sl_train.warmup_steps": 1,
-       "sample_pairs.limit": 4, "sample_pairs.temperature": 1.0, "sample_pairs.batch_size": 4,
+       "sample_pairs.limit": 4, "sample_pairs.helpful_limit": 2, "sample_pairs.temperature": 1.0, "sample_pairs.batch_size": 4,
        "sample_pairs.max_response_tokens": 4,
        "feedback.num_principles": 1, "feedback.batch_size": 4,
        "pm_train.human_comparisons": assets["comparisons"], "pm_train.batch_size": 2,

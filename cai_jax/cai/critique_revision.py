@@ -3,7 +3,7 @@
 One batch of prompts moves through the stages together, each stage one `Sampler.generate` call
 over the batch with a prefix that is prefilled once per run:
 
-  answer     initial_prefix (helpful exchanges) | prompt                        -> response
+  answer     the policy's prefix (policy_layout)  | prompt                        -> response
   critique   critique_revision_prefix (demos)   | prompt + response + CritiqueRequest
   revision   same prefix                        | ... + critique + RevisionRequest -> revision
 
@@ -74,13 +74,16 @@ class CritiqueReviser:
   built in the paper's layout and reach the model through `fmt` (a conversation format; the
   paper's own layout when None)."""
 
-  def __init__(self, sampler, constitution, settings: Settings, strategy, fmt=None):
+  def __init__(self, sampler, constitution, settings: Settings, strategy, fmt=None,
+               answer_prefix_text: str | None = None):
     self.sampler = sampler
     self.c = constitution
     self.settings = settings
     self.strategy = strategy
     self.fmt = fmt or HHFormat(getattr(sampler, "tokenizer", None))
-    self.answer_prefix_text = P.initial_prefix(constitution)
+    # What the policy reads before a prompt (`policy_layout`); None: the helpful exchanges.
+    self.answer_prefix_text = (P.initial_prefix(constitution) if answer_prefix_text is None
+                               else answer_prefix_text)
     self.revise_prefix_text = P.critique_revision_prefix(constitution)
     self._answer_prefix = self._prefill(self.answer_prefix_text)
     self._revise_prefix = self._prefill(self.revise_prefix_text)
@@ -99,10 +102,10 @@ class CritiqueReviser:
     return out
 
   def answer(self, conversations: Sequence[str], keys):
-    """Answers to the conversations after the helpful exchanges (a SampleOutput); the first step
+    """Answers to the conversations after `answer_prefix_text` (a SampleOutput); the first step
     of `run`, and the helpful answers the SL file mixes in. `keys`: one PRNG key per
     conversation ([N, 2])."""
-    return self._sample([P.initial_context(self.c, p) for p in conversations],
+    return self._sample([self.answer_prefix_text + p for p in conversations],
                         self.answer_prefix_text, self._answer_prefix,
                         self.settings.max_response_tokens, P.RESPONSE_STOPS, keys)
 

@@ -14,6 +14,12 @@ continuation " (A)" against " (B)" from their summed log-probabilities (`MCScore
 - Ensemble: the label is the mean of the K per-principle probabilities (`ensemble_average`).
   The K principles are drawn without replacement, from (seed, pair id) alone, so batching and
   restarts do not change them (`draw_mc_principles`).
+- Hard labels (`label="hard"`, the paper's soft-vs-hard ablation): the ensemble probability is
+  rounded to 1 / 0 (0.5 stays 0.5) and kept as `p_soft` beside it.
+- Few-shot examples (`few_shot_principles`): by default every labelled example is shown under
+  the question's principle (one prefix per principle, prefilled once); `independent` shows each
+  example under its own principle drawn from (seed, pair id, principle id)
+  (`draw_example_principles`), as the paper did, at the cost of that shared prefix.
 - Position bias is always measured: the mean of P(choose (A)) over every question asked, minus
   0.5 (`position_bias`). With both orders each pair is shown both ways round, so content cancels
   and the number measures the preference for the letter (A) alone; with one order it is
@@ -64,6 +70,8 @@ from cai_jax.data.jsonl import DataError, append_jsonl, read_jsonl, require
 from cai_jax.eval.mc import MCItem
 
 MODES = ("mc", "cot")
+LABELS = ("soft", "hard")
+FEW_SHOT_PRINCIPLES = ("same", "independent")
 ORDERS = ("orig", "swapped")
 DELIMITERS = ("[[[", "]]]")
 
@@ -165,6 +173,7 @@ class Pair:
   prompt: str  # "\n\nHuman: ...\n\nAssistant:"
   responses: tuple[str, str]  # as sampled (leading space kept)
   where: str = ""
+  axis: str = ""  # what the pair is judged for ('harmless', 'helpful', ...); '' = untagged
 
 
 def pair_flags(first: str, second: str) -> list[str]:
@@ -193,19 +202,36 @@ def draw_mc_principles(constitution, pair_id: str, k: int, seed: int) -> list:
   return [constitution.mc_principles[i] for i in rng.choice(n, size=k, replace=False)]
 
 
-def mc_item(constitution, prompt: str, principle, response_a: str, response_b: str) -> MCItem:
+def draw_example_principles(constitution, pair_id: str, principle_id: str, n: int,
+                            seed: int) -> list:
+  """One principle per few-shot example for the question (pair, principle), each drawn
+  independently (with replacement) from (seed, pair id, principle id) alone: the paper's
+  procedure, where the examples do not all repeat the question's principle."""
+  digest = hashlib.sha256(f"feedback-examples:{seed}:{pair_id}:{principle_id}".encode()).digest()
+  rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+  m = len(constitution.mc_principles)
+  return [constitution.mc_principles[i] for i in rng.integers(0, m, size=n)]
+
+
+def hard_label(p: float) -> float:
+  """The hard version of a soft label: 1 above 0.5, 0 below, 0.5 (no preference) at 0.5."""
+  return 1.0 if p > 0.5 else 0.0 if p < 0.5 else 0.5
+
+
+def mc_item(constitution, prompt: str, principle, response_a: str, response_b: str,
+            example_principles=None) -> MCItem:
   """The multiple-choice question (with the few-shot prefix) for (A) = response_a, as an MCItem
   on MC_OPTIONS; responses are stripped before they go between the brackets."""
   context = P.mc_context(constitution, P.mc_conversation(prompt), principle,
-                         response_a.strip(), response_b.strip())
+                         response_a.strip(), response_b.strip(), example_principles)
   return MCItem(context, P.MC_OPTIONS, (True, False))
 
 
 def cot_question_context(constitution, prompt: str, principle, response_a: str,
-                         response_b: str) -> str:
+                         response_b: str, example_principles=None) -> str:
   """The chain-of-thought context the model continues with its reasoning."""
   return P.cot_context(constitution, P.mc_conversation(prompt), principle, response_a.strip(),
-                       response_b.strip())
+                       response_b.strip(), example_principles)
 
 
 def check_option_tokenisation(tokenizer, contexts: Sequence[str], names: Sequence[str],
@@ -242,10 +268,18 @@ class FeedbackSettings:
   clamp_high: float = 0.6
   max_reasoning_tokens: int = 128  # CoT only
   seed: int = 0
+  label: str = "soft"           # "soft": the ensemble probability; "hard": rounded to 0 / 1
+  few_shot_principles: str = "same"  # "same": examples under the question's principle;
+                                     # "independent": each under its own drawn principle
 
   def __post_init__(self):
     if self.mode not in MODES:
       raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+    if self.label not in LABELS:
+      raise ValueError(f"label must be one of {LABELS}, got {self.label!r}")
+    if self.few_shot_principles not in FEW_SHOT_PRINCIPLES:
+      raise ValueError(f"few_shot_principles must be one of {FEW_SHOT_PRINCIPLES}, got "
+                       f"{self.few_shot_principles!r}")
     if self.num_principles < 1:
       raise ValueError(f"num_principles must be >= 1, got {self.num_principles}")
     if not 0.0 <= self.clamp_low <= self.clamp_high <= 1.0:
@@ -263,6 +297,7 @@ class _Question:
   context: str  # the text scored on MC_OPTIONS
   index: int = 0  # its place among its pair's questions: which fold of the pair's key it samples
   reasoning: str | None = None
+  examples: list | None = None  # one principle per few-shot example ('independent'), else None
 
 
 class FeedbackLabeller:
@@ -312,12 +347,17 @@ class FeedbackLabeller:
       n = 0
       for principle in draw_mc_principles(self.c, pair.id, self.settings.num_principles,
                                           self.settings.seed):
+        examples = None
+        if self.settings.few_shot_principles == "independent":
+          count = len(self.c.mc_few_shot if self.settings.mode == "mc" else self.c.cot_few_shot)
+          examples = draw_example_principles(self.c, pair.id, principle.id, count,
+                                             self.settings.seed)
         for order, a, b in self._orders(first, second):
           if self.settings.mode == "mc":
-            ctx = mc_item(self.c, pair.prompt, principle, a, b).prompt
+            ctx = mc_item(self.c, pair.prompt, principle, a, b, examples).prompt
           else:
-            ctx = cot_question_context(self.c, pair.prompt, principle, a, b)
-          out.append(_Question(i, principle, order, ctx, index=n))
+            ctx = cot_question_context(self.c, pair.prompt, principle, a, b, examples)
+          out.append(_Question(i, principle, order, ctx, index=n, examples=examples))
           n += 1
     return out
 
@@ -336,11 +376,11 @@ class FeedbackLabeller:
     import jax
     import numpy as np
     by_principle: dict[str, list[_Question]] = {}
-    for q in questions:
-      by_principle.setdefault(q.principle.id, []).append(q)
+    for q in questions:  # examples drawn per question share no prefix: one group, none cached
+      by_principle.setdefault(q.principle.id if q.examples is None else "", []).append(q)
     for pid in sorted(by_principle):
       group = by_principle[pid]
-      text, prefix = self._cot_prefix(group[0].principle)
+      text, prefix = self._cot_prefix(group[0].principle) if pid else ("", None)
       rows = [split_prefix(self.fmt, text, q.context)[1] for q in group]
       keys = np.stack([np.asarray(jax.random.fold_in(pair_keys[q.pair], q.index))
                        for q in group])
@@ -372,10 +412,10 @@ class FeedbackLabeller:
     scores: list = [None] * len(items)
     groups: dict[str, list[int]] = {}
     for i, q in enumerate(questions):
-      groups.setdefault(q.principle.id, []).append(i)
-    for idx in groups.values():
+      groups.setdefault(q.principle.id if q.examples is None else "", []).append(i)
+    for key, idx in groups.items():
       principle = questions[idx[0]].principle
-      text = self._few_shot_prefix(principle)
+      text = self._few_shot_prefix(principle) if key else ""  # per-question examples: no cache
       group = [items[i] for i in idx]
       if text and all(it.prompt.startswith(text) and len(it.prompt) > len(text) for it in group):
         if principle.id not in self._score_prefixes:
@@ -428,15 +468,21 @@ class FeedbackLabeller:
       entry[f"p_a_{q.order}"] = p
       if s.mode == "cot":
         entry.setdefault("reasoning", []).append(q.reasoning)
+    if s.few_shot_principles == "independent":
+      for q in questions:
+        per_pair[q.pair][q.principle.id]["example_principle_ids"] = [x.id for x in q.examples]
     records = []
     for pair, entries in zip(pairs, per_pair):
       for e in entries.values():
         e["p_first_better"] = self.principle_label(e["p_a_orig"], e["p_a_swapped"])
       per_principle = list(entries.values())
-      records.append({
-          "id": pair.id, "prompt": pair.prompt, "responses": list(pair.responses),
-          "p_first_better": ensemble_average([e["p_first_better"] for e in per_principle]),
-          "per_principle": per_principle, "mode": s.mode})
+      soft = ensemble_average([e["p_first_better"] for e in per_principle])
+      record = {"id": pair.id, "prompt": pair.prompt, "responses": list(pair.responses),
+                "p_first_better": soft if s.label == "soft" else hard_label(soft),
+                "per_principle": per_principle, "mode": s.mode}
+      if s.label == "hard":
+        record["p_soft"] = soft
+      records.append(record)
     return records
 
   def principle_label(self, p_a_orig: float, p_a_swapped: float | None) -> float:
@@ -471,6 +517,9 @@ def read_pairs_file(path: str) -> tuple[list[Pair], list[dict]]:
     responses = require(obj, "responses", list, path, lineno)
     if len(responses) != 2 or not all(isinstance(r, str) for r in responses):
       raise DataError(f"{where}: field 'responses' should be a list of two strings")
+    axis = obj.get("axis", "")
+    if not isinstance(axis, str):
+      raise DataError(f"{where}: field 'axis' should be a string, got {type(axis).__name__}")
     flags = obj.get("flags") or []
     if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
       raise DataError(f"{where}: field 'flags' should be a list of strings")
@@ -483,7 +532,7 @@ def read_pairs_file(path: str) -> tuple[list[Pair], list[dict]]:
                       "needs two non-empty, different responses without '[[[' or ']]]' "
                       "(sample_pairs writes such pairs with a 'flags' field, which makes the "
                       "feedback job skip and count them)")
-    pairs.append(Pair(rid, prompt, (responses[0], responses[1]), where))
+    pairs.append(Pair(rid, prompt, (responses[0], responses[1]), where, axis))
   if not pairs and not skipped:
     raise DataError(f"{path}: no pairs in the file")
   return pairs, skipped
@@ -514,7 +563,11 @@ def validate_record(rec: dict, where: str) -> None:
     raise DataError(f"{where}: field 'responses' should be two non-empty strings")
   if rec["mode"] not in MODES:
     raise DataError(f"{where}: field 'mode' should be one of {MODES}, got {rec['mode']!r}")
+  if "axis" in rec and (not isinstance(rec["axis"], str) or not rec["axis"].strip()):
+    raise DataError(f"{where}: field 'axis' should be a non-empty string (the constitution's "
+                    f"axis, e.g. 'harmless' or 'helpful'), got {rec['axis']!r}")
   _probability(rec["p_first_better"], "p_first_better", where)
+  _probability(rec.get("p_soft"), "p_soft", where, optional=True)
   if not rec["per_principle"]:
     raise DataError(f"{where}: field 'per_principle' is empty")
   for i, e in enumerate(rec["per_principle"]):
@@ -536,22 +589,32 @@ class FeedbackLabel:
   mode: str
   per_principle: tuple[dict, ...]
   where: str  # "file:line"
+  axis: str = ""  # 'harmless', 'helpful' or a constitution's name; '' in files from before axes
 
 
 def read_feedback_file(path: str, *, allow_empty: bool = False) -> list[FeedbackLabel]:
   """The labels of a feedback jsonl, validated (probabilities in [0, 1], two non-empty
-  responses, unique ids); errors are DataError `file:line: ...`."""
+  responses, unique ids; either every record carries its `axis` or none does, since a preference
+  model mixes axes by that tag); errors are DataError `file:line: ...`."""
   out, first_line = [], {}
+  tagged = None  # (line, whether that line has an axis) of the first record
   for lineno, obj in read_jsonl(path):
     where = f"{path}:{lineno}"
     validate_record(obj, where)
+    has_axis = "axis" in obj
+    if tagged is None:
+      tagged = (lineno, has_axis)
+    elif has_axis != tagged[1]:
+      raise DataError(f"{where}: {'has' if has_axis else 'has no'} 'axis' field but line "
+                      f"{tagged[0]} {'has' if tagged[1] else 'has none'}: a labels file mixing "
+                      "axes must tag every record (the feedback job writes 'axis')")
     if obj["id"] in first_line:
       raise DataError(f"{where}: duplicate id {obj['id']!r} (first on line "
                       f"{first_line[obj['id']]})")
     first_line[obj["id"]] = lineno
     out.append(FeedbackLabel(obj["id"], obj["prompt"], tuple(obj["responses"]),
                              float(obj["p_first_better"]), obj["mode"],
-                             tuple(obj["per_principle"]), where))
+                             tuple(obj["per_principle"]), where, obj.get("axis", "")))
   if not out and not allow_empty:
     raise DataError(f"{path}: no labels in the file")
   return out

@@ -173,23 +173,35 @@ def mc_few_shot_order(index: int) -> bool:
   return index % 2 == 0
 
 
-def mc_few_shot_prefix(c: Constitution, principle: Union[MCPrinciple, str]) -> str:
-  """c.mc_few_shot rendered as questions under `principle`, each followed by its correct option;
-  example i shows the correct response as (A) when i is even, as (B) when i is odd."""
+def _per_example(principle, n: int) -> list:
+  """One principle per few-shot example: `principle` for all, or a sequence of n (the paper's
+  independently drawn principles)."""
+  if isinstance(principle, (list, tuple)):
+    if len(principle) != n:
+      raise ValueError(f"{len(principle)} principles for {n} few-shot examples")
+    return list(principle)
+  return [principle] * n
+
+
+def mc_few_shot_prefix(c: Constitution, principle) -> str:
+  """c.mc_few_shot rendered as questions under `principle` (one MCPrinciple or text for every
+  example, or a sequence with one per example), each followed by its correct option; example i
+  shows the correct response as (A) when i is even, as (B) when i is odd."""
   out = []
-  for i, ex in enumerate(c.mc_few_shot):
+  for i, (ex, pr) in enumerate(zip(c.mc_few_shot, _per_example(principle, len(c.mc_few_shot)))):
     conv = mc_conversation(ex.prompt)
     if mc_few_shot_order(i):
-      out.append(mc_question(conv, principle, ex.correct, ex.incorrect) + MC_OPTIONS[0])
+      out.append(mc_question(conv, pr, ex.correct, ex.incorrect) + MC_OPTIONS[0])
     else:
-      out.append(mc_question(conv, principle, ex.incorrect, ex.correct) + MC_OPTIONS[1])
+      out.append(mc_question(conv, pr, ex.incorrect, ex.correct) + MC_OPTIONS[1])
   return "".join(out)
 
 
 def mc_context(c: Constitution, conversation: str, principle: Union[MCPrinciple, str],
-               response_a: str, response_b: str) -> str:
-  """mc_few_shot_prefix + mc_question: the full text scored on MC_OPTIONS."""
-  return (mc_few_shot_prefix(c, principle)
+               response_a: str, response_b: str, example_principles=None) -> str:
+  """mc_few_shot_prefix + mc_question: the full text scored on MC_OPTIONS; the examples under
+  `principle` too unless `example_principles` gives one per example."""
+  return (mc_few_shot_prefix(c, principle if example_principles is None else example_principles)
           + mc_question(conversation, principle, response_a, response_b))
 
 
@@ -228,16 +240,19 @@ def cot_question(conversation: str, principle: Union[MCPrinciple, str], response
   return _cot_layout(conversation, cot_slot(principle), response_a, response_b)
 
 
-def cot_few_shot_prefix(c: Constitution, principle: Union[MCPrinciple, str]) -> str:
-  """c.cot_few_shot with each "{}" slot filled by cot_slot(principle), joined with ""."""
-  slot = cot_slot(principle)
-  return "".join(ex.replace("{}", slot) for ex in c.cot_few_shot)
+def cot_few_shot_prefix(c: Constitution, principle) -> str:
+  """c.cot_few_shot with each "{}" slot filled by cot_slot(principle) (one principle for every
+  example, or a sequence with one per example), joined with ""."""
+  per = _per_example(principle, len(c.cot_few_shot))
+  return "".join(ex.replace("{}", cot_slot(pr)) for ex, pr in zip(c.cot_few_shot, per))
 
 
 def cot_context(c: Constitution, conversation: str, principle: Union[MCPrinciple, str],
-                response_a: str, response_b: str) -> str:
-  """cot_few_shot_prefix + cot_question: the text the model continues with its reasoning."""
-  return (cot_few_shot_prefix(c, principle)
+                response_a: str, response_b: str, example_principles=None) -> str:
+  """cot_few_shot_prefix + cot_question: the text the model continues with its reasoning; the
+  examples under `principle` too unless `example_principles` gives one per example."""
+  return (cot_few_shot_prefix(c, principle if example_principles is None
+                              else example_principles)
           + cot_question(conversation, principle, response_a, response_b))
 
 

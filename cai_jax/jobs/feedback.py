@@ -1,15 +1,19 @@
 """Job `feedback`: AI preference labels for answer pairs (RLAIF), see `cai_jax.cai.feedback`.
 
-Reads the pairs jsonl of `sample_pairs` (default WORKDIR/sample_pairs/pairs.jsonl), asks the
+Reads the pairs jsonl of `sample_pairs` (default WORKDIR/sample_pairs/pairs.jsonl) and labels
+each pair under the constitution of its `axis` (`axis_constitutions`: 'harmless' pairs, from
+red-team prompts, under `config.constitution`; 'helpful' pairs under
+`feedback.helpful_constitution`; any other axis under the constitution of that name; untagged
+pairs under `config.constitution`, tagged with its name). For each pair it asks the
 feedback model (`config.model.checkpoint`, default the base model 'gemma3-270m') the paper's
 multiple-choice question under `num_principles` principles per pair, in both orders unless
 `both_orders=False`, directly (`mode='mc'`) or after its own chain of thought (`mode='cot'`,
 probabilities clamped to [clamp_low, clamp_high]), and writes under WORKDIR/feedback/:
-  labels.jsonl  (or `output`) one record per pair: {"id", "prompt", "responses",
+  labels.jsonl  (or `output`) one record per pair: {"id", "prompt", "responses", "axis",
                 "p_first_better", "per_principle": [{"principle_id", "p_first_better",
                 "p_a_orig", "p_a_swapped", ("reasoning")}], "mode", "provenance"};
                 appended batch by batch, read back with `feedback.read_feedback_file`
-  report.json   pairs labelled, flagged pairs skipped (ids and reasons), position bias,
+  report.json   pairs labelled (also per axis), flagged pairs skipped (ids and reasons), position bias,
                 mean |p - 0.5|, wall time, pairs/s and questions/s
 Every pairs line is validated before the model loads (DataError file:line); flagged pairs are
 skipped and counted, never dropped silently. A restart skips ids already labelled (a line cut
@@ -29,6 +33,7 @@ from cai_jax import parallel
 from cai_jax.cai import feedback as F
 from cai_jax.config_defaults import ConfigError
 from cai_jax.constitution.loading import load_constitution
+from cai_jax.constitution.schema import ConstitutionError
 from cai_jax.data.jsonl import write_json_atomic
 from cai_jax.eval.mc import MCScorer
 from cai_jax.jobs.common import (conversation_format, load_model, progress, sampling_mesh,
@@ -50,9 +55,40 @@ def settings_from_config(config) -> F.FeedbackSettings:
     return F.FeedbackSettings(
         mode=f.mode, num_principles=f.num_principles, both_orders=bool(f.both_orders),
         clamp_low=float(f.clamp_low), clamp_high=float(f.clamp_high),
-        max_reasoning_tokens=f.max_reasoning_tokens, seed=config.seed)
+        max_reasoning_tokens=f.max_reasoning_tokens, seed=config.seed, label=f.label,
+        few_shot_principles=f.few_shot_principles)
   except ValueError as e:
     raise ConfigError(f"feedback: {e}") from None
+
+
+def label_axis(pair, constitutions) -> str:
+  """The axis a pair's label carries: its own tag, or for an untagged pair the name of the
+  constitution it is judged under (`config.constitution`)."""
+  return pair.axis or constitutions[""].name
+
+
+def axis_constitutions(config, pairs, pairs_path: str) -> dict:
+  """axis -> Constitution for every axis among `pairs` ('' for untagged pairs, also keyed by
+  that constitution's name), loaded before any model: 'harmless' and '' use
+  config.constitution, 'helpful' feedback.helpful_constitution, any other axis the constitution
+  of that name (ConfigError naming the first pair of an axis no constitution answers to)."""
+  f = config.feedback
+  out = {}
+  for p in pairs:
+    if p.axis in out:
+      continue
+    name = {"": config.constitution, "harmless": config.constitution,
+            "helpful": f.helpful_constitution}.get(p.axis, p.axis)
+    try:
+      out[p.axis] = load_constitution(name)
+    except (OSError, ValueError, ConstitutionError) as e:
+      raise ConfigError(f"{p.where or pairs_path}: pair {p.id!r} has axis {p.axis!r}, and no "
+                        f"constitution answers to it ({name!r}: {e}); set "
+                        "feedback.helpful_constitution or use a constitution's name as the axis"
+                        ) from None
+  if "" in out:  # untagged pairs are labelled under config.constitution, tagged with its name
+    out.setdefault(out[""].name, out[""])
+  return out
 
 
 def run(config, workdir: str) -> dict:
@@ -62,7 +98,7 @@ def run(config, workdir: str) -> dict:
   strategy = None
   if settings.mode == "cot":
     strategy = sampling_strategy(f, "feedback", "cot_temperature", "cot_top_k", "cot_top_p")
-  constitution = load_constitution(config.constitution)
+  constitution = load_constitution(config.constitution)  # checked before the pairs are read
   if settings.num_principles > len(constitution.mc_principles):
     raise ConfigError(f"feedback.num_principles={settings.num_principles}, but constitution "
                       f"{constitution.name!r} has {len(constitution.mc_principles)} "
@@ -71,6 +107,12 @@ def run(config, workdir: str) -> dict:
   pairs, skipped = F.read_pairs_file(pairs_path)  # validated before the model loads
   if f.limit:
     pairs = pairs[:f.limit]
+  constitutions = axis_constitutions(config, pairs, pairs_path)
+  for axis, constitution in constitutions.items():
+    if settings.num_principles > len(constitution.mc_principles):
+      raise ConfigError(f"feedback.num_principles={settings.num_principles}, but constitution "
+                        f"{constitution.name!r} (axis {axis!r}) has "
+                        f"{len(constitution.mc_principles)} multiple-choice principles")
   out_dir = os.path.join(workdir, "feedback")
   os.makedirs(out_dir, exist_ok=True)
   output = f.output or os.path.join(out_dir, "labels.jsonl")
@@ -80,14 +122,15 @@ def run(config, workdir: str) -> dict:
   todo = [p for p in pairs if p.id not in done]
   print(f"{len(pairs)} pairs ({len(pairs) - len(todo)} labelled, {len(todo)} to label), "
         f"{len(skipped)} flagged and skipped; mode {settings.mode}, {settings.num_principles} "
-        f"principles, both_orders={settings.both_orders}; constitution {constitution.name!r}",
+        f"principles, both_orders={settings.both_orders}; constitutions "
+        + ", ".join(f"{a}: {c.name!r}" for a, c in sorted(constitutions.items()) if a),
         flush=True)
   todo = split.mine(todo)
   if split.count > 1:
     print(f"process {split.index} of {split.count}: {len(todo)} pairs to label", flush=True)
 
   start = time.perf_counter()
-  labeller = None
+  labellers: dict[str, F.FeedbackLabeller] = {}
   if todo:
     mesh = sampling_mesh(config)
     model = load_model(config, mesh)
@@ -100,27 +143,37 @@ def run(config, workdir: str) -> dict:
                         max_prompt_length=f.max_prompt_length,
                         max_batch=f.sampler_batch, chunk_size=f.chunk_size,
                         eos_ids=fmt.stop_ids, mesh=mesh)
-    labeller = F.FeedbackLabeller(constitution, scorer, settings, tokenizer=model.tokenizer,
-                                  sampler=sampler, strategy=strategy, fmt=fmt)
+    labellers = {axis: F.FeedbackLabeller(c, scorer, settings, tokenizer=model.tokenizer,
+                                          sampler=sampler, strategy=strategy, fmt=fmt)
+                 for axis, c in constitutions.items()}
     provenance = {
-        "model": config.model.checkpoint, "model_source": model.source, "pairs": pairs_path,
-        "constitution": {"name": constitution.name, "version": constitution.version,
-                         "source": constitution.source, "digest": constitution.digest()},
-        "seed": config.seed, "conversation_format": fmt.name,
-        "settings": {k: getattr(settings, k) for k in F.FeedbackSettings.__dataclass_fields__}}
+        axis: {
+            "model": config.model.checkpoint, "model_source": model.source, "pairs": pairs_path,
+            "constitution": {"name": c.name, "version": c.version, "source": c.source,
+                             "digest": c.digest()},
+            "seed": config.seed, "conversation_format": fmt.name,
+            "settings": {k: getattr(settings, k)
+                         for k in F.FeedbackSettings.__dataclass_fields__}}
+        for axis, c in constitutions.items()}
     if settings.mode == "cot":
-      provenance["cot_sampling"] = {"temperature": f.cot_temperature, "top_k": f.cot_top_k,
-                                    "top_p": f.cot_top_p}
+      for p in provenance.values():
+        p["cot_sampling"] = {"temperature": f.cot_temperature, "top_k": f.cot_top_k,
+                             "top_p": f.cot_top_p}
     with progress(len(todo), "feedback", "pair") as bar:
       for b in range(0, len(todo), f.batch_size):
         batch = todo[b:b + f.batch_size]
-        records = labeller.label(batch, record_keys(config.seed, [p.id for p in batch]))
-        records = [{**r, "provenance": provenance} for r in records]
+        records = {}
+        for axis in sorted({label_axis(p, constitutions) for p in batch}):
+          group = [p for p in batch if label_axis(p, constitutions) == axis]
+          for r in labellers[axis].label(group, record_keys(config.seed, [p.id for p in group])):
+            records[r["id"]] = {**r, "axis": axis, "provenance": provenance[axis]}
+        records = [records[p.id] for p in batch]  # the pairs' order, whatever their axes
         for r in records:  # probabilities in [0, 1], as `F.append_records` checks
           F.validate_record(r, f"{split.path}: record for pair {r.get('id')!r} (not written)")
         split.append(records)
         bar.update(len(batch))
-        bar.set_postfix(q_s=f"{labeller.questions_scored / (time.perf_counter() - start):.2f}")
+        questions = sum(x.questions_scored for x in labellers.values())
+        bar.set_postfix(q_s=f"{questions / (time.perf_counter() - start):.2f}")
   wall = time.perf_counter() - start
   split.finish([p.id for p in pairs])
   if not split.is_main:  # process 0 writes the report
@@ -134,19 +187,22 @@ def run(config, workdir: str) -> dict:
   for s in skipped:
     for flag in s["flags"]:
       reasons[flag] = reasons.get(flag, 0) + 1
-  questions = labeller.questions_scored if labeller else 0
+  questions = sum(x.questions_scored for x in labellers.values())
   report = {
       "pairs_file": pairs_path, "output": output, "mode": settings.mode,
       "num_principles": settings.num_principles, "both_orders": settings.both_orders,
       "clamp": [settings.clamp_low, settings.clamp_high] if settings.mode == "cot" else None,
       **F.summarize(labels),
+      "constitutions": {a: c.name for a, c in sorted(constitutions.items()) if a},
+      "per_axis": {a: F.summarize([x for x in labels if x.axis == a])
+                   for a in sorted({x.axis for x in labels})},
       "skipped_flagged": {"count": len(skipped), "by_reason": reasons,
                           "pairs": [{"id": s["id"], "line": s["line"], "flags": s["flags"]}
                                     for s in skipped]},
       "labelled_this_run": len(todo), "questions_this_run": questions,
-      "truncated_contexts_this_run": labeller.num_truncated if labeller else 0,
-      "cot_truncated_this_run": labeller.cot_truncated if labeller else 0,
-      "tokens_generated_this_run": labeller.tokens_generated if labeller else 0,
+      "truncated_contexts_this_run": sum(x.num_truncated for x in labellers.values()),
+      "cot_truncated_this_run": sum(x.cot_truncated for x in labellers.values()),
+      "tokens_generated_this_run": sum(x.tokens_generated for x in labellers.values()),
       "wall_s_this_run": wall,
       "pairs_per_s_this_run": len(todo) / wall if todo and wall > 0 else 0.0,
       "questions_per_s_this_run": questions / wall if questions and wall > 0 else 0.0,

@@ -31,6 +31,7 @@ from typing import NamedTuple
 from cai_jax import parallel
 from cai_jax.cai.critique_revision import CritiqueReviser, Settings, degenerate_flags
 from cai_jax.config_defaults import ConfigError
+from cai_jax.constitution import policy_layout
 from cai_jax.constitution.loading import load_constitution
 from cai_jax.data import holdout, sources
 from cai_jax.data.jsonl import read_jsonl, write_json_atomic
@@ -97,6 +98,7 @@ def run(config, workdir: str) -> dict:
   mesh = sampling_mesh(config)
   model = load_model(config, mesh)
   fmt = conversation_format(config, model.tokenizer)
+  layout = policy_layout.from_config(config, fmt, constitution)
   red, skipped = split_by_length(model.tokenizer, red, g.max_conversation_tokens, fmt)
   helpful, skipped_helpful = split_by_length(model.tokenizer, helpful, g.max_conversation_tokens,
                                              fmt)
@@ -117,7 +119,7 @@ def run(config, workdir: str) -> dict:
   provenance = {"model": config.model.checkpoint, "model_source": model.source,
                 "constitution": {"name": constitution.name, "version": constitution.version,
                                  "source": constitution.source},
-                "conversation_format": fmt.name,
+                "conversation_format": fmt.name, "policy_prefix": layout.name,
                 "seed": config.seed, "sampling": {"temperature": g.temperature, "top_k": g.top_k,
                                                   "top_p": g.top_p},
                 "settings": {k: getattr(settings, k) for k in Settings.__dataclass_fields__}}
@@ -129,7 +131,8 @@ def run(config, workdir: str) -> dict:
                       max_prompt_length=g.max_prompt_length,
                       max_batch=g.batch_size, chunk_size=g.chunk_size,
                       eos_ids=fmt.stop_ids, mesh=mesh)
-    reviser = CritiqueReviser(sampler, constitution, settings, strategy, fmt)
+    reviser = CritiqueReviser(sampler, constitution, settings, strategy, fmt,
+                              answer_prefix_text=layout.prefix_text)
     with progress(len(todo), "sl_generate", "prompt") as bar:
       for b in range(0, len(todo), g.batch_size):
         batch = todo[b:b + g.batch_size]
