@@ -22,6 +22,8 @@ def get_config():
       human_comparisons="",     # HH-RLHF {"chosen", "rejected"} jsonl(.gz): p = 1 for chosen
       human_fraction=-1.0,      # share of each batch from human comparisons; < 0: proportional
                                 # to the two sets' sizes
+      axis_fractions="",        # AI labels of several axes: how their rows split, e.g.
+                                # 'harmless=1,helpful=1'; '' = in proportion to their counts
       eval_ai_labels="",        # optional held-out labels (eval_ai_loss / eval_ai_accuracy)
       heldout_fraction=0.0,     # without eval_ai_labels: this share of the AI-labelled pairs (by
                                 # a hash of the pair id) is held out and evaluated as eval_ai_*

@@ -463,3 +463,57 @@ def test_pm_starts_at_no_preference_on_near_half_labels(job_files, tmp_path):
   # pairs of Gemma 3 270M's quickstart labels.
   random_head = start(tmp_path / "random", **{"pm_train.head_init_scale": 1.0})["initial_eval"]
   assert abs(random_head["eval_train_ai_loss"] - np.log(2)) > 1e-3
+
+
+# ------------------------------------------------------------------------------ two axes
+
+
+def test_split_ai_rows():
+  sizes = {"ai_harmless": 30, "ai_helpful": 10}
+  assert prefs.split_ai_rows(4, sizes, "") == {"ai_harmless": 3, "ai_helpful": 1}
+  assert prefs.split_ai_rows(4, sizes, "harmless=1,helpful=1") == {"ai_harmless": 2,
+                                                                   "ai_helpful": 2}
+  assert prefs.split_ai_rows(6, sizes, "harmless=1,helpful=2") == {"ai_harmless": 2,
+                                                                   "ai_helpful": 4}
+  assert prefs.split_ai_rows(3, {"ai": 5}, "") == {"ai": 3}
+  with pytest.raises(ConfigError, match="leave no row for axis helpful"):
+    prefs.split_ai_rows(2, {"ai_harmless": 99, "ai_helpful": 1}, "")
+  with pytest.raises(ConfigError, match=r"missing \['helpful'\]"):
+    prefs.split_ai_rows(4, sizes, "harmless=1")
+  with pytest.raises(ConfigError, match=r"no labels of \['caveats'\]"):
+    prefs.split_ai_rows(4, sizes, "harmless=1,helpful=1,caveats=1")
+  labels = [prefs.Preference(str(i), "", ("a", "b"), 1.0, prefs.AI, "", a)
+            for i, a in enumerate(["harmless", "helpful", "harmless"])]
+  assert {k: len(v) for k, v in prefs.ai_sources(labels).items()} == {"ai_harmless": 2,
+                                                                      "ai_helpful": 1}
+  assert list(prefs.ai_sources(labels[:1])) == ["ai"]
+
+
+def test_pm_train_two_axes_reports_each(job_files, tmp_path):
+  """Labels of two axes: each axis is its own source with its own rows per batch, held out and
+  evaluated per axis (and together), with the final PM's calibration per axis."""
+  tagged = tmp_path / "labels.jsonl"
+  lines = open(job_files["labels"]).read().splitlines()
+  tagged.write_text("".join(
+      json.dumps({**json.loads(x), "axis": "helpful" if i % 3 == 0 else "harmless"}) + "\n"
+      for i, x in enumerate(lines)))
+  summary = pm_train.run(job_config(job_files, **{
+      "pm_train.ai_labels": str(tagged), "pm_train.human_comparisons": "",
+      "pm_train.human_fraction": -1.0, "pm_train.eval_comparisons": "",
+      "pm_train.heldout_fraction": 0.34, "pm_train.steps": 2, "pm_train.checkpoint_every": 0,
+      "pm_train.axis_fractions": "harmless=1,helpful=1"}), str(tmp_path))
+  assert summary["rows_per_batch"] == {"ai_harmless": 2, "ai_helpful": 2, "human": 0}
+  held = summary["held_out_pairs"]
+  assert set(held) == {"ai_harmless", "ai_helpful"} and sum(held.values()) > 0
+  assert sum(held.values()) + sum(summary["pairs"].values()) == 24
+  final = summary["final"]
+  for name in ("ai", "ai_harmless", "ai_helpful"):
+    assert np.isfinite(final[f"eval_{name}_loss"]), name
+  # the combined AI loss is the pair-weighted mean of the axes' losses
+  want = sum(final[f"eval_ai_{a}_loss"] * held[f"ai_{a}"] for a in ("harmless", "helpful")) \
+      / sum(held.values())
+  assert final["eval_ai_loss"] == pytest.approx(want, rel=1e-6)
+  for a in ("ai_harmless", "ai_helpful"):
+    cal = summary["calibration"][a]
+    assert cal["n"] == held[a] and cal["calibration"]["n"] == 2 * held[a]
+    assert os.path.exists(cal["reliability_png"])

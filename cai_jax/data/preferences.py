@@ -60,6 +60,7 @@ class Preference:
   p: float
   source: str = ""   # AI or HUMAN (or a file's name for evaluation sets)
   where: str = ""    # "file:line"
+  axis: str = ""     # AI labels: the constitution's axis ('harmless', 'helpful', ...)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +83,8 @@ def chosen_is_a(seed: int, pair_id: str) -> bool:
 
 
 def from_feedback_labels(labels) -> list[Preference]:
-  return [Preference(x.id, x.prompt, tuple(x.responses), float(x.p_first_better), AI, x.where)
+  return [Preference(x.id, x.prompt, tuple(x.responses), float(x.p_first_better), AI, x.where,
+                     getattr(x, "axis", ""))
           for x in labels]
 
 
@@ -256,6 +258,62 @@ def mix_rows(batch_size: int, n_ai: int, n_human: int, human_fraction: float) ->
       raise ConfigError(f"batch_size={batch_size} is too small for human_fraction={f} "
                         f"(it rounds to {k} human rows)")
   return {AI: batch_size - k, HUMAN: k}
+
+
+def ai_sources(labels: Sequence[Preference]) -> dict[str, list[Preference]]:
+  """AI-labelled pairs as training sources: one source `ai` when they share one axis (or carry
+  none), else one per axis, `ai_<axis>`, so each axis gets its own rows in every batch."""
+  axes = sorted({x.axis for x in labels})
+  if len(axes) <= 1:
+    return {AI: list(labels)} if labels else {}
+  return {f"{AI}_{a}": [x for x in labels if x.axis == a] for a in axes}
+
+
+def split_ai_rows(rows: int, sizes: dict[str, int], axis_fractions: str) -> dict[str, int]:
+  """The `rows` AI rows of a batch split between the AI sources (`ai_sources`): in proportion
+  to their sizes when `axis_fractions` is '', else by its weights ('harmless=1,helpful=1', one
+  per axis present, normalised). Largest remainders; every source gets at least one row
+  (ConfigError when the batch is too small or the weights name axes the labels lack)."""
+  names = sorted(sizes)
+  if not names or rows == 0:
+    return {n: 0 for n in names}
+  if len(names) == 1:
+    return {names[0]: rows}
+  axis = {n: n[len(AI) + 1:] for n in names}
+  if axis_fractions:
+    weights = {}
+    for part in axis_fractions.split(","):
+      key, sep, value = part.partition("=")
+      try:
+        w = float(value)
+      except ValueError:
+        w = -1.0
+      if not sep or w < 0:
+        raise ConfigError(f"pm_train.axis_fractions={axis_fractions!r}: expected "
+                          "'axis=weight,...' with weights >= 0")
+      weights[key.strip()] = w
+    missing = sorted(set(axis.values()) - set(weights))
+    unknown = sorted(set(weights) - set(axis.values()))
+    if missing or unknown:
+      raise ConfigError(f"pm_train.axis_fractions={axis_fractions!r} must give a weight to each "
+                        f"axis of the labels ({', '.join(sorted(axis.values()))})"
+                        + (f"; missing {missing}" if missing else "")
+                        + (f"; no labels of {unknown}" if unknown else ""))
+    share = np.asarray([weights[axis[n]] for n in names], np.float64)
+  else:
+    share = np.asarray([sizes[n] for n in names], np.float64)
+  if share.sum() <= 0:
+    raise ConfigError(f"pm_train.axis_fractions={axis_fractions!r}: the weights sum to 0")
+  exact = rows * share / share.sum()
+  out = np.floor(exact).astype(int)
+  for i in np.argsort(-(exact - out), kind="stable")[:rows - out.sum()]:
+    out[i] += 1
+  result = {n: int(k) for n, k in zip(names, out)}
+  starved = [axis[n] for n in names if result[n] == 0 and share[names.index(n)] > 0]
+  if starved:
+    raise ConfigError(f"pm_train: {rows} AI rows per batch leave no row for axis "
+                      f"{', '.join(starved)}; raise pm_train.batch_size or set axis_fractions")
+  return result
 
 
 def steps_for_epochs(sizes: dict[str, int], rows: dict[str, int], epochs: float) -> int:

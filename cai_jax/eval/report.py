@@ -307,12 +307,21 @@ def build(workdir: str, out_dir: str | None = None, *, examples: int = 3,
                  f"last batch's training loss {_fmt(final.get('loss'), 4)}, accuracy "
                  f"{_fmt(final.get('accuracy'))}.")
     start = pm_sum.get("initial_eval", {})
-    for name, what in (("ai", "held-out AI-labelled pairs"), ("human", "held-out human "
-                                                                       "comparisons"),
-                       ("train_ai", "AI-labelled training pairs")):
+    held = pm_sum.get("held_out_pairs", {})
+    axes = sorted(k[len("ai_"):] for k in held if k.startswith("ai_"))
+    named = ([("ai", "held-out AI-labelled pairs")]
+             + [(f"ai_{a}", f"held-out AI-labelled {a} pairs") for a in axes]
+             + [("human", "held-out human comparisons"),
+                ("train_ai", "AI-labelled training pairs")])
+    for name, what in named:
       if f"eval_{name}_loss" in final:
-        n = (pm_sum.get("held_out_pairs", {}).get(name) if not name.startswith("train")
-             else pm_sum["pairs"].get(name[len("train_"):]))
+        if name == "ai" and axes:
+          n = sum(held[f"ai_{a}"] for a in axes)
+        elif name == "train_ai" and "ai" not in pm_sum["pairs"]:
+          n = sum(v for k, v in pm_sum["pairs"].items() if k.startswith("ai_"))
+        else:
+          n = (held.get(name) if not name.startswith("train")
+               else pm_sum["pairs"].get(name[len("train_"):]))
         floor = pm_sum.get("label_entropy", {}).get(name)
         lines.append(
             f"  - on {n} {what}: soft-BT loss {_fmt(start.get(f'eval_{name}_loss'), 5)} before "
@@ -320,7 +329,10 @@ def build(workdir: str, out_dir: str | None = None, *, examples: int = 3,
             + (f"; the labels' own entropy, the lowest loss possible, {floor:.5f}"
                if floor is not None else "")
             + f"), accuracy against the labels {_fmt(start.get(f'eval_{name}_accuracy'))} -> "
-            f"{_fmt(final.get(f'eval_{name}_accuracy'))}.")
+            f"{_fmt(final.get(f'eval_{name}_accuracy'))}"
+            + (f"; calibration of the final PM: ECE {_fmt(cal[name]['ece'], 4)}"
+               if (cal := pm_sum.get("calibration", {})).get(name, {}).get("ece") is not None
+               else "") + ".")
   panels = []
   sl_metrics = _metrics(p("sl_train", "metrics.jsonl"))
   pm_metrics = _metrics(p("pm_train", "metrics.jsonl"))

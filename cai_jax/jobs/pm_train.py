@@ -16,6 +16,13 @@ swung with the pairs drawn (the old quickstart's 1.05 -> 4.66), and 4 steps left
 training pairs where it started (README, "Preference model"). A saved preference model (a
 folder with pm.json) is loaded whole, head included, to continue training it.
 
+Axes: AI labels carry the axis they were judged for (`feedback`: 'harmless' for red-team pairs,
+'helpful' for helpfulness pairs). With several axes each is its own source with its own rows in
+every batch (`preferences.split_ai_rows`: `axis_fractions` weights, or in proportion to their
+counts), and the held-out pairs are evaluated per axis (`eval_ai_<axis>_*`) and together
+(`eval_ai_*`); at the end the final PM's accuracy and calibration (ECE, reliability diagram
+pm_calibration_<set>.png) on every held-out set go to summary.json's `calibration`.
+
 Held-out pairs: `heldout_fraction` of the AI-labelled pairs (by a hash of the pair id,
 `data.holdout`) are kept out of training and evaluated as `eval_ai_*` when no separate
 `eval_ai_labels` file is given; the training pairs are evaluated too (`eval_train_*`) before the
@@ -133,6 +140,34 @@ def make_steps(c, model_cfg, optimizer, opt_cfg, mesh, shardings):
   return step_fn, eval_fn
 
 
+def held_out_calibration(sets: dict, loaded, mesh, c, out_dir: str) -> dict:
+  """Per held-out set (each AI axis, human comparisons): the final PM's accuracy and
+  calibration. q = sigmoid(r_a - r_b) against the label p, each pair counted from both sides
+  ((q, p) and (1 - q, 1 - p)), `calibration.reliability` with 10 bins; accuracy over pairs with
+  a decisive label (p != 0.5). A reliability diagram per set, pm_calibration_<set>.png."""
+  from cai_jax.eval import calibration, plots
+  from cai_jax.eval.pm_eval import PMScorer
+  scorer = PMScorer(loaded, mesh, batch_size=c.eval_batch_size, max_length=c.max_length,
+                    min_length=c.min_length, append_eos=c.append_eos)
+  out = {}
+  for name, pairs in sorted(sets.items()):
+    rewards, _ = scorer.score(pairs)
+    q = 1.0 / (1.0 + np.exp(-(rewards[:, 0] - rewards[:, 1])))
+    p = np.asarray([x.p for x in pairs], np.float64)
+    rel = calibration.reliability(np.concatenate([q, 1 - q]), np.concatenate([p, 1 - p]))
+    decisive = p != 0.5
+    accuracy = float(np.mean((q[decisive] > 0.5) == (p[decisive] > 0.5))) if decisive.any() \
+        else None
+    out[name] = {"n": len(pairs), "accuracy": accuracy, "ece": rel["ece"],
+                 "mean_abs_error": float(np.mean(np.abs(q - p))), "calibration": rel}
+    if jax.process_index() == 0:
+      out[name]["reliability_png"] = plots.reliability_diagram(
+          rel, os.path.join(out_dir, f"pm_calibration_{name}.png"),
+          title=f"preference model on held-out {name} pairs",
+          xlabel="PM predicted P(first better)", ylabel="mean label P(first better)")
+  return out
+
+
 def run(config, workdir: str) -> dict:
   c = config.pm_train
   if not c.ai_labels and not c.human_comparisons:
@@ -145,6 +180,14 @@ def run(config, workdir: str) -> dict:
   train_sets = data["train"]
   rows_per = prefs.mix_rows(c.batch_size, len(train_sets[prefs.AI]),
                             len(train_sets[prefs.HUMAN]), c.human_fraction)
+  # AI labels of several axes (harmless, helpful, ...): one source each, rows split by
+  # axis_fractions; their held-out pairs are evaluated per axis too.
+  ai_sets = prefs.ai_sources(train_sets[prefs.AI])
+  rows_per = {**prefs.split_ai_rows(rows_per[prefs.AI], {s: len(x) for s, x in ai_sets.items()},
+                                    c.axis_fractions),
+              prefs.HUMAN: rows_per[prefs.HUMAN]}
+  train_sets = {**ai_sets, prefs.HUMAN: train_sets[prefs.HUMAN]}
+  data["eval"].update(prefs.ai_sources(data["eval"].pop("ai", [])))
   out_dir = os.path.join(workdir, "pm_train")
   ckpts = TrainCheckpoints(os.path.join(out_dir, "checkpoints"), save_every=c.checkpoint_every,
                            keep=c.keep_checkpoints, async_save=c.async_checkpoints)
@@ -190,8 +233,9 @@ def run(config, workdir: str) -> dict:
     sets = dict(held_out)
     if step in (0, steps):  # the training pairs themselves, before and after
       sets.update({f"train_{s}": xs for s, xs in train.items()})
+    totals = {}
     for name, examples in sets.items():
-      total = {}
+      total = totals[name] = {}
       for _, local in prefs.eval_batches(examples, c.eval_batch_size, max_length=c.max_length,
                                          min_length=c.min_length,
                                          rows=parallel.process_rows(c.eval_batch_size),
@@ -199,6 +243,11 @@ def run(config, workdir: str) -> dict:
         sums = jax.device_get(eval_fn(st.params, parallel.global_batch(local, mesh)))
         for k, v in sums.items():
           total[k] = total.get(k, 0.0) + float(v)
+    for group in ("", "train_"):  # several axes: their sums also give the AI set as a whole
+      parts = [t for n, t in totals.items() if n.startswith(f"{group}{prefs.AI}_")]
+      if len(parts) > 1:
+        totals[f"{group}{prefs.AI}"] = {k: sum(t[k] for t in parts) for k in parts[0]}
+    for name, total in totals.items():
       result[f"eval_{name}_loss"] = total["loss_sum"] / max(total["weight"], 1e-9)
       result[f"eval_{name}_accuracy"] = total["sum_correct"] / max(total["sum_decisive"], 1e-9)
     return result
@@ -230,6 +279,13 @@ def run(config, workdir: str) -> dict:
                      "conversation_format": fmt.name,
                      "steps": steps, "trained_from": config.model.checkpoint})
       summary["export"] = export
+  if data["eval"]:
+    summary["calibration"] = held_out_calibration(
+        data["eval"], heads.LoadedPM(model_cfg.replace(remat=False), state.params, tokenizer,
+                                     {"append_eos": bool(c.append_eos),
+                                      "max_length": int(c.max_length),
+                                      "conversation_format": fmt.name}, "pm_train"),
+        mesh, c, out_dir)
   if jax.process_index() == 0:
     write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
     msg = (f"pm_train: {steps} steps, final loss {logged.get('loss', math.nan):.4f}, "
