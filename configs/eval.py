@@ -19,6 +19,9 @@ from cai_jax import config_defaults
 
 def get_config():
   config = config_defaults.base_config("eval")  # config.model: the model eval.mc_files scores
+  # With conversation.policy_prefix='helpful_exchanges', the stages answer after this
+  # constitution's helpful exchanges (the layout sample_pairs and rl_train use).
+  config.constitution = "harmless"
   config.mesh = config_defaults.mesh_config()
   config.distributed = config_defaults.distributed_config()
   config.eval = dict(
@@ -39,7 +42,6 @@ def get_config():
       red_team_prompts="red_team:test",  # harmlessness set (held out from the training stages)
       helpful_prompts="helpful:test",    # helpfulness set
       num_prompts=0,            # prompts per set (0 = all); categories interleaved
-      answer_prefix="few_shot",  # 'few_shot': harmless_constitution's helpful exchanges first
       answer_max_tokens=128,
       answer_temperature=0.0,   # 0 = greedy
       answer_top_k=0,

@@ -16,6 +16,9 @@ def get_config():
   config = config_defaults.base_config("rl_train")
   # '' = the SL-CAI model exported by sl_train in this workdir: WORKDIR/sl_train/export_hf.
   config.model.checkpoint = ""
+  # With conversation.policy_prefix='helpful_exchanges', the exchanges the policy reads before
+  # each prompt come from this constitution (as in sample_pairs and eval).
+  config.constitution = "harmless"
   config.mesh = config_defaults.mesh_config()
   config.distributed = config_defaults.distributed_config()
   # One AdamW for the policy and the value model together (one global-norm clip over both);
@@ -33,7 +36,12 @@ def get_config():
       frozen_dtype="float32",   # storage of the frozen reference and PM: 'float32' | 'bfloat16'
                                 # (halves their memory; matmuls still run in model.dtype)
       # ---- rollouts
-      prompts="red_team:train", # 'red_team', 'helpful' (ours; :train / :test for a split) or a prompts jsonl
+      prompts="red_team:train", # red-team prompts: 'red_team', 'helpful' (ours; :train / :test
+                                # for a split) or a prompts jsonl; '' = none
+      helpful_prompts="helpful:train",  # helpfulness prompts ('' = none): RL on both sets keeps
+                                # the policy helpful, not only harmless (the paper's RL prompts)
+      helpful_fraction=-1.0,    # share of each rollout batch from helpful_prompts; < 0: both
+                                # sets drawn together, in proportion to their sizes
       long_prompts="error",     # prompts over max_prompt_tokens: 'error' (before compute) | 'skip'
       iterations=100,           # PPO iterations (rollout + update); resumed runs continue to it
       batch_size=16,            # prompts (rollout rows) per iteration

@@ -40,7 +40,7 @@ def configs(assets: str) -> dict:
           "eval.stages": f"base={common['model.checkpoint']},other={assets}/hf_b",
           "eval.red_team_prompts": prompts, "eval.helpful_prompts":
           os.path.join(assets, "helpful.jsonl"), "eval.num_prompts": 3,
-          "eval.answer_prefix": "none", "eval.answer_max_tokens": 4,
+          "eval.answer_max_tokens": 4,
           "eval.answer_temperature": 1.0, "eval.answer_batch_size": 2,
           "eval.harmless_constitution": small["constitution"],
           "eval.helpful_constitution": small["constitution"], "eval.judge_principles": 2,

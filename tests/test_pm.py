@@ -476,8 +476,11 @@ def test_split_ai_rows():
   assert prefs.split_ai_rows(6, sizes, "harmless=1,helpful=2") == {"ai_harmless": 2,
                                                                    "ai_helpful": 4}
   assert prefs.split_ai_rows(3, {"ai": 5}, "") == {"ai": 3}
+  # a small axis still gets a row per batch; fewer rows than axes cannot hold them all
+  assert prefs.split_ai_rows(2, {"ai_harmless": 99, "ai_helpful": 1}, "") == {
+      "ai_harmless": 1, "ai_helpful": 1}
   with pytest.raises(ConfigError, match="leave no row for axis helpful"):
-    prefs.split_ai_rows(2, {"ai_harmless": 99, "ai_helpful": 1}, "")
+    prefs.split_ai_rows(1, {"ai_harmless": 99, "ai_helpful": 1}, "")
   with pytest.raises(ConfigError, match=r"missing \['helpful'\]"):
     prefs.split_ai_rows(4, sizes, "harmless=1")
   with pytest.raises(ConfigError, match=r"no labels of \['caveats'\]"):

@@ -150,6 +150,7 @@ def assets(tmp_path_factory):
 def settings(assets, **extra):
   s = {"model.checkpoint": assets["ckpt"], "model.cache_dir": str(assets["folder"]),
        "rl_train.pm": assets["pm"], "rl_train.prompts": assets["prompts"],
+       "rl_train.helpful_prompts": "",  # red-team prompts only (both sets: test_both_prompt_sets)
        "rl_train.iterations": 2, "rl_train.batch_size": 4, "rl_train.minibatch_size": 2,
        "rl_train.ppo_epochs": 1, "rl_train.max_prompt_tokens": 48,
        "rl_train.max_new_tokens": 8, "rl_train.checkpoint_every": 1,
@@ -375,3 +376,44 @@ def test_probe_rows_need_not_divide_the_data_axes(assets, tmp_path):
   two = read_metrics(tmp_path / "two" / "rl_train" / "metrics.jsonl")[0]
   assert one["step"] == two["step"] == 0
   assert two["probe_score"] == pytest.approx(one["probe_score"], abs=1e-6)
+
+
+def test_prompt_mix_orders():
+  union = ro.PromptMix(3, 2, seed=0)
+  assert union.take(5) == ro.PromptOrder(5, 0).take(5)  # one order over both sets
+  fixed = ro.PromptMix(3, 2, seed=0, helpful_rows=1)
+  first = fixed.take(3)
+  assert [i < 3 for i in first] == [True, True, False]  # 2 red-team rows, then 1 helpful
+  pos = json.loads(json.dumps(fixed.position()))
+  again = ro.PromptMix(3, 2, seed=0, helpful_rows=1)
+  again.restore(pos)
+  assert again.take(6) == fixed.take(6)
+  with pytest.raises(ValueError, match="fixed rl_train.helpful_fraction"):
+    ro.PromptMix(3, 2, seed=0, helpful_rows=1).restore(union.position())
+
+
+def test_both_prompt_sets(assets, tmp_path):
+  """Red-team and helpfulness prompts at helpful_fraction 0.5: every batch holds 2 of each, the
+  metrics carry per-axis score, reward, KL and row counts, the samples their axis."""
+  helpful = tmp_path / "helpful.jsonl"
+  with open(helpful, "w") as f:
+    for i, t in enumerate(["bread", "rivers", "chess"]):
+      f.write(json.dumps({"id": f"h{i}", "prompt": f"\n\nHuman: tell me about {t}\n\n"
+                                                  "Assistant:"}) + "\n")
+  w = tmp_path / "w"
+  run(assets, w, **{"rl_train.helpful_prompts": str(helpful), "rl_train.helpful_fraction": 0.5,
+                    "rl_train.iterations": 1, "rl_train.probe_count": 0})
+  rec = [r for r in read_metrics(w / "rl_train" / "metrics.jsonl") if r["step"] == 1][0]
+  assert rec["rows_harmless"] == 2 and rec["rows_helpful"] == 2
+  for k in ("score", "reward_total", "kl"):
+    both = (rec[f"{k}_harmless"] + rec[f"{k}_helpful"]) / 2  # equal rows: the plain mean
+    assert both == pytest.approx(rec[k], rel=1e-5, abs=1e-7), k
+  samples = [json.loads(x) for x in open(w / "rl_train" / "samples.jsonl")]
+  assert {s["axis"] for s in samples} <= {"harmless", "helpful"}
+  assert all(s["axis"] == ("helpful" if s["id"].startswith("h") else "harmless") for s in samples)
+  with pytest.raises(ConfigError, match="too small for helpful_fraction=0.1"):
+    run(assets, tmp_path / "x", **{"rl_train.helpful_prompts": str(helpful),
+                                   "rl_train.helpful_fraction": 0.1})
+  with pytest.raises(ConfigError, match="share 3 ids"):
+    run(assets, tmp_path / "x", **{"rl_train.helpful_prompts": str(helpful),
+                                   "rl_train.prompts": str(helpful)})

@@ -135,7 +135,7 @@ def test_score_responses_equals_pair_scoring(assets):
 def _eval_config(assets, **extra):
   s = {"model.checkpoint": assets["a"], "model.cache_dir": assets["cache"],
        "eval.stages": f"first={assets['a']},second={assets['b']}", "eval.pm": assets["pm"],
-       "eval.num_prompts": 3, "eval.answer_prefix": "none", "eval.answer_max_tokens": 4,
+       "eval.num_prompts": 3, "eval.answer_max_tokens": 4,
        "eval.answer_temperature": 1.0,
        "eval.answer_batch_size": 4, "eval.judge_principles": 2, "eval.judge_batch_size": 2,
        "eval.num_bootstrap": 50, "eval.batch_size": 2, "eval.progress": False,
@@ -210,8 +210,8 @@ def test_eval_stages_bad_config(assets, tmp_path):
     main.run(_eval_config(assets, **{"eval.stages": "only=x"}), str(tmp_path))
   with pytest.raises(ConfigError, match="judge_principles=9"):
     main.run(_eval_config(assets, **{"eval.judge_principles": 9}), str(tmp_path))
-  with pytest.raises(ConfigError, match="answer_prefix"):
-    main.run(_eval_config(assets, **{"eval.answer_prefix": "some"}), str(tmp_path))
+  with pytest.raises(ConfigError, match="policy_prefix must be one of"):
+    main.run(_eval_config(assets, **{"conversation.policy_prefix": "some"}), str(tmp_path))
   # The stage settings are checked before the other sections load a model: with a PM
   # comparison file whose PM folder does not exist, the stage error still comes first.
   hhh = tmp_path / "hhh.jsonl"

@@ -88,12 +88,12 @@ PIPELINE_WORDS = ["apples", "rivers", "quiet", "music", "paper", "stone", "green
 
 def write_pipeline_data(folder) -> dict[str, str]:
   """Small inputs for pipeline runs in `folder`: 4 human comparisons (HH chosen/rejected), 4
-  prompts and 2 probe prompts; returns their paths."""
+  prompts, 2 helpfulness prompts and 2 probe prompts; returns their paths."""
   import json
   import os
   w = PIPELINE_WORDS
   paths = {k: os.path.join(str(folder), f"{k}.jsonl")
-           for k in ("comparisons", "prompts", "probes")}
+           for k in ("comparisons", "prompts", "helpful", "probes")}
   with open(paths["comparisons"], "w") as f:
     for i in range(4):
       p = f"\n\nHuman: what about {w[i]}?\n\nAssistant:"
@@ -102,6 +102,10 @@ def write_pipeline_data(folder) -> dict[str, str]:
   with open(paths["prompts"], "w") as f:
     for i in range(4):
       f.write(json.dumps({"id": f"p{i}", "prompt": f"\n\nHuman: tell me about {w[i]}"
+                                                   "\n\nAssistant:"}) + "\n")
+  with open(paths["helpful"], "w") as f:
+    for i in range(2):
+      f.write(json.dumps({"id": f"h{i}", "prompt": f"\n\nHuman: how do I cook {w[i + 2]}?"
                                                    "\n\nAssistant:"}) + "\n")
   with open(paths["probes"], "w") as f:
     for i in range(2):

@@ -80,22 +80,26 @@ def check_same_tokenizer(policy_tok, pm_tok, *, policy_vocab: int, pm_vocab: int
                           "base model as the policy")
 
 
-def prompt_ids(records, tokenizer, max_prompt_tokens: int, *, skip_long: bool, fmt=None
-               ) -> tuple[list, list[list[int]], list[str]]:
+def prompt_ids(records, tokenizer, max_prompt_tokens: int, *, skip_long: bool, fmt=None,
+               context=None) -> tuple[list, list[list[int]], list[str]]:
   """(kept records, their ids BOS + prompt, ids of the prompts skipped as too long); with a
-  conversation format `fmt`, the prompt as that format lays it out (`fmt.context`).
+  conversation format `fmt`, the prompt as that format lays it out (`fmt.context`); with
+  `context` (prompt -> text, e.g. `PolicyLayout.text`), that text, prefix included.
 
   A prompt longer than `max_prompt_tokens` (BOS included) is never cut: DataError listing them
   (first 10), or, with `skip_long`, left out and returned in the third list."""
-  ids = tokenizer.encode_batch([fmt.context(r.prompt) if fmt else r.prompt for r in records],
-                               add_bos=True)
+  text = context or (fmt.context if fmt else (lambda p: p))
+  ids = tokenizer.encode_batch([text(r.prompt) for r in records], add_bos=True)
   long = [(r.id, len(x)) for r, x in zip(records, ids) if len(x) > max_prompt_tokens]
   if long and not skip_long:
     shown = ", ".join(f"{rid} ({n} tokens)" for rid, n in long[:10])
     more = f" and {len(long) - 10} more" if len(long) > 10 else ""
-    raise DataError(f"{records[0].source}: {len(long)} of {len(records)} prompts are longer than "
+    where = ", ".join(dict.fromkeys(r.source for r in records
+                                    if r.id in {rid for rid, _ in long}))
+    raise DataError(f"{where}: {len(long)} of {len(records)} prompts are longer than "
                     f"max_prompt_tokens={max_prompt_tokens} (BOS included): {shown}{more}. "
-                    "Raise rl_train.max_prompt_tokens or set rl_train.long_prompts='skip'")
+                    "Raise rl_train.max_prompt_tokens (it counts what conversation.policy_prefix "
+                    "puts before a prompt) or set rl_train.long_prompts='skip'")
   long_ids = {rid for rid, _ in long}
   kept = [(r, x) for r, x in zip(records, ids) if r.id not in long_ids]
   if not kept:
@@ -137,6 +141,49 @@ class PromptOrder:
 
   def restore(self, position: dict) -> None:
     self.epoch, self.index = int(position["epoch"]), int(position["index"])
+
+
+class PromptMix:
+  """The rollout rows of two prompt sets, red-team (indices 0..n_red-1) and helpfulness
+  (n_red..n_red+n_helpful-1): `helpful_rows=None` draws from their union in one order (each
+  set in proportion to its size, the paper's RL prompts); otherwise every batch holds exactly
+  `helpful_rows` helpfulness prompts, each set in its own order (seeds seed and seed + 1).
+  `position()` / `restore()` round-trip through JSON."""
+
+  def __init__(self, n_red: int, n_helpful: int, seed: int, helpful_rows: int | None = None):
+    self.n_red, self.helpful_rows = n_red, helpful_rows
+    if helpful_rows is None:
+      self.orders = {"all": PromptOrder(n_red + n_helpful, seed)}
+    else:
+      self.orders = {"red_team": PromptOrder(n_red, seed) if n_red else None,
+                     "helpful": PromptOrder(n_helpful, seed + 1) if n_helpful else None}
+
+  def take(self, k: int) -> list[int]:
+    if self.helpful_rows is None:
+      return self.orders["all"].take(k)
+    h = self.helpful_rows
+    red = self.orders["red_team"].take(k - h) if k - h else []
+    helpful = self.orders["helpful"].take(h) if h else []
+    return red + [self.n_red + i for i in helpful]
+
+  def position(self) -> dict:
+    if self.helpful_rows is None:  # the layout of a single PromptOrder (older checkpoints)
+      return self.orders["all"].position()
+    return {name: o.position() for name, o in self.orders.items() if o is not None}
+
+  def restore(self, position: dict) -> None:
+    if self.helpful_rows is None:
+      if "epoch" not in position:
+        raise ValueError("the checkpoint's prompt position is for a fixed helpful_fraction; "
+                         "this run draws from both prompt sets together")
+      self.orders["all"].restore(position)
+      return
+    if "epoch" in position:
+      raise ValueError("the checkpoint's prompt position is for one prompt order; this run "
+                       "has a fixed rl_train.helpful_fraction")
+    for name, o in self.orders.items():
+      if o is not None:
+        o.restore(position[name])
 
 
 @dataclasses.dataclass

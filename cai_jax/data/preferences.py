@@ -272,8 +272,9 @@ def ai_sources(labels: Sequence[Preference]) -> dict[str, list[Preference]]:
 def split_ai_rows(rows: int, sizes: dict[str, int], axis_fractions: str) -> dict[str, int]:
   """The `rows` AI rows of a batch split between the AI sources (`ai_sources`): in proportion
   to their sizes when `axis_fractions` is '', else by its weights ('harmless=1,helpful=1', one
-  per axis present, normalised). Largest remainders; every source gets at least one row
-  (ConfigError when the batch is too small or the weights name axes the labels lack)."""
+  per axis present, normalised). Largest remainders, then a row moved from the largest share to
+  any source left with none, so every axis is seen in every batch (ConfigError when there are
+  fewer rows than axes or the weights name axes the labels lack)."""
   names = sorted(sizes)
   if not names or rows == 0:
     return {n: 0 for n in names}
@@ -308,6 +309,11 @@ def split_ai_rows(rows: int, sizes: dict[str, int], axis_fractions: str) -> dict
   out = np.floor(exact).astype(int)
   for i in np.argsort(-(exact - out), kind="stable")[:rows - out.sum()]:
     out[i] += 1
+  for i in np.flatnonzero((out == 0) & (share > 0)):  # a small axis still gets one row a batch
+    j = int(np.argmax(out))
+    if out[j] > 1:
+      out[j] -= 1
+      out[i] += 1
   result = {n: int(k) for n, k in zip(names, out)}
   starved = [axis[n] for n in names if result[n] == 0 and share[names.index(n)] > 0]
   if starved:

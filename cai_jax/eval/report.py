@@ -90,8 +90,8 @@ def _stage_section(lines: list, figures: dict, st: dict, workdir: str, out_dir: 
   sets_text = ", ".join(f"{k}: {v['n']} from `{v['prompts']}`" for k, v in st["sets"].items())
   judges_text = ", ".join(f"{k}: constitution `{v['judge_constitution']}`"
                           for k, v in st["sets"].items())
-  prefix = ("after the constitution's helpful exchanges" if st.get("answer_prefix") == "few_shot"
-            else "zero-shot")
+  prefix = ("after the constitution's helpful exchanges"
+            if st.get("policy_prefix") == "helpful_exchanges" else "zero-shot")
   conf = int(round(100 * next(iter(st["elo"].values()))["confidence"])) if st["elo"] else 95
   lines.append(
       f"Each stage answered the same held-out prompts ({sets_text}), {prefix}, temperature "

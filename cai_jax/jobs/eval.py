@@ -99,8 +99,11 @@ def check_stages(config) -> dict:
   if e.num_prompts < 0 or e.num_bootstrap < 0 or not 0 < e.confidence < 1:
     raise ConfigError("eval.num_prompts and eval.num_bootstrap must be >= 0 and "
                       "eval.confidence in (0, 1)")
-  if e.answer_prefix not in ("few_shot", "none"):
-    raise ConfigError(f"eval.answer_prefix must be 'few_shot' or 'none', got {e.answer_prefix!r}")
+  from cai_jax.constitution.policy_layout import POLICY_PREFIXES
+  prefix_name = config.conversation.get("policy_prefix", "none")
+  if prefix_name not in POLICY_PREFIXES:
+    raise ConfigError(f"conversation.policy_prefix must be one of {', '.join(POLICY_PREFIXES)}, "
+                      f"got {prefix_name!r}")
   strategy = sampling_strategy(e, "eval", "answer_temperature", "answer_top_k", "answer_top_p")
   sets = {"harmless": SC.eval_prompts(e.red_team_prompts, e.num_prompts),
           "helpful": SC.eval_prompts(e.helpful_prompts, e.num_prompts)}
@@ -120,7 +123,7 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
   from cai_jax.constitution import prompts as P
   from cai_jax.data.jsonl import read_jsonl
   from cai_jax.eval import stage_compare as SC
-  from cai_jax.constitution.conversation_format import split_prefix
+  from cai_jax.constitution import policy_layout
   from cai_jax.jobs.common import conversation_format
   from cai_jax.jobs.record_split import SplitOutput
   from cai_jax.sampling.record_keys import record_keys
@@ -130,7 +133,6 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
   checked = checked or check_stages(config)
   stages, strategy, sets, judges = (checked[k] for k in ("stages", "strategy", "sets", "judges"))
   names = [s.name for s in stages]
-  prefix_text = P.initial_prefix(judges["harmless"]) if e.answer_prefix == "few_shot" else ""
   out_dir = os.path.join(workdir, "eval")
   answers_dir = os.path.join(out_dir, "answers")
   os.makedirs(answers_dir, exist_ok=True)
@@ -156,12 +158,13 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
                       max_prompt_length=e.max_prompt_length,
                       max_batch=e.answer_batch_size, chunk_size=e.chunk_size,
                       eos_ids=fmt.stop_ids, mesh=mesh)
-    prefix = sampler.prefill_prefix(fmt.prefix(prefix_text)) if prefix_text else None
+    layout = policy_layout.from_config(config, fmt)  # what every policy-facing stage uses
+    prefix = layout.prefill(sampler)
     bar = progress(len(todo), f"answers {stage.name}", "answer") if e.progress and main else None
     try:
       for b in range(0, len(todo), e.answer_batch_size):
         batch = todo[b:b + e.answer_batch_size]
-        rows = [split_prefix(fmt, prefix_text, prefix_text + r.prompt)[1] for _, r in batch]
+        rows = [layout.rest(r.prompt) for _, r in batch]
         keys = record_keys(config.seed, [f"{stage.name}/{SC.answer_id(s, r.id)}"
                                          for s, r in batch])
         out = sampler.generate(rows, max_new_tokens=e.answer_max_tokens,
@@ -279,7 +282,7 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
                for s, spec in (("harmless", e.red_team_prompts),
                                ("helpful", e.helpful_prompts))},
       "judge": judge_ckpt, "judge_principles": e.judge_principles,
-      "answer_prefix": e.answer_prefix,
+      "policy_prefix": config.conversation.get("policy_prefix", "none"),
       "sampling": {"temperature": e.answer_temperature, "top_k": e.answer_top_k,
                    "top_p": e.answer_top_p, "max_new_tokens": e.answer_max_tokens},
       "pm": os.path.abspath(folder) if pm_scores is not None else None,

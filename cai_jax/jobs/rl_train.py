@@ -16,7 +16,11 @@ of gradients each during a step), reference and PM 1.1 GB each (0.54 GB in bfloa
 in all before activations, within a 24 GB CPU machine.
 
 One iteration:
-1. rollout: `batch_size` prompts in a deterministic order (position checkpointed), sampled by
+1. rollout: `batch_size` prompts in a deterministic order (position checkpointed) from the
+   red-team prompts (`prompts`) and the helpfulness prompts (`helpful_prompts`), drawn together
+   or at a fixed `helpful_fraction` of each batch (`rollout.PromptMix`); the policy reads what
+   `conversation.policy_prefix` puts before a prompt (the layout `sample_pairs` sampled the PM's
+   pairs with, `policy_layout`; the PM itself scores the prompt and answer alone). Sampled by
    one Sampler holding the current policy parameters, from the raw distribution (temperature 1,
    no top-k/top-p by default), stopped at `stop` strings / EOS after at most `max_new_tokens`;
 2. scoring (jitted, lengths bucketed to powers of two): old log-probs, reference log-probs,
@@ -67,6 +71,9 @@ after the last; the reward model scores the answers (`probe_score`, its std, and
 `probe_answer_tokens`; the answers in probe.jsonl). The rollouts' own mean score (`score`)
 moves with the prompts each iteration draws, so it cannot show progress on a short run.
 
+Per prompt set ('harmless' for red-team rows, 'helpful' for helpfulness rows) every iteration
+also logs `score_<axis>`, `reward_total_<axis>`, `kl_<axis>` and `rows_<axis>`.
+
 Outputs under WORKDIR/rl_train/: checkpoints/, metrics.jsonl and tb/ (one record per
 iteration, plus record 0 for the probe of the starting policy), samples.jsonl (a sample table
 every `sample_every` iterations, also printed), probe.jsonl, summary.json and export_hf/ (the
@@ -90,6 +97,7 @@ from cai_jax.cai import rollout as ro
 from cai_jax.checkpoints import hf, loader, orbax_io
 from cai_jax.checkpoints.hf import CheckpointError
 from cai_jax.config_defaults import ConfigError
+from cai_jax.constitution import policy_layout
 from cai_jax.data import sources
 from cai_jax.data.jsonl import write_json_atomic
 from cai_jax.jobs.common import conversation_format, policy_checkpoint, progress
@@ -257,6 +265,39 @@ def make_programs(c, policy_cfg, ref_cfg, value_cfg, pm_cfg, optimizer, opt_cfg,
   return score_fn, pm_fn, step_fn
 
 
+def rl_prompts(c) -> tuple[list, set, int | None]:
+  """(red-team then helpfulness prompt records, the red-team ids, helpfulness rows per batch:
+  None = drawn from the union of the two sets, in proportion to their sizes). ConfigError for
+  ids shared between the sets, or a fraction the batch cannot hold."""
+  red = sources.load_prompt_set(c.prompts) if c.prompts else []
+  helpful = sources.load_prompt_set(c.helpful_prompts) if c.helpful_prompts else []
+  if not red and not helpful:
+    raise ConfigError("rl_train: no prompts (rl_train.prompts and helpful_prompts are empty)")
+  shared = {r.id for r in red} & {r.id for r in helpful}
+  if shared:
+    raise ConfigError(f"rl_train.prompts {c.prompts!r} and helpful_prompts {c.helpful_prompts!r} "
+                      f"share {len(shared)} ids (e.g. {sorted(shared)[0]!r}); they must differ")
+  f = float(c.helpful_fraction)
+  rows = None
+  if f >= 0:
+    if f > 1:
+      raise ConfigError(f"rl_train.helpful_fraction={f} must be in [0, 1] (or < 0: both sets "
+                        "together, in proportion to their sizes)")
+    rows = round(c.batch_size * f)
+    if 0 < f < 1 and rows in (0, c.batch_size):
+      raise ConfigError(f"rl_train.batch_size={c.batch_size} is too small for "
+                        f"helpful_fraction={f} (it rounds to {rows} helpfulness rows)")
+    if rows and not helpful or rows < c.batch_size and not red:
+      raise ConfigError(f"rl_train.helpful_fraction={f} needs "
+                        + ("helpfulness prompts (rl_train.helpful_prompts)" if rows and not helpful
+                           else "red-team prompts (rl_train.prompts)"))
+    if rows == 0:
+      helpful = []
+    if rows == c.batch_size:
+      red = []
+  return red + helpful, {r.id for r in red}, rows
+
+
 def run(config, workdir: str) -> dict:
   c = config.rl_train
   m = config.model
@@ -291,15 +332,26 @@ def run(config, workdir: str) -> dict:
   if c.reward == "target_token" and c.target_token_id >= policy_vocab:
     raise ConfigError(f"rl_train.target_token_id={c.target_token_id} is outside the vocabulary "
                       f"(size {policy_vocab})")
-  records = sources.load_prompt_set(c.prompts)
+  layout = policy_layout.from_config(config, fmt)
+  records, red_ids, helpful_rows = rl_prompts(c)
   records, prompt_ids, skipped = ro.prompt_ids(records, tokenizer, c.max_prompt_tokens,
-                                               skip_long=c.long_prompts == "skip", fmt=fmt)
+                                               skip_long=c.long_prompts == "skip", fmt=fmt,
+                                               context=layout.text)
+  n_red = sum(r.id in red_ids for r in records)  # kept red-team prompts (they come first)
+  n_helpful = len(records) - n_red
+  if helpful_rows is not None and (n_red == 0) != (helpful_rows == c.batch_size):
+    raise ConfigError(f"rl_train.helpful_fraction={c.helpful_fraction} asks for "
+                      f"{helpful_rows} helpfulness rows of {c.batch_size}, but {n_red} red-team "
+                      f"and {n_helpful} helpfulness prompts are left")
+  axis_of_row = np.asarray(["harmless"] * n_red + ["helpful"] * n_helpful)
   if skipped:
     print(f"rl_train: skipped {len(skipped)} prompts longer than max_prompt_tokens="
           f"{c.max_prompt_tokens}: {', '.join(skipped[:10])}" + (" ..." if len(skipped) > 10
                                                                   else ""), flush=True)
   n_start = len(tokenizer.start_ids)  # BOS, or nothing for tokenizers without one
-  prompt_ids_no_bos = [ids[n_start:] for ids in prompt_ids]
+  # The PM reads the prompt alone, as it was trained (the policy's prefix is not part of it).
+  prompt_ids_no_bos = [ids[n_start:] for ids in
+                       ro.prompt_ids(records, tokenizer, 10 ** 9, skip_long=False, fmt=fmt)[1]]
   probe_records, probe_ids = [], []
   if c.probe_count:
     probe_records = sources.load_prompt_set(c.probe_prompts)
@@ -309,12 +361,14 @@ def run(config, workdir: str) -> dict:
                         f"with rl_train.prompts {c.prompts!r} (e.g. {sorted(overlap)[0]}): the "
                         "probe must be prompts the policy is not trained on")
     probe_records, probe_ids, _ = ro.prompt_ids(probe_records, tokenizer, c.max_prompt_tokens,
-                                                skip_long=True, fmt=fmt)
+                                                skip_long=True, fmt=fmt, context=layout.text)
     if len(probe_records) < c.probe_count:
       raise ConfigError(f"rl_train.probe_prompts {c.probe_prompts!r} has {len(probe_records)} "
                         f"prompts within max_prompt_tokens, fewer than probe_count="
                         f"{c.probe_count}")
     probe_records, probe_ids = probe_records[:c.probe_count], probe_ids[:c.probe_count]
+  probe_pm_ids = [ids[n_start:] for ids in ro.prompt_ids(
+      probe_records, tokenizer, 10 ** 9, skip_long=False, fmt=fmt)[1]] if probe_records else []
   strategy = Sampling(temperature=float(c.temperature), top_k=int(c.top_k), top_p=float(c.top_p))
   if strategy != Sampling():
     print(f"warning: rollouts sample from a modified distribution ({strategy}); the KL "
@@ -341,7 +395,7 @@ def run(config, workdir: str) -> dict:
   meta = {"model_config": policy_cfg.to_dict(), "value_config": value_cfg.to_dict(),
           "job": "rl_train", "policy": policy_spec, "pm": pm_path or "", "reward": c.reward}
 
-  order = ro.PromptOrder(len(records), config.seed)
+  order = ro.PromptMix(n_red, n_helpful, config.seed, helpful_rows)
   host = {"iteration": 0, "kl_coef": float(c.kl_coef), "collapse_count": 0,
           "norm": ro.RunningMoments().to_dict(), "prompts": order.position()}
   if resuming:
@@ -423,10 +477,10 @@ def run(config, workdir: str) -> dict:
     model: the objective on the same prompts every time (rollouts sample new prompts, so their
     mean score mixes the policy's progress with the prompts' difficulty)."""
     sampler.params = state.params["policy"]
-    out = sampler.generate([fmt.context(r.prompt) for r in probe_records],
+    out = sampler.generate([layout.text(r.prompt) for r in probe_records],
                            max_new_tokens=c.max_new_tokens,
                            strategy=Greedy(), stop=tuple(c.stop))
-    scores, _ = raw_scores([ids[n_start:] for ids in probe_ids], out)
+    scores, _ = raw_scores(probe_pm_ids, out)
     if main_process:
       with open(os.path.join(out_dir, "probe.jsonl"), "a", encoding="utf-8") as f:
         for r, text, score, n in zip(probe_records, out.texts, scores, out.num_tokens):
@@ -457,7 +511,7 @@ def run(config, workdir: str) -> dict:
         t0 = time.perf_counter()
         idx = order.take(c.batch_size)
         sampler.params = state.params["policy"]
-        out = sampler.generate([fmt.context(records[i].prompt) for i in idx],
+        out = sampler.generate([layout.text(records[i].prompt) for i in idx],
                                max_new_tokens=c.max_new_tokens,
                                strategy=strategy,
                                key=jax.random.fold_in(jax.random.PRNGKey(config.seed), it),
@@ -511,6 +565,14 @@ def run(config, workdir: str) -> dict:
         }
         if math.isfinite(ev):  # undefined (NaN) when every return is equal
           roll["explained_variance"] = ev
+        axes = axis_of_row[idx]
+        for axis in ("harmless", "helpful"):  # per prompt set, when the batch has any
+          sel = axes == axis
+          if sel.any():
+            roll[f"score_{axis}"] = float(raw[sel].mean())
+            roll[f"reward_total_{axis}"] = float(adv["reward_seq"][sel].mean())
+            roll[f"kl_{axis}"] = float(adv["kl_seq"][sel].mean())
+            roll[f"rows_{axis}"] = float(sel.sum())
 
         # ---------------------------------------------------------------- guards on the rollout
         guard = ro.rollout_guards(
@@ -583,7 +645,8 @@ def run(config, workdir: str) -> dict:
           bar.set_postfix(reward=f"{roll['score']:.3f}", kl=f"{roll['kl']:.3f}", refresh=False)
         if c.sample_every and (it % c.sample_every == 0 or it == start_iteration + 1) \
             and main_process:
-          rows = [{"iteration": it, "id": records[i].id, "prompt": records[i].prompt,
+          rows = [{"iteration": it, "id": records[i].id, "axis": str(axis_of_row[i]),
+                   "prompt": records[i].prompt,
                    "response": out.texts[b], "score": float(raw[b]),
                    "reward": float(adv["reward_seq"][b]),
                    "finish_reason": out.finish_reasons[b], "num_tokens": int(out.num_tokens[b])}

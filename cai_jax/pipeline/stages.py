@@ -23,8 +23,8 @@ SHARED_FIELDS = {
     "sample_pairs": ("constitution", "mesh", "distributed"),
     "feedback": ("constitution", "mesh", "distributed"),
     "pm_train": ("mesh", "distributed", "optim"),
-    "rl_train": ("mesh", "distributed", "optim"),
-    "eval": ("mesh", "distributed"),
+    "rl_train": ("constitution", "mesh", "distributed", "optim"),
+    "eval": ("constitution", "mesh", "distributed"),
     "report": (),
 }
 

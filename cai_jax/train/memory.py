@@ -609,6 +609,14 @@ def sampling_mesh_for(stage_cfg, num_devices: int, hosts: int = 1):
 # constitution): the few-shot prefixes of constitutions/harmless.json are about 2,000 tokens,
 # and each critique or revision request adds up to this many tokens to a transcript.
 ASSUMED_PREFIX_TOKENS = 2048
+
+
+def _policy_prefix_tokens(config) -> int:
+  """The policy's cached prefix (conversation.policy_prefix) in the stages that answer prompts:
+  ASSUMED_PREFIX_TOKENS for the helpful exchanges, 0 for none."""
+  section = config.get("conversation")
+  name = section.get("policy_prefix", "none") if section is not None else "none"
+  return ASSUMED_PREFIX_TOKENS if name == "helpful_exchanges" else 0
 ASSUMED_REQUEST_TOKENS = 128
 
 
@@ -639,12 +647,12 @@ def sampler_shape(config, stage: str) -> SamplerShape:
     g = config.sample_pairs
     return SamplerShape(2 * g.batch_size,
                         pow2_bucket(min(g.max_conversation_tokens, g.max_prompt_length), 32),
-                        g.max_response_tokens, ASSUMED_PREFIX_TOKENS)
+                        g.max_response_tokens, _policy_prefix_tokens(config))
   if stage == "eval":
     e = config.eval
     return SamplerShape(e.answer_batch_size, pow2_bucket(e.max_prompt_length, 32),
                         e.answer_max_tokens,
-                        ASSUMED_PREFIX_TOKENS if e.answer_prefix == "few_shot" else 0)
+                        _policy_prefix_tokens(config))
   if stage == "rl_train":
     c = config.rl_train
     return SamplerShape(c.sampler_batch, pow2_bucket(c.max_prompt_tokens, 32), c.max_new_tokens)
