@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 
@@ -23,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
 sys.path.insert(0, TESTS)
 
+import multiprocess_check  # noqa: E402
 import tiny_model  # noqa: E402
 
 JOBS = ["sl_generate", "sample_pairs", "feedback", "eval"]
@@ -54,20 +53,9 @@ def assets(root: str, n: int) -> None:
 
 def run(root: str, workdir: str, processes: int) -> dict:
   """{job: wall seconds of the slowest process}."""
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
-  procs = []
-  for i in range(processes):
-    e = dict(env)
-    if processes > 1:
-      e.update(CAI_JAX_COORDINATOR=f"127.0.0.1:{port}", CAI_JAX_NUM_PROCESSES=str(processes),
-               CAI_JAX_PROCESS_ID=str(i), CAI_JAX_CPU_COLLECTIVES="gloo")
-    procs.append(subprocess.Popen(
-        [sys.executable, os.path.join(TESTS, "multiprocess_check.py"), root, workdir, *JOBS],
-        env=e, cwd=TESTS, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  procs = multiprocess_check.start(root, workdir, JOBS, processes, env)
   seconds = {}
   for p in procs:
     out, err = p.communicate()

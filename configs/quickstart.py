@@ -35,12 +35,16 @@ def get_config():
   t.async_checkpoints, t.keep_checkpoints = False, 1  # a 270M train state is 3.2 GB on disk
   config.optim.sl_train.learning_rate, config.optim.sl_train.warmup_steps = 2e-5, 1
 
-  p = config.sample_pairs  # two sampled answers from the SL-CAI model per prompt
-  p.limit, p.batch_size, p.max_response_tokens = 48, 8, 48
+  # Two sampled answers from the SL-CAI model per prompt, for red-team prompts (axis
+  # 'harmless') and helpfulness prompts (axis 'helpful'): the PM learns both, as in the paper,
+  # so that PPO is not rewarded for evasive answers alone.
+  p = config.sample_pairs
+  p.limit, p.helpful_limit, p.batch_size, p.max_response_tokens = 32, 16, 8, 48
 
-  # The base model labels them under 1 principle, both orders: at 270M its preference hardly
-  # depends on the principle (two principles' labels correlated 0.97 on 24 pairs, twice), so
-  # the time goes to more pairs instead (the PM memorised 18 training pairs; see below).
+  # The base model labels each pair under 1 principle of its axis's constitution (harmless or
+  # helpful), both orders: at 270M its preference hardly depends on the principle (two
+  # principles' labels correlated 0.97 on 24 pairs, twice), so the time goes to more pairs
+  # instead (the PM memorised 18 training pairs; see below).
   f = config.feedback
   f.num_principles, f.batch_size = 1, 8
 

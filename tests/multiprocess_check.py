@@ -16,6 +16,27 @@ from cai_jax import main as cli
 from configs_loader import load_config
 
 
+def start(assets: str, workdir: str, jobs, processes: int, env: dict) -> list:
+  """Starts this script as `processes` JAX processes (gloo on a free 127.0.0.1 port when more
+  than one) running `jobs` in `workdir`; returns the Popen objects (stdout/stderr piped)."""
+  import socket
+  import subprocess
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  here = os.path.dirname(os.path.abspath(__file__))
+  procs = []
+  for i in range(processes):
+    e = dict(env)
+    if processes > 1:
+      e.update(CAI_JAX_COORDINATOR=f"127.0.0.1:{port}", CAI_JAX_NUM_PROCESSES=str(processes),
+               CAI_JAX_PROCESS_ID=str(i), CAI_JAX_CPU_COLLECTIVES="gloo")
+    procs.append(subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), str(assets), str(workdir), *jobs],
+        env=e, cwd=here, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  return procs
+
+
 def configs(assets: str) -> dict:
   common = {"model.checkpoint": os.path.join(assets, "hf"),
             "model.cache_dir": os.path.join(assets, "cache")}

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
 
+import multiprocess_check
 import tiny_model
 from cai_jax.data.jsonl import read_jsonl
 from cai_jax.jobs.record_split import CRASH_ENV, CRASH_EXIT_CODE, merge, owner, part_files
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 WORDS = ["apples", "rivers", "quiet", "music", "paper", "stone", "green", "light", "salt"]
 JOBS = ["sl_generate", "sample_pairs", "feedback", "eval"]
 # Every file the jobs write record by record, and the files made from them.
@@ -51,12 +48,6 @@ def assets(tmp_path_factory):
   return root
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def run(assets, workdir, jobs, processes: int, crash: str = "", timeout: int = 600):
   """Runs the jobs in `processes` processes; returns their exit codes and stderr tails. `crash`
   ("NAME:N", see record_split.CRASH_ENV) makes a process die mid-stage; the others are then
@@ -67,16 +58,7 @@ def run(assets, workdir, jobs, processes: int, crash: str = "", timeout: int = 6
     env.pop(k, None)
   if crash:
     env[CRASH_ENV] = crash
-  port = _free_port()
-  procs = []
-  for i in range(processes):
-    e = dict(env)
-    if processes > 1:
-      e.update(CAI_JAX_COORDINATOR=f"127.0.0.1:{port}", CAI_JAX_NUM_PROCESSES=str(processes),
-               CAI_JAX_PROCESS_ID=str(i), CAI_JAX_CPU_COLLECTIVES="gloo")
-    procs.append(subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "multiprocess_check.py"), str(assets), str(workdir),
-         *jobs], env=e, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  procs = multiprocess_check.start(assets, workdir, jobs, processes, env)
   codes, logs = [None] * processes, [""] * processes
   deadline = time.monotonic() + timeout
   while any(c is None for c in codes) and time.monotonic() < deadline:

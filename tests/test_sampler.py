@@ -429,7 +429,9 @@ def test_row_keys_make_a_sample_independent_of_its_batch(tiny, sampler):
     alone = sampler.generate([PROMPTS[i]], max_new_tokens=12, strategy=Sampling(),
                              keys=keys[i:i + 1])
     assert alone.tokens[0] == together.tokens[i], i
-    np.testing.assert_allclose(alone.logprobs[0], together.logprobs[i], atol=2e-5)
+    # batch size changes the matmul kernels' summation order: measured up to 4.7e-6 relative
+    # (2.4e-5 at -5.2) in a fresh-clone CI run
+    np.testing.assert_allclose(alone.logprobs[0], together.logprobs[i], rtol=1e-5, atol=1e-6)
   small = Sampler(*tiny, CharTokenizer(), eos_ids=(), max_batch=3)  # batches of 3 + 1
   reordered = small.generate(PROMPTS[::-1], max_new_tokens=12, strategy=Sampling(),
                              keys=keys[::-1])

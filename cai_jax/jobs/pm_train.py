@@ -131,13 +131,9 @@ def make_optimizer(config, steps: int):
 def make_steps(c, model_cfg, optimizer, opt_cfg, mesh, shardings):
   """(the compiled train step, the compiled eval step): the programs this job runs, also
   compiled for a TPU topology by the compile_check job."""
-  loss_fn = pm.make_pm_loss(model_cfg)
-  step_fn = engine.compile_step(
-      engine.make_train_step(loss_fn, optimizer, micro_batches=c.micro_batches, mesh=mesh,
-                             learning_rate_fn=optim.schedule(opt_cfg)),
-      shardings, mesh)
-  eval_fn = engine.compile_eval_step(engine.make_eval_step(loss_fn), shardings.params, mesh)
-  return step_fn, eval_fn
+  return engine.compile_train_and_eval(pm.make_pm_loss(model_cfg), optimizer,
+                                      shardings, mesh, micro_batches=c.micro_batches,
+                                      learning_rate_fn=optim.schedule(opt_cfg))
 
 
 def held_out_calibration(sets: dict, loaded, mesh, c, out_dir: str) -> dict:

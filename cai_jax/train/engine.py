@@ -155,6 +155,16 @@ def compile_eval_step(eval_fn, param_shardings, mesh: Mesh):
       out_shardings=parallel.replicated(mesh)))
 
 
+def compile_train_and_eval(loss_fn: LossFn, optimizer, state_shardings: TrainState, mesh: Mesh,
+                           *, micro_batches: int = 1, learning_rate_fn=None):
+  """(the compiled train step, the compiled eval step) of one loss: the two programs of a
+  supervised trainer (sl_train, pm_train), also what compile_check compiles for a TPU."""
+  step_fn = compile_step(make_train_step(loss_fn, optimizer, micro_batches=micro_batches,
+                                         mesh=mesh, learning_rate_fn=learning_rate_fn),
+                         state_shardings, mesh)
+  return step_fn, compile_eval_step(make_eval_step(loss_fn), state_shardings.params, mesh)
+
+
 class NonFiniteLoss(RuntimeError):
   pass
 
