@@ -4,10 +4,13 @@ python -m cai_jax.main --config configs/quickstart.py --workdir runs/quick
 
 sl_generate -> sl_train -> sample_pairs -> feedback -> pm_train -> rl_train -> eval -> report,
 with counts small enough to finish within 20 minutes on 2 CPU cores (the README gives the
-measured time), then WORKDIR/report/report.md with its plots. Each trainer shows it did its job
-on data it did not train on: the SL-CAI loss on held-out revisions before and after, the PM's
-held-out loss from log 2 down, and the PM score of the policy's greedy answers to fixed
-held-out prompts rising under PPO. The numbers come from a handful of prompts and steps, not
+measured time), then WORKDIR/report/report.md with its plots. As in the paper, the preference
+model learns harmlessness and helpfulness (here both from AI feedback: red-team pairs judged
+under the harmless constitution, helpfulness pairs under the helpful one) and PPO samples both
+prompt sets; the report gives the PM's held-out accuracy and calibration and PPO's rewards per
+axis. Each trainer shows it did its job on data it did not train on: the SL-CAI loss on held-out
+revisions before and after, the PM's held-out loss from log 2 down, and the PM score of the
+policy's greedy answers to fixed held-out prompts rising under PPO. The numbers come from a handful of prompts and steps, not
 the paper's effects (configs/pipeline.py with larger counts, or a GPU/TPU config under
 configs/hardware/, for those). Rerunning the command skips finished stages and resumes a
 partial one; any field can be overridden, e.g. --config.rl_train.iterations=8.

@@ -28,11 +28,38 @@ PPO_PANELS = ((("probe_score",), "PM score of greedy answers to the fixed probe 
                "PM score (logits)"),
               (("score",), "mean PM score of each iteration's rollouts (new prompts each time)",
                "PM score (logits)"),
+              (("score_harmless", "score_helpful"),
+               "mean PM score of the rollouts per prompt set", "PM score (logits)"),
               (("reward_total",), "reward after the KL penalty", "reward per episode"),
               (("kl_k1", "kl_k3"), "KL(policy || SL-CAI) per episode", "KL (nats)"),
               (("entropy",), "policy entropy per token", "entropy (nats)"),
               (("response_length", "probe_answer_tokens"), "answer length", "tokens"),
               (("kl_coef",), "KL coefficient", "beta"))
+
+
+AXIS_NAMES = {"harmless": "red-team prompts", "helpful": "helpfulness prompts"}
+
+
+def _per_axis_rollouts(rl: list[dict]) -> list[str]:
+  """Per prompt set (rl_train's `*_<axis>` metrics): rows, mean PM score, reward after the KL
+  penalty and KL over all iterations, as a table ([] when the run had one set only)."""
+  axes = [a for a in AXIS_NAMES if any(f"rows_{a}" in m for m in rl)]
+  if len(axes) < 2:
+    return []
+  out = ["Per prompt set, over every rollout row of the run (the PM's reward on red-team prompts "
+         "reads as harmlessness, on helpfulness prompts as helpfulness):", "",
+         "| prompt set | rollout rows | mean PM score | mean reward after KL | mean KL (k1) |",
+         "|---|---|---|---|---|"]
+  for a in axes:
+    rows = [m for m in rl if m.get(f"rows_{a}")]
+    n = sum(m[f"rows_{a}"] for m in rows)
+
+    def mean(key):
+      return sum(m[f"{key}_{a}"] * m[f"rows_{a}"] for m in rows) / n
+
+    out.append(f"| {AXIS_NAMES[a]} | {n:.0f} | {_fmt(mean('score'), 4)} | "
+               f"{_fmt(mean('reward_total'), 4)} | {_fmt(mean('kl'), 4)} |")
+  return out + [""]
 
 
 def _series(records: list[dict], key: str, label: str = "") -> tuple[str, list, list]:
@@ -43,7 +70,8 @@ def _series(records: list[dict], key: str, label: str = "") -> tuple[str, list, 
 def _panel(records: list[dict], keys, title: str, ylabel: str):
   """A curves panel for the keys present in `records` (None when none is)."""
   names = {"kl_k1": "k1", "kl_k3": "k3 (never negative)", "response_length": "rollouts",
-           "probe_answer_tokens": "probe (greedy)"}
+           "probe_answer_tokens": "probe (greedy)", "score_harmless": "red-team prompts",
+           "score_helpful": "helpfulness prompts"}
   series = [_series(records, k, names.get(k, k) if len(keys) > 1 else "") for k in keys
             if any(k in m for m in records)]
   return (title, series, ylabel) if series else None
@@ -262,10 +290,10 @@ def build(workdir: str, out_dir: str | None = None, *, examples: int = 3,
                    f"{_fmt(b.get('probe_answer_tokens'), 1)} tokens.")
       if b.get("probe_answer_tokens", 1e9) < 0.5 * a.get("probe_answer_tokens", 0.0):
         lines += ["", "**The answers shrank** to under half their length while the score "
-                  "rose: the PM rewards shorter answers and PPO exploits it (reward hacking, "
-                  "towards the evasive answers the paper counters by training the PM on "
-                  "helpfulness comparisons as well). The answers are in "
-                  "`rl_train/probe.jsonl`."]
+                  "rose: the PM rewards shorter answers and PPO exploits it (reward hacking "
+                  "towards the evasive answers the paper counters with helpfulness data in the "
+                  "PM; helpfulness labels from a labeller that itself prefers short answers "
+                  "do not counter it). The answers are in `rl_train/probe.jsonl`."]
       lines.append("")
     lines += [f"{len(iterations)} iterations. Mean PM score of the rollouts "
               f"{_fmt(first.get('score'))} -> {_fmt(last.get('score'))} (each iteration "
@@ -273,7 +301,9 @@ def build(workdir: str, out_dir: str | None = None, *, examples: int = 3,
               f"prompts drawn); entropy {_fmt(first.get('entropy'))} -> "
               f"{_fmt(last.get('entropy'))}; approx. KL of the last update "
               f"{_fmt(last.get('approx_kl'), 6)}, clip fraction {_fmt(last.get('clipfrac'))}.",
-              "", "![PPO curves](ppo_curves.png)", ""]
+              ""]
+    lines += _per_axis_rollouts(rl)
+    lines += ["![PPO curves](ppo_curves.png)", ""]
   else:
     lines += ["Not run.", ""]
 
@@ -303,7 +333,9 @@ def build(workdir: str, out_dir: str | None = None, *, examples: int = 3,
   if pm_sum:
     sections.append("pm_train")
     final = pm_sum.get("final", {})
-    lines.append(f"- Preference model: {pm_sum['steps']} steps on {pm_sum['pairs']} pairs; "
+    pairs = ", ".join(f"{n} {k.replace('ai_', 'AI ').replace('ai', 'AI')}"
+                      for k, n in pm_sum["pairs"].items())
+    lines.append(f"- Preference model: {pm_sum['steps']} steps on {pairs} pairs; "
                  f"last batch's training loss {_fmt(final.get('loss'), 4)}, accuracy "
                  f"{_fmt(final.get('accuracy'))}.")
     start = pm_sum.get("initial_eval", {})
