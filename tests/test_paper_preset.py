@@ -162,3 +162,47 @@ def test_readme_table_matches_the_configs(paper):
                "feedback.label", "pm_train.human_comparisons", "rl_train.kl_coef",
                "rl_train.prompts"):
     assert must in named, must
+
+
+def test_the_preset_runs_as_a_pipeline(tmp_path):
+  """configs/paper.py runs end to end as the pipeline job (tiny checkpoint, tiny counts; every
+  method setting of the preset kept: 4 critique/revision rounds, all revisions, independent
+  few-shot principles, one principle per label, both prompt sets in RL at 0.475, KL 0.001)."""
+  import tiny_model
+  from cai_jax import main
+  ckpt = tiny_model.write_hf_checkpoint(str(tmp_path / "hf"), flat_logits=True)
+  data = tiny_model.write_pipeline_data(tmp_path)
+  small = {
+      "model.checkpoint": ckpt, "model.cache_dir": str(tmp_path / "cache"),
+      "constitution": tiny_model.write_short_constitution(str(tmp_path / "short.json")),
+      "sl_generate.prompts": data["prompts"], "sl_generate.helpful_prompts": data["helpful"],
+      "sl_generate.batch_size": 4, "sl_generate.max_response_tokens": 4,
+      "sl_generate.max_critique_tokens": 4, "sl_generate.max_revision_tokens": 4,
+      "sl_generate.drop_flagged": False, "sl_generate.report_examples": 0,
+      "sl_train.batch_size": 2, "sl_train.steps": 1, "sl_train.max_length": 128,
+      "sl_train.progress": False, "sl_train.async_checkpoints": False,
+      "sample_pairs.prompts": data["prompts"], "sample_pairs.helpful_prompts": data["helpful"],
+      "sample_pairs.batch_size": 4, "sample_pairs.max_response_tokens": 4,
+      "feedback.batch_size": 4, "feedback.max_length": 2048,
+      "feedback.helpful_constitution": tiny_model.write_short_constitution(
+          str(tmp_path / "short_helpful.json")),
+      "pm_train.batch_size": 4, "pm_train.steps": 1, "pm_train.max_length": 128,
+      "pm_train.progress": False, "pm_train.async_checkpoints": False,
+      "optim.pm_train.warmup_steps": 0,
+      "rl_train.prompts": data["prompts"], "rl_train.helpful_prompts": data["helpful"],
+      "rl_train.iterations": 1, "rl_train.batch_size": 4, "rl_train.minibatch_size": 2,
+      "rl_train.ppo_epochs": 1, "rl_train.max_prompt_tokens": 48, "rl_train.max_new_tokens": 4,
+      "rl_train.sample_every": 0, "rl_train.progress": False, "rl_train.probe_count": 0,
+      "rl_train.async_checkpoints": False,
+      "eval.red_team_prompts": data["probes"], "eval.helpful_prompts": data["helpful"],
+      "eval.num_prompts": 1, "eval.answer_max_tokens": 4, "eval.judge_principles": 1,
+      "eval.num_bootstrap": 10, "eval.progress": False}
+  config = load_config("paper", **small)
+  assert config.sl_generate.rounds == 4 and config.feedback.few_shot_principles == "independent"
+  status = main.run(config, str(tmp_path / "run"))
+  assert all(s["status"] == "ran" for s in status["stages"].values()), status
+  labels = [json.loads(x) for x in open(tmp_path / "run" / "feedback" / "labels.jsonl")]
+  assert labels and all("axis" in x for x in labels)
+  assert all(len(e["example_principle_ids"]) == 1 for x in labels for e in x["per_principle"])
+  rl = [json.loads(x) for x in open(tmp_path / "run" / "rl_train" / "metrics.jsonl")]
+  assert rl[-1]["kl_coef"] == 0.001 and rl[-1]["rows_helpful"] == 2  # round(4 x 0.475)
