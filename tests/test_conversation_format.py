@@ -197,7 +197,7 @@ def test_pipeline_in_chat_format(chat_assets, tmp_path):
        "sample_pairs.max_response_tokens": 4, "sample_pairs.max_conversation_tokens": 4096,
        "sample_pairs.max_prompt_length": 8192,
        "feedback.num_principles": 1, "feedback.batch_size": 2, "feedback.max_length": 8192,
-       "pm_train.human_comparisons": a["comparisons"], "pm_train.batch_size": 2,
+       "pm_train.human_comparisons": a["comparisons"], "pm_train.batch_size": 4,
        "pm_train.steps": 1, "pm_train.max_length": 256, "pm_train.progress": False,
        "pm_train.async_checkpoints": False, "optim.pm_train.warmup_steps": 1,
        "rl_train.prompts": a["prompts"], "rl_train.helpful_prompts": a["helpful"],
