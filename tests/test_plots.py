@@ -34,3 +34,10 @@ def test_curves_have_no_offset_and_keep_small_changes():
   assert axes[0].get_title() == "KL coefficient\n0.05 -> 0.05"
   assert "train 0.6931 -> 0.6928; held-out 0.6931 -> 0.6929" in axes[1].get_title()
   assert "4.1e-05 -> 4.4e-05" in axes[2].get_title()
+
+
+def test_long_panel_summaries_wrap_one_series_per_line():
+  axes = _draw([("per set", [("red-team", [1, 2], [-0.07339, -0.03136]),
+                             ("helpful", [1, 2], [-0.08848, -0.07489])], "score")])
+  assert axes[0].get_title() == ("per set\nred-team -0.07339 -> -0.03136\n"
+                                 "helpful -0.08848 -> -0.07489")

@@ -179,8 +179,10 @@ def curves_figure(panels: list, *, title: str = "", xlabel: str = "step"):
     _readable_y(ax, values)
     if any(label for label, _, _ in series):
       ax.legend(fontsize=7)
-    summary = "; ".join(f"{label + ' ' if label else ''}{_fmt_value(a)} -> {_fmt_value(b)}"
-                        for label, a, b in ends)
+    parts = [f"{label + ' ' if label else ''}{_fmt_value(a)} -> {_fmt_value(b)}"
+             for label, a, b in ends]
+    # a line that would run past the panel's width wraps one series per line
+    summary = ("\n" if sum(map(len, parts)) > 48 else "; ").join(parts)
     ax.set_title(f"{name}\n{summary}" if summary else name, fontsize=9)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -29,7 +29,7 @@ PPO_PANELS = ((("probe_score",), "PM score of greedy answers to the fixed probe 
               (("score",), "mean PM score of each iteration's rollouts (new prompts each time)",
                "PM score (logits)"),
               (("score_harmless", "score_helpful"),
-               "mean PM score of the rollouts per prompt set", "PM score (logits)"),
+               "rollouts' mean PM score per prompt set", "PM score (logits)"),
               (("reward_total",), "reward after the KL penalty", "reward per episode"),
               (("kl_k1", "kl_k3"), "KL(policy || SL-CAI) per episode", "KL (nats)"),
               (("entropy",), "policy entropy per token", "entropy (nats)"),
@@ -70,8 +70,8 @@ def _series(records: list[dict], key: str, label: str = "") -> tuple[str, list, 
 def _panel(records: list[dict], keys, title: str, ylabel: str):
   """A curves panel for the keys present in `records` (None when none is)."""
   names = {"kl_k1": "k1", "kl_k3": "k3 (never negative)", "response_length": "rollouts",
-           "probe_answer_tokens": "probe (greedy)", "score_harmless": "red-team prompts",
-           "score_helpful": "helpfulness prompts"}
+           "probe_answer_tokens": "probe (greedy)", "score_harmless": "red-team",
+           "score_helpful": "helpful"}
   series = [_series(records, k, names.get(k, k) if len(keys) > 1 else "") for k in keys
             if any(k in m for m in records)]
   return (title, series, ylabel) if series else None
