@@ -393,7 +393,11 @@ def test_pm_train_job_resumes_exports_and_eval_loads_it(job_files, tmp_path):
                                   "eval.progress": False, "eval.batch_size": 4})
   report = eval_job.run(config, str(tmp_path))
   result = report["comparisons"][job_files["human_test"]]
-  assert result["n"] == 6 and 0 <= result["accuracy"] <= 1
+  items = json.loads((tmp_path / "eval" / f"pm_{os.path.basename(job_files['human_test'])[:-6]}"
+                                              ".json").read_text())["items"]
+  gaps = np.asarray([x["r_better"] - x["r_worse"] for x in items])  # chosen minus rejected
+  assert result["n"] == 6 == len(gaps)
+  assert result["accuracy"] == pytest.approx(np.mean(gaps > 0) + 0.5 * np.mean(gaps == 0))
   assert sum(b["count"] for b in result["calibration"]["bins"]) == 12
   assert os.path.isfile(result["reliability_png"])
 

@@ -155,9 +155,10 @@ def test_eval_stages_then_resume_then_report(assets, tmp_path, monkeypatch):
   assert {a["prompt_id"] for a in answers["first"] if a["set"] == "harmless"} <= held_out
   judged = [o for _, o in read_jsonl(str(w / "eval" / "judgements.jsonl"))]
   assert len(judged) == 6 and len({j["id"] for j in judged}) == 6
-  for j in judged:
-    assert 0 <= j["p_a_better"] <= 1
+  for j in judged:  # the judge's label: the mean of its principles' both-orders probabilities
     assert "tie" in j or len(j["per_principle"]) == 2
+    want = np.mean([e["p_first_better"] for e in j["per_principle"]]) if "tie" not in j else 0.5
+    assert j["p_a_better"] == pytest.approx(want, abs=1e-12)
   assert set(report["elo"]) == set(SC.SETS)
   assert report["elo"]["harmless"]["elo"]["first"] == 0.0
   assert report["num_judgements"] == 6 and report["pm"] is not None
