@@ -61,33 +61,40 @@ def settings_from_config(config) -> F.FeedbackSettings:
     raise ConfigError(f"feedback: {e}") from None
 
 
-def label_axis(pair, constitutions) -> str:
+def check_principles(settings, constitution, axis: str = "") -> None:
+  if settings.num_principles > len(constitution.mc_principles):
+    raise ConfigError(f"feedback.num_principles={settings.num_principles}, but constitution "
+                      f"{constitution.name!r}" + (f" (axis {axis!r})" if axis else "")
+                      + f" has {len(constitution.mc_principles)} multiple-choice principles")
+
+
+def label_axis(pair, default) -> str:
   """The axis a pair's label carries: its own tag, or for an untagged pair the name of the
-  constitution it is judged under (`config.constitution`)."""
-  return pair.axis or constitutions[""].name
+  constitution it is judged under (`default`, config.constitution)."""
+  return pair.axis or default.name
 
 
-def axis_constitutions(config, pairs, pairs_path: str) -> dict:
-  """axis -> Constitution for every axis among `pairs` ('' for untagged pairs, also keyed by
-  that constitution's name), loaded before any model: 'harmless' and '' use
-  config.constitution, 'helpful' feedback.helpful_constitution, any other axis the constitution
-  of that name (ConfigError naming the first pair of an axis no constitution answers to)."""
-  f = config.feedback
+def axis_constitutions(config, pairs, pairs_path: str, default) -> dict:
+  """label axis (`label_axis`) -> Constitution for every axis among `pairs`, loaded before any
+  model: untagged and 'harmless' pairs use `default` (config.constitution), 'helpful'
+  feedback.helpful_constitution, any other axis the constitution of that name (ConfigError
+  naming the first pair of an axis no constitution answers to)."""
   out = {}
   for p in pairs:
-    if p.axis in out:
+    axis = label_axis(p, default)
+    if axis in out:
       continue
-    name = {"": config.constitution, "harmless": config.constitution,
-            "helpful": f.helpful_constitution}.get(p.axis, p.axis)
+    if p.axis in ("", "harmless"):
+      out[axis] = default
+      continue
+    name = config.feedback.helpful_constitution if p.axis == "helpful" else p.axis
     try:
-      out[p.axis] = load_constitution(name)
+      out[axis] = load_constitution(name)
     except (OSError, ValueError, ConstitutionError) as e:
       raise ConfigError(f"{p.where or pairs_path}: pair {p.id!r} has axis {p.axis!r}, and no "
                         f"constitution answers to it ({name!r}: {e}); set "
                         "feedback.helpful_constitution or use a constitution's name as the axis"
                         ) from None
-  if "" in out:  # untagged pairs are labelled under config.constitution, tagged with its name
-    out.setdefault(out[""].name, out[""])
   return out
 
 
@@ -98,21 +105,15 @@ def run(config, workdir: str) -> dict:
   strategy = None
   if settings.mode == "cot":
     strategy = sampling_strategy(f, "feedback", "cot_temperature", "cot_top_k", "cot_top_p")
-  constitution = load_constitution(config.constitution)  # checked before the pairs are read
-  if settings.num_principles > len(constitution.mc_principles):
-    raise ConfigError(f"feedback.num_principles={settings.num_principles}, but constitution "
-                      f"{constitution.name!r} has {len(constitution.mc_principles)} "
-                      "multiple-choice principles")
+  constitution = load_constitution(config.constitution)
+  check_principles(settings, constitution)  # before the pairs are read
   pairs_path = f.pairs or os.path.join(workdir, "sample_pairs", "pairs.jsonl")
   pairs, skipped = F.read_pairs_file(pairs_path)  # validated before the model loads
   if f.limit:
     pairs = pairs[:f.limit]
-  constitutions = axis_constitutions(config, pairs, pairs_path)
-  for axis, constitution in constitutions.items():
-    if settings.num_principles > len(constitution.mc_principles):
-      raise ConfigError(f"feedback.num_principles={settings.num_principles}, but constitution "
-                        f"{constitution.name!r} (axis {axis!r}) has "
-                        f"{len(constitution.mc_principles)} multiple-choice principles")
+  constitutions = axis_constitutions(config, pairs, pairs_path, constitution)
+  for axis, c in constitutions.items():
+    check_principles(settings, c, axis)
   out_dir = os.path.join(workdir, "feedback")
   os.makedirs(out_dir, exist_ok=True)
   output = f.output or os.path.join(out_dir, "labels.jsonl")
@@ -123,7 +124,7 @@ def run(config, workdir: str) -> dict:
   print(f"{len(pairs)} pairs ({len(pairs) - len(todo)} labelled, {len(todo)} to label), "
         f"{len(skipped)} flagged and skipped; mode {settings.mode}, {settings.num_principles} "
         f"principles, both_orders={settings.both_orders}; constitutions "
-        + ", ".join(f"{a}: {c.name!r}" for a, c in sorted(constitutions.items()) if a),
+        + ", ".join(f"{a}: {c.name!r}" for a, c in sorted(constitutions.items())),
         flush=True)
   todo = split.mine(todo)
   if split.count > 1:
@@ -162,9 +163,10 @@ def run(config, workdir: str) -> dict:
     with progress(len(todo), "feedback", "pair") as bar:
       for b in range(0, len(todo), f.batch_size):
         batch = todo[b:b + f.batch_size]
-        records = {}
-        for axis in sorted({label_axis(p, constitutions) for p in batch}):
-          group = [p for p in batch if label_axis(p, constitutions) == axis]
+        records, groups = {}, {}
+        for p in batch:
+          groups.setdefault(label_axis(p, constitution), []).append(p)
+        for axis, group in sorted(groups.items()):
           for r in labellers[axis].label(group, record_keys(config.seed, [p.id for p in group])):
             records[r["id"]] = {**r, "axis": axis, "provenance": provenance[axis]}
         records = [records[p.id] for p in batch]  # the pairs' order, whatever their axes
@@ -193,7 +195,7 @@ def run(config, workdir: str) -> dict:
       "num_principles": settings.num_principles, "both_orders": settings.both_orders,
       "clamp": [settings.clamp_low, settings.clamp_high] if settings.mode == "cot" else None,
       **F.summarize(labels),
-      "constitutions": {a: c.name for a, c in sorted(constitutions.items()) if a},
+      "constitutions": {a: c.name for a, c in sorted(constitutions.items())},
       "per_axis": {a: F.summarize([x for x in labels if x.axis == a])
                    for a in sorted({x.axis for x in labels})},
       "skipped_flagged": {"count": len(skipped), "by_reason": reasons,
