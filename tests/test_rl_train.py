@@ -414,6 +414,13 @@ def test_both_prompt_sets(assets, tmp_path):
   with pytest.raises(ConfigError, match="too small for helpful_fraction=0.1"):
     run(assets, tmp_path / "x", **{"rl_train.helpful_prompts": str(helpful),
                                    "rl_train.helpful_fraction": 0.1})
+  long = tmp_path / "long.jsonl"  # every helpfulness prompt skipped as too long
+  long.write_text(json.dumps({"id": "h9", "prompt": "\n\nHuman: " + "why " * 80
+                              + "\n\nAssistant:"}) + "\n")
+  with pytest.raises(ConfigError, match="asks for 2 helpfulness rows of 4, but 8 red-team and 0"):
+    run(assets, tmp_path / "x", **{"rl_train.helpful_prompts": str(long),
+                                   "rl_train.helpful_fraction": 0.5,
+                                   "rl_train.long_prompts": "skip"})
   with pytest.raises(ConfigError, match="share 3 ids"):
     run(assets, tmp_path / "x", **{"rl_train.helpful_prompts": str(helpful),
                                    "rl_train.prompts": str(helpful)})

@@ -339,7 +339,8 @@ def run(config, workdir: str) -> dict:
                                                context=layout.text)
   n_red = sum(r.id in red_ids for r in records)  # kept red-team prompts (they come first)
   n_helpful = len(records) - n_red
-  if helpful_rows is not None and (n_red == 0) != (helpful_rows == c.batch_size):
+  if helpful_rows is not None and ((helpful_rows and not n_helpful)
+                                   or (helpful_rows < c.batch_size and not n_red)):
     raise ConfigError(f"rl_train.helpful_fraction={c.helpful_fraction} asks for "
                       f"{helpful_rows} helpfulness rows of {c.batch_size}, but {n_red} red-team "
                       f"and {n_helpful} helpfulness prompts are left")
@@ -349,9 +350,15 @@ def run(config, workdir: str) -> dict:
           f"{c.max_prompt_tokens}: {', '.join(skipped[:10])}" + (" ..." if len(skipped) > 10
                                                                   else ""), flush=True)
   n_start = len(tokenizer.start_ids)  # BOS, or nothing for tokenizers without one
-  # The PM reads the prompt alone, as it was trained (the policy's prefix is not part of it).
-  prompt_ids_no_bos = [ids[n_start:] for ids in
-                       ro.prompt_ids(records, tokenizer, 10 ** 9, skip_long=False, fmt=fmt)[1]]
+
+  def pm_prompt_ids(recs, policy_ids):
+    """The prompts as the PM reads them, without BOS: the prompt alone, as it was trained (the
+    policy's prefix, when there is one, is not part of it)."""
+    if layout.model_prefix and recs:
+      policy_ids = tokenizer.encode_batch([fmt.context(r.prompt) for r in recs], add_bos=True)
+    return [ids[n_start:] for ids in policy_ids]
+
+  prompt_ids_no_bos = pm_prompt_ids(records, prompt_ids)
   probe_records, probe_ids = [], []
   if c.probe_count:
     probe_records = sources.load_prompt_set(c.probe_prompts)
@@ -367,8 +374,7 @@ def run(config, workdir: str) -> dict:
                         f"prompts within max_prompt_tokens, fewer than probe_count="
                         f"{c.probe_count}")
     probe_records, probe_ids = probe_records[:c.probe_count], probe_ids[:c.probe_count]
-  probe_pm_ids = [ids[n_start:] for ids in ro.prompt_ids(
-      probe_records, tokenizer, 10 ** 9, skip_long=False, fmt=fmt)[1]] if probe_records else []
+  probe_pm_ids = pm_prompt_ids(probe_records, probe_ids)
   strategy = Sampling(temperature=float(c.temperature), top_k=int(c.top_k), top_p=float(c.top_p))
   if strategy != Sampling():
     print(f"warning: rollouts sample from a modified distribution ({strategy}); the KL "
