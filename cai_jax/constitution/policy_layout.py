@@ -60,11 +60,22 @@ class PolicyLayout:
     return sampler.prefill_prefix(self.model_prefix) if self.model_prefix else None
 
 
-def from_config(config, fmt, constitution=None) -> PolicyLayout:
-  """The layout `config.conversation.policy_prefix` names (ConfigError on a bad value)."""
+def prefix_name(config) -> str:
+  """`config.conversation.policy_prefix` ('none' where a config has no such field), checked:
+  ConfigError on a value outside POLICY_PREFIXES, so a job can fail before any compute."""
   from cai_jax.config_defaults import ConfigError
   section = config.get("conversation")
   name = section.get("policy_prefix", "none") if section is not None else "none"
+  if name not in POLICY_PREFIXES:
+    raise ConfigError(f"conversation.policy_prefix must be one of {', '.join(POLICY_PREFIXES)}, "
+                      f"got {name!r}")
+  return name
+
+
+def from_config(config, fmt, constitution=None) -> PolicyLayout:
+  """The layout `config.conversation.policy_prefix` names (ConfigError on a bad value)."""
+  from cai_jax.config_defaults import ConfigError
+  name = prefix_name(config)
   if name == "helpful_exchanges" and constitution is None:
     from cai_jax.constitution.loading import load_constitution
     constitution = load_constitution(config.constitution)

@@ -99,11 +99,8 @@ def check_stages(config) -> dict:
   if e.num_prompts < 0 or e.num_bootstrap < 0 or not 0 < e.confidence < 1:
     raise ConfigError("eval.num_prompts and eval.num_bootstrap must be >= 0 and "
                       "eval.confidence in (0, 1)")
-  from cai_jax.constitution.policy_layout import POLICY_PREFIXES
-  prefix_name = config.conversation.get("policy_prefix", "none")
-  if prefix_name not in POLICY_PREFIXES:
-    raise ConfigError(f"conversation.policy_prefix must be one of {', '.join(POLICY_PREFIXES)}, "
-                      f"got {prefix_name!r}")
+  from cai_jax.constitution import policy_layout
+  policy_layout.prefix_name(config)  # a bad value stops here, before any model loads
   strategy = sampling_strategy(e, "eval", "answer_temperature", "answer_top_k", "answer_top_p")
   sets = {"harmless": SC.eval_prompts(e.red_team_prompts, e.num_prompts),
           "helpful": SC.eval_prompts(e.helpful_prompts, e.num_prompts)}
@@ -282,7 +279,7 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
                for s, spec in (("harmless", e.red_team_prompts),
                                ("helpful", e.helpful_prompts))},
       "judge": judge_ckpt, "judge_principles": e.judge_principles,
-      "policy_prefix": config.conversation.get("policy_prefix", "none"),
+      "policy_prefix": policy_layout.prefix_name(config),
       "sampling": {"temperature": e.answer_temperature, "top_k": e.answer_top_k,
                    "top_p": e.answer_top_p, "max_new_tokens": e.answer_max_tokens},
       "pm": os.path.abspath(folder) if pm_scores is not None else None,

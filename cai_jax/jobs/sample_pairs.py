@@ -122,7 +122,7 @@ def run(config, workdir: str) -> dict:
                                                       "source": constitution.source},
                 "prompts": g.prompts, "helpful_prompts": g.helpful_prompts, "seed": config.seed,
                 "conversation_format": config.conversation.format,
-                "policy_prefix": config.conversation.get("policy_prefix", "none"),
+                "policy_prefix": policy_layout.prefix_name(config),
                 "sampling": {"temperature": g.temperature, "top_k": g.top_k, "top_p": g.top_p,
                              "max_response_tokens": g.max_response_tokens}}
   start, tokens = time.perf_counter(), 0

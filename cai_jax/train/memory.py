@@ -614,9 +614,8 @@ ASSUMED_PREFIX_TOKENS = 2048
 def _policy_prefix_tokens(config) -> int:
   """The policy's cached prefix (conversation.policy_prefix) in the stages that answer prompts:
   ASSUMED_PREFIX_TOKENS for the helpful exchanges, 0 for none."""
-  section = config.get("conversation")
-  name = section.get("policy_prefix", "none") if section is not None else "none"
-  return ASSUMED_PREFIX_TOKENS if name == "helpful_exchanges" else 0
+  from cai_jax.constitution import policy_layout
+  return ASSUMED_PREFIX_TOKENS if policy_layout.prefix_name(config) == "helpful_exchanges" else 0
 ASSUMED_REQUEST_TOKENS = 128
 
 
