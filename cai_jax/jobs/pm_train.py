@@ -121,11 +121,8 @@ def load_initial(config, mesh, head_scale: float):
 def make_optimizer(config, steps: int):
   """(the optimizer config with its schedule's length, the optimizer: the head's learning
   rate scaled by pm_train.head_lr_scale)."""
-  opt_cfg = config.optim.copy_and_resolve_references()
-  with opt_cfg.unlocked():
-    opt_cfg.total_steps = steps
-  return opt_cfg, optim.make_optimizer(
-      opt_cfg, subtree_lr_scale={"head": config.pm_train.head_lr_scale})
+  return optim.for_steps(config.optim, steps,
+                         subtree_lr_scale={"head": config.pm_train.head_lr_scale})
 
 
 def make_steps(c, model_cfg, optimizer, opt_cfg, mesh, shardings):

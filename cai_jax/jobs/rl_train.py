@@ -237,10 +237,7 @@ def sample_table(iteration: int, rows: list[dict]) -> str:
 
 def make_optimizer(config, total_steps: int):
   """(the optimizer config with its schedule's length, the optimizer)."""
-  opt_cfg = config.optim.copy_and_resolve_references()
-  with opt_cfg.unlocked():
-    opt_cfg.total_steps = total_steps
-  return opt_cfg, optim.make_optimizer(opt_cfg)
+  return optim.for_steps(config.optim, total_steps)
 
 
 def make_programs(c, policy_cfg, ref_cfg, value_cfg, pm_cfg, optimizer, opt_cfg, mesh,

@@ -40,10 +40,7 @@ def check_config(c, mesh) -> None:
 
 def make_optimizer(config, steps: int):
   """(the optimizer config with its schedule's length, the optimizer)."""
-  opt_cfg = config.optim.copy_and_resolve_references()
-  with opt_cfg.unlocked():
-    opt_cfg.total_steps = steps
-  return opt_cfg, optim.make_optimizer(opt_cfg)
+  return optim.for_steps(config.optim, steps)
 
 
 def make_steps(c, model_cfg, optimizer, opt_cfg, mesh, shardings):

@@ -47,6 +47,15 @@ def scale_subtree(name: str, factor: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+def for_steps(cfg, total_steps: int, *, subtree_lr_scale: dict[str, float] | None = None):
+  """(a resolved copy of the optimizer config with `total_steps` filled in, its optimizer): what
+  each trainer builds once it knows how many steps it will run."""
+  cfg = cfg.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.total_steps = total_steps
+  return cfg, make_optimizer(cfg, subtree_lr_scale=subtree_lr_scale)
+
+
 def make_optimizer(cfg, *, subtree_lr_scale: dict[str, float] | None = None
                    ) -> optax.GradientTransformation:
   """`cfg` fields: learning_rate, warmup_steps, total_steps, end_factor, b1, b2, eps,
