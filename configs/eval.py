@@ -46,7 +46,8 @@ def get_config():
       answer_temperature=0.0,   # 0 = greedy
       answer_top_k=0,
       answer_top_p=1.0,
-      answer_batch_size=8,
+      answer_batch_size=8,      # sampler row slots (continuous batching refills them)
+      answer_block_size=32,     # answers per sampler call and per appended block
       max_prompt_length=1024,
       chunk_size=16,
       judge="",                 # judge (feedback) model; '' = config.model.checkpoint

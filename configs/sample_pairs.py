@@ -32,7 +32,9 @@ def get_config():
       max_response_tokens=128,
       max_conversation_tokens=512,  # longer prompts are skipped and listed in the report
       max_prompt_length=4096,     # sampler budget per row after the cached prefix
-      batch_size=8,               # prompts per sampler call (2 rows each)
+      batch_size=8,               # sampler row slots / 2 (2 answers per prompt; continuous
+                                  # batching refills the slots)
+      block_size=32,              # prompts per sampler call and per appended block of pairs
       chunk_size=16,              # decode steps between stop-string checks
       output="",                  # pairs jsonl; default WORKDIR/sample_pairs/pairs.jsonl
   )

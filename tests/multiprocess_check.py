@@ -45,13 +45,14 @@ def configs(assets: str) -> dict:
   return {
       "sl_generate": load_config("sl_generate", **common, **small, **{
           "sl_generate.prompts": prompts, "sl_generate.rounds": 1, "sl_generate.batch_size": 2,
+          "sl_generate.block_size": 2,  # a block per append: crashes land between blocks
           "sl_generate.max_response_tokens": 4, "sl_generate.max_critique_tokens": 4,
           "sl_generate.max_revision_tokens": 4, "sl_generate.report_examples": 0,
           "sl_generate.helpful_prompts": os.path.join(assets, "helpful.jsonl"),
           "sl_generate.helpful_ratio": 0.5, "sl_generate.temperature": 1.0}),
       "sample_pairs": load_config("sample_pairs", **common, **small, **{
           "sample_pairs.prompts": prompts, "sample_pairs.helpful_prompts": "",
-          "sample_pairs.batch_size": 2,
+          "sample_pairs.batch_size": 2, "sample_pairs.block_size": 2,
           "sample_pairs.max_response_tokens": 4, "sample_pairs.temperature": 1.0}),
       "feedback": load_config("feedback", **common, **small, **{
           "feedback.pairs": os.path.join(assets, "pairs.jsonl"), "feedback.mode": "cot",
@@ -62,7 +63,7 @@ def configs(assets: str) -> dict:
           "eval.red_team_prompts": prompts, "eval.helpful_prompts":
           os.path.join(assets, "helpful.jsonl"), "eval.num_prompts": 3,
           "eval.answer_max_tokens": 4,
-          "eval.answer_temperature": 1.0, "eval.answer_batch_size": 2,
+          "eval.answer_temperature": 1.0, "eval.answer_batch_size": 2, "eval.answer_block_size": 2,
           "eval.harmless_constitution": small["constitution"],
           "eval.helpful_constitution": small["constitution"], "eval.judge_principles": 2,
           "eval.judge_batch_size": 2, "eval.num_bootstrap": 20, "eval.progress": False,

@@ -506,6 +506,8 @@ def test_bad_input_fails_clearly(sampler):
     sampler.generate(["ok"], max_new_tokens=4, stop=["\n", ""])
   with pytest.raises(TypeError, match="sequence of prompts"):
     sampler.generate("ok", max_new_tokens=4)
+  with pytest.raises(ValueError, match="batching must be one of"):
+    Sampler(sampler.config, sampler.params, CharTokenizer(), batching="dynamic")
   for top_p in (0.0, -0.1, 1.01):
     with pytest.raises(ValueError, match="top_p"):
       Sampling(top_p=top_p)
@@ -540,26 +542,66 @@ def test_long_prompts_keep_bos_and_lose_their_left(tiny):
 # ----------------------------------------------------------------------------- bucketing
 
 
-def test_a_handful_of_programs(tiny):
+@pytest.mark.parametrize("strategy", [Greedy(), Sampling()], ids=["greedy", "seeded"])
+def test_continuous_batching_equals_lockstep(tiny, strategy):
+  """12 prompts whose rows end at many different steps (EOS = every tenth id, a stop string
+  checked every 4 steps): 3 continuous slots, refilled as rows finish, give every prompt the
+  tokens, text, finish reason and log-probs of lockstep batches of 3 (row keys from the call's
+  key), with and without a shared prefix, the same tokens in fewer slot-steps."""
   config, params = tiny
-  sampler = Sampler(config, params, CharTokenizer(), max_batch=2, eos_ids=())
+  eos = tuple(range(10, config.vocab_size, 10))
+  prompts = [p * k for p in PROMPTS for k in (1, 2, 3)]
+  for prefix_text in (None, "a shared prefix. "):
+    runs = {}
+    for batching in ("lockstep", "continuous"):
+      s = Sampler(config, params, CharTokenizer(), eos_ids=eos, max_batch=3, chunk_size=4,
+                  batching=batching)
+      prefix = s.prefill_prefix(prefix_text) if prefix_text else None
+      runs[batching] = s, s.generate(prompts, max_new_tokens=24, strategy=strategy,
+                                     key=jax.random.PRNGKey(5), stop=("!",), prefix=prefix)
+    (lock_sampler, lock), (cont_sampler, cont) = runs["lockstep"], runs["continuous"]
+    assert cont.tokens == lock.tokens and cont.texts == lock.texts
+    assert cont.finish_reasons == lock.finish_reasons
+    assert len(set(lock.num_tokens)) >= 5, lock.num_tokens  # rows really end apart
+    if prefix_text is None:
+      assert set(lock.finish_reasons) == {"eos", "stop", "length"}, lock.finish_reasons
+    # Other neighbours and cache slots reorder float sums: measured up to 2.1e-5.
+    for a, b in zip(lock.logprobs + lock.sampling_logprobs,
+                    cont.logprobs + cont.sampling_logprobs):
+      np.testing.assert_allclose(b, a, rtol=0, atol=3e-5)
+    assert cont_sampler.tokens_generated == lock_sampler.tokens_generated == sum(lock.num_tokens)
+    assert cont_sampler.slot_steps < 0.8 * lock_sampler.slot_steps, (
+        cont_sampler.slot_steps, lock_sampler.slot_steps)
+
+
+@pytest.mark.parametrize("batching", ["lockstep", "continuous"])
+def test_a_handful_of_programs(tiny, batching):
+  config, params = tiny
+  sampler = Sampler(config, params, CharTokenizer(), max_batch=2, eos_ids=(), batching=batching)
   rng = np.random.default_rng(0)
-  buckets = set()
+  prefill_shapes, decode_shapes = set(), set()
   calls = (1, 3, 2, 5, 1, 4, 2)
+  bucket = lambda n: max(32, 1 << (int(n) - 1).bit_length())  # noqa: E731
   for batch in calls:
     lengths = rng.integers(2, 60, size=batch)
     sampler.generate(["p" * int(n) for n in lengths], max_new_tokens=4)
-    # Longest first, in batches of at most 2 rows: rows and prompt slots are powers of two.
+    # Longest first, 2 rows at a time (every row runs its 4 tokens, so continuous slots refill
+    # in the same pairs): rows and prompt slots are powers of two. Lockstep sizes each
+    # batch's cache by its own longest prompt, continuous by the call's.
     lengths = sorted(lengths + 1, reverse=True)  # + BOS
     for start in range(0, batch, 2):
       chunk = lengths[start:start + 2]
-      buckets.add((len(chunk), max(32, 1 << (int(chunk[0]) - 1).bit_length())))
+      cache_prompt = bucket(chunk[0] if batching == "lockstep" else lengths[0])
+      prefill_shapes.add((len(chunk), bucket(chunk[0]), cache_prompt))
+      decode_shapes.add((min(2, batch), cache_prompt) if batching == "continuous"
+                        else (len(chunk), cache_prompt))
   prefills = sampler._prefill._cache_size()
   decodes = sum(f._cache_size() for f in sampler._decode_fns.values())
-  # 7 calls, 11 batches of 10 distinct (rows, longest prompt) shapes: 4 programs of each kind,
-  # (1 or 2 rows) x (32 or 64 prompt slots).
-  assert len(buckets) <= 4
-  assert prefills == len(buckets) and decodes == len(buckets), (prefills, decodes, buckets)
+  # 7 calls, 11 batches: at most (1 or 2 rows) x (32 or 64 prompt slots) x (cache of 32 or 64
+  # prompt slots) prefill programs, and (rows, cache) decode programs.
+  assert len(prefill_shapes) <= 6 and len(decode_shapes) <= 4
+  assert prefills == len(prefill_shapes) and decodes == len(decode_shapes), (
+      prefills, decodes, prefill_shapes, decode_shapes)
 
 
 # ----------------------------------------------------------------------------- Gemma 3 270M

@@ -124,6 +124,7 @@ def test_degenerate_flags():
 def job_settings(ckpt, **extra):
   s = {"model.checkpoint": ckpt, "model.cache_dir": os.path.dirname(ckpt),
        "sl_generate.limit": 6, "sl_generate.rounds": 2, "sl_generate.batch_size": 2,
+       "sl_generate.block_size": 2,  # a block per append, so a kill lands between blocks
        "sl_generate.max_response_tokens": 6, "sl_generate.max_critique_tokens": 6,
        "sl_generate.max_revision_tokens": 6, "sl_generate.report_examples": 1,
        "sl_generate.drop_flagged": False, "sl_generate.helpful_ratio": 0.5}

@@ -207,7 +207,7 @@ def sampler_programs(prefix: str, cfg, params, mesh: Mesh, shape: memory.Sampler
   """The Sampler's prefill (one chunk of `PREFILL_CHUNK` prompt slots into the cache) and
   decode loop (`sampler._decode`), for its largest batch: `shape.rows` prompts padded to the
   data axes, the cache of prefix + prompt + new slots. Built here from the sampler's module
-  functions, as `Sampler.__init__` jits them (the decode state as `_generate_batch` makes it)."""
+  functions, as `Sampler.__init__` jits them (the decode state as `_empty_state` makes it)."""
   cfg = cfg.replace(remat=False)
   model = decoder.Decoder(cfg)
   rows = _pad_rows(shape.rows, mesh)
@@ -223,19 +223,19 @@ def sampler_programs(prefix: str, cfg, params, mesh: Mesh, shape: memory.Sampler
   new = shape.new
   state = sampler_lib.DecodeState(
       step=_sds((), jnp.int32, replicated),
-      logits=_rows(mesh, (rows, cfg.vocab_size), jnp.float32),
+      hidden_BD=_rows(mesh, (rows, cfg.embed_dim), cfg.dtype),
       cache=cache,
-      next_pos_B=_rows(mesh, (rows,), jnp.int32), done_B=_rows(mesh, (rows,), jnp.bool_),
-      eos_B=_rows(mesh, (rows,), jnp.bool_),
+      next_pos_B=_rows(mesh, (rows,), jnp.int32), count_B=_rows(mesh, (rows,), jnp.int32),
+      done_B=_rows(mesh, (rows,), jnp.bool_), eos_B=_rows(mesh, (rows,), jnp.bool_),
       tokens_BN=_rows(mesh, (rows, new), jnp.int32),
       logp_BN=_rows(mesh, (rows, new), jnp.float32),
       sampling_logp_BN=_rows(mesh, (rows, new), jnp.float32),
-      key=_sds((2,), jnp.uint32, replicated))
+      key_B=_rows(mesh, (rows, 2), jnp.uint32))
   decode = jax.jit(functools.partial(sampler_lib._decode, model, False, strategy,  # noqa: SLF001
                                      tuple(eos_ids)),
                    static_argnums=(0,), donate_argnums=(3,))
   decode_args = (shape.prefix + shape.prompt, params, None, state,
-                 _sds((), jnp.int32, replicated))
+                 _sds((), jnp.int32, replicated), _sds((), jnp.int32, replicated))
   prefix_cache = (memory.kv_cache_bytes(cfg, 1, shape.prefix) if shape.prefix else 0)
   return [
       aot.Program(f"{prefix}/prefill", prefill, prefill_args, _activate(mesh),

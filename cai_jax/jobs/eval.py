@@ -92,8 +92,8 @@ def check_stages(config) -> dict:
 
   e = config.eval
   stages = SC.parse_stages(e.stages)
-  for field in ("answer_max_tokens", "answer_batch_size", "max_prompt_length", "chunk_size",
-                "judge_batch_size", "judge_principles"):
+  for field in ("answer_max_tokens", "answer_batch_size", "answer_block_size",
+                "max_prompt_length", "chunk_size", "judge_batch_size", "judge_principles"):
     if e[field] < 1:
       raise ConfigError(f"eval.{field} must be >= 1, got {e[field]}")
   if e.num_prompts < 0 or e.num_bootstrap < 0 or not 0 < e.confidence < 1:
@@ -159,8 +159,8 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
     prefix = layout.prefill(sampler)
     bar = progress(len(todo), f"answers {stage.name}", "answer") if e.progress and main else None
     try:
-      for b in range(0, len(todo), e.answer_batch_size):
-        batch = todo[b:b + e.answer_batch_size]
+      for b in range(0, len(todo), e.answer_block_size):
+        batch = todo[b:b + e.answer_block_size]
         rows = [layout.rest(r.prompt) for _, r in batch]
         keys = record_keys(config.seed, [f"{stage.name}/{SC.answer_id(s, r.id)}"
                                          for s, r in batch])

@@ -53,7 +53,7 @@ from cai_jax.sampling.sampler import Sampler
 
 def check(g) -> None:
   for field in ("max_response_tokens", "max_conversation_tokens", "max_prompt_length",
-                "batch_size", "chunk_size"):
+                "batch_size", "block_size", "chunk_size"):
     if g[field] < 1:
       raise ConfigError(f"sample_pairs.{field} must be >= 1, got {g[field]}")
   if g.limit < 0 or g.helpful_limit < 0:
@@ -136,8 +136,8 @@ def run(config, workdir: str) -> dict:
                       eos_ids=fmt.stop_ids, mesh=mesh)
     prefix = layout.prefill(sampler)
     with progress(len(todo), "sample_pairs", "prompt") as bar:
-      for b in range(0, len(todo), g.batch_size):
-        batch = todo[b:b + g.batch_size]
+      for b in range(0, len(todo), g.block_size):
+        batch = todo[b:b + g.block_size]
         rows = [layout.rest(r.prompt) for r in batch for _ in range(2)]  # each prompt twice, a key per answer
         keys = np.stack([record_keys(config.seed, [r.id for r in batch], i) for i in (0, 1)],
                         axis=1).reshape(-1, 2)

@@ -49,7 +49,8 @@ TARGETS = ("all_revisions", "final")
 
 def check(g) -> None:
   for field in ("rounds", "max_response_tokens", "max_critique_tokens", "max_revision_tokens",
-                "max_conversation_tokens", "max_prompt_length", "batch_size", "chunk_size"):
+                "max_conversation_tokens", "max_prompt_length", "batch_size", "block_size",
+                "chunk_size"):
     minimum = 0 if field == "rounds" else 1
     if g[field] < minimum:
       raise ConfigError(f"sl_generate.{field} must be >= {minimum}, got {g[field]}")
@@ -134,8 +135,8 @@ def run(config, workdir: str) -> dict:
     reviser = CritiqueReviser(sampler, constitution, settings, strategy, fmt,
                               answer_prefix_text=layout.prefix_text)
     with progress(len(todo), "sl_generate", "prompt") as bar:
-      for b in range(0, len(todo), g.batch_size):
-        batch = todo[b:b + g.batch_size]
+      for b in range(0, len(todo), g.block_size):
+        batch = todo[b:b + g.block_size]
         bodies = reviser.run([(r.id, r.prompt) for r in batch],
                              record_keys(config.seed, [r.id for r in batch]))
         split.append([{**body, "category": category.get(body["id"]),
@@ -144,8 +145,8 @@ def run(config, workdir: str) -> dict:
         elapsed = time.perf_counter() - start
         bar.set_postfix(tok_s=f"{reviser.tokens_generated / elapsed:.1f}")
     with progress(len(todo_helpful), "helpful answers", "prompt") as bar:
-      for b in range(0, len(todo_helpful), g.batch_size):
-        batch = todo_helpful[b:b + g.batch_size]
+      for b in range(0, len(todo_helpful), g.block_size):
+        batch = todo_helpful[b:b + g.block_size]
         out = reviser.answer([r.prompt for r in batch],
                              record_keys(config.seed, [f"helpful:{r.id}" for r in batch]))
         split_helpful.append([

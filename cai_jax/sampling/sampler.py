@@ -1,13 +1,22 @@
-"""Batched generation: prefill, then one compiled `lax.while_loop` over a KV cache.
+"""Batched generation: prefill, then compiled `lax.while_loop`s over a KV cache of row slots.
 
-Cache layout per batch (slots along the cache axis) on global layers:
-  [shared prefix (optional) | row prompts, right-padded to a bucket | generated tokens]
-and on sliding-window layers a ring of `sliding_window` slots (when the batch needs more), where
-a row's token at position p lives in slot p % sliding_window (`kv_cache`). Every slot records its
-token's absolute position (-1 = empty), so one mask rule serves all of it: a query reads the
-filled slots at or before its own position (local layers also require
-`query_pos - key_pos < sliding_window`). Rows of different lengths thus decode in lockstep with
-per-row positions, and a shared prefix is prefilled once and copied into every batch.
+Continuous batching (the default): the sampler keeps `max_batch` row slots; a slot whose row
+finishes (EOS, stop string, budget) takes the next waiting prompt, prefilled in a batch of its
+own and moved into the slot (`_admit`), so the decode program keeps running full instead of
+padding behind finished rows. Lockstep batching (each batch decodes until its slowest row is
+done) remains as `batching="lockstep"`. A row's token t is drawn with fold_in(its key, t) and
+every row counts its own tokens, so the outputs are the same either way, and the same for any
+slot or step that serves a prompt.
+
+Cache layout per slot (slots along the cache axis) on global layers:
+  [shared prefix (optional) | prompt, right-padded to a bucket | generated tokens]
+where decode step s writes every row's token into generated slot s % max_new_tokens: a row
+admitted at any step has exactly its budget of slots ahead of it. Sliding-window layers keep a
+ring of `sliding_window` slots (when the cache needs more), where a row's token at position p
+lives in slot p % sliding_window (`kv_cache`). Every slot records its token's absolute position
+(-1 = empty), so one mask rule serves all of it: a query reads the filled slots at or before
+its own position (local layers also require `query_pos - key_pos < sliding_window`), in any slot
+order. A shared prefix is prefilled once and copied into every admitted row.
 
 Prompts are prefilled `prefill_chunk` slots at a time (window layers then attend over their
 ring plus one chunk, not the whole prompt; chunks of padding only are skipped). Per decode step
@@ -15,19 +24,21 @@ on CPU the logits come from the layout XLA runs fastest (see `_project`), the gr
 avoids XLA's slow paired reduction, and only the chosen token's log-prob is computed
 (logit - logsumexp).
 
-Stopping: end-of-sequence ids on device; stop *strings* are checked on the host between chunks
-of `chunk_size` decode steps (without stop strings the whole budget runs as one loop), and the
-returned text is cut before the stop string. Finish reasons: "stop", "eos", "length".
+Stopping: end-of-sequence ids and the budget on device; stop *strings* are checked on the host
+between chunks of `chunk_size` decode steps (without stop strings a loop runs until enough rows
+are done), and the returned text is cut before the stop string. Finish reasons: "stop", "eos",
+"length".
 
 Policies: prompts are encoded with BOS first and nothing else (with a prefix, BOS starts the
 prefix and each prompt is appended as encoded on its own); an empty prompt is an error; a prompt
 longer than `max_prompt_length` tokens keeps BOS and loses tokens from its left, and is reported
-as truncated. Shapes are bucketed (powers of two for batch and prompt length), so a run compiles
+as truncated. Shapes are bucketed (powers of two for rows and prompt length), so a run compiles
 a handful of programs.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from typing import Sequence
@@ -46,20 +57,25 @@ from cai_jax.sampling.strategies import Greedy, Sampling, logprob_of
 from cai_jax.shapes import pow2_bucket, truncate_left
 
 FINISH_STOP, FINISH_EOS, FINISH_LENGTH = "stop", "eos", "length"
+BATCHING = ("continuous", "lockstep")
 
 
 @flax.struct.dataclass
 class DecodeState:
-  step: jax.Array             # scalar: tokens generated so far
-  logits: jax.Array           # float32 logits for the next token: [B, V], or [V, B] (see _project)
+  """Every slot's decoding state. `step` counts the program's decode steps since the cache was
+  made; a linear cache writes step t's tokens into generated slot t % new_tokens, so a slot that
+  takes a new prompt (`_admit`) finds its whole budget of slots ahead of it."""
+  step: jax.Array             # scalar
+  hidden_BD: jax.Array        # final-normed hidden state whose logits give each row's next token
   cache: list                 # list[LayerCache]
-  next_pos_B: jax.Array       # position of the next generated token
-  done_B: jax.Array
+  next_pos_B: jax.Array       # position of the row's next generated token
+  count_B: jax.Array          # tokens the row has generated
+  done_B: jax.Array           # finished, or an empty slot
   eos_B: jax.Array
-  tokens_BN: jax.Array        # generated tokens (pad after a row is done)
+  tokens_BN: jax.Array        # generated tokens, row-major by the row's own count
   logp_BN: jax.Array          # log-prob under the raw model distribution
   sampling_logp_BN: jax.Array  # log-prob under the sampling distribution
-  key: jax.Array              # [2]: split each step; or [B, 2] per row: folded with the step
+  key_B: jax.Array            # [B, 2]: token t of a row is drawn with fold_in(row key, t)
 
 
 @dataclasses.dataclass
@@ -111,45 +127,70 @@ def _prefill(model, params, tokens_BL, positions_BL, last_B, hidden_BD, cache, c
 
 
 def _decode(model, cpu, strategy, eos_ids, first_slot, params, embedding_DV, state: DecodeState,
-            until):
-  """Samples tokens until step == until or every row is done (one compiled loop)."""
+            until, min_done):
+  """Samples tokens until step == until or at least `min_done` rows are done (one compiled
+  loop). Row b's token t is drawn with fold_in(key_b, t) and written at its own count, so a
+  row's tokens do not depend on the slot or the step that produced them."""
   eos_ids = jnp.asarray(eos_ids, jnp.int32)
-  zero = jnp.zeros((), jnp.int32)  # explicit int32 indices: also right under jax_enable_x64
+  rows_B = jnp.arange(state.done_B.shape[0], dtype=jnp.int32)
+  budget = state.tokens_BN.shape[1]
 
   def cond(s: DecodeState):
-    return (s.step < until) & ~jnp.all(s.done_B)
+    return (s.step < until) & (jnp.sum(s.done_B.astype(jnp.int32)) < min_done)
 
   def body(s: DecodeState):
-    if s.key.ndim == 2:  # row keys: token t of a row is drawn with fold_in(row key, t)
-      key, sub = s.key, jax.vmap(jax.random.fold_in, (0, None))(s.key, s.step)
-    else:
-      key, sub = jax.random.split(s.key)
+    logits = _project(model, cpu, params, embedding_DV, s.hidden_BD)
     # Vocab-major logits ([V, B], see _project) are reduced over axis 0 where they lie.
     axis = 0 if _vocab_major(cpu, embedding_DV, s.done_B.shape[0]) else -1
-    token, sampling_logp = strategy.sample(s.logits, sub, vocab_axis=axis)
-    raw_logp = logprob_of(s.logits, token, axis)
+    sub = jax.vmap(jax.random.fold_in)(s.key_B, s.count_B)
+    token, sampling_logp = strategy.sample(logits, sub, vocab_axis=axis)
+    raw_logp = logprob_of(logits, token, axis)
     active = ~s.done_B
     token = jnp.where(active, token, 0)
     is_eos = active & jnp.isin(token, eos_ids)
-    upd = lambda buf, v: jax.lax.dynamic_update_slice(  # noqa: E731
-        buf, v[:, None].astype(buf.dtype), (zero, s.step))
+    column = jnp.where(active, s.count_B, budget)  # done rows write out of bounds: dropped
+
+    def put(buf, v):
+      return buf.at[rows_B, column].set(v.astype(buf.dtype), mode="drop", unique_indices=True)
+
     positions = jnp.where(active, s.next_pos_B, -1)[:, None]
-    slot = (first_slot + s.step).astype(jnp.int32)
+    slot = (first_slot + s.step % budget).astype(jnp.int32)
     hidden, cache = model.apply({"params": params}, token[:, None], positions, None,
                                 cache=s.cache, cache_index=slot, return_hidden=True)
+    count = s.count_B + active.astype(jnp.int32)
     return DecodeState(
         step=s.step + 1,
-        logits=_project(model, cpu, params, embedding_DV, hidden[:, 0]),
+        hidden_BD=hidden[:, 0],
         cache=cache,
-        next_pos_B=s.next_pos_B + 1,
-        done_B=s.done_B | is_eos,
+        next_pos_B=s.next_pos_B + active.astype(jnp.int32),
+        count_B=count,
+        done_B=s.done_B | is_eos | (count >= budget),
         eos_B=s.eos_B | is_eos,
-        tokens_BN=upd(s.tokens_BN, token),
-        logp_BN=upd(s.logp_BN, jnp.where(active, raw_logp, 0.0)),
-        sampling_logp_BN=upd(s.sampling_logp_BN, jnp.where(active, sampling_logp, 0.0)),
-        key=key)
+        tokens_BN=put(s.tokens_BN, token),
+        logp_BN=put(s.logp_BN, jnp.where(active, raw_logp, 0.0)),
+        sampling_logp_BN=put(s.sampling_logp_BN, jnp.where(active, sampling_logp, 0.0)),
+        key_B=s.key_B)
 
   return jax.lax.while_loop(cond, body, state)
+
+
+def _admit(state: DecodeState, new_cache, hidden_KD, rows_K, next_pos_K, key_K) -> DecodeState:
+  """Slots `rows_K` take K freshly prefilled prompts: their whole cache rows (prefix, prompt,
+  and empty generated slots, which also clears what the slot's previous row left), the hidden
+  state of their last prompt token, their positions and keys. Indices out of range (padding
+  rows of the prefill batch) are dropped."""
+  def put(buf, new):
+    return buf.at[rows_K].set(new.astype(buf.dtype), mode="drop")
+
+  cache = [c.replace(k_BSKH=put(c.k_BSKH, n.k_BSKH), v_BSKH=put(c.v_BSKH, n.v_BSKH),
+                     positions_BS=put(c.positions_BS, n.positions_BS))
+           for c, n in zip(state.cache, new_cache)]
+  zeros = jnp.zeros(rows_K.shape, jnp.int32)
+  return state.replace(
+      hidden_BD=put(state.hidden_BD, hidden_KD), cache=cache,
+      next_pos_B=put(state.next_pos_B, next_pos_K), count_B=put(state.count_B, zeros),
+      done_B=put(state.done_B, zeros.astype(bool)), eos_B=put(state.eos_B, zeros.astype(bool)),
+      key_B=put(state.key_B, key_K))
 
 
 class Sampler:
@@ -158,7 +199,7 @@ class Sampler:
   def __init__(self, config: DecoderConfig, params, tokenizer, *, max_prompt_length: int = 2048,
                max_batch: int = 16, chunk_size: int = 32, eos_ids: Sequence[int] | None = None,
                mesh: Mesh | None = None, ring_buffer: bool = True,
-               prefill_chunk: int = 256):
+               prefill_chunk: int = 256, batching: str = "continuous"):
     """`mesh`: sample with parameters sharded as in training (e.g. `TrainState.params` under
     the engine's mesh): rows are split over the data axes, every batch is padded to a multiple
     of data x fsdp rows (padding rows are added and dropped, so batches hold the same prompts
@@ -166,7 +207,12 @@ class Sampler:
     Without a mesh everything runs on the default device. `ring_buffer`: sliding-window
     layers keep `sliding_window` cache slots (a ring) instead of one per token; the output is
     the same. `prefill_chunk` (a power of two): prompts are prefilled this many slots at a time,
-    so that window layers attend over their ring plus one chunk rather than the whole prompt."""
+    so that window layers attend over their ring plus one chunk rather than the whole prompt.
+    `batching`: "continuous" (`max_batch` row slots; a slot whose row finishes takes the next
+    prompt, so the decode program keeps running full) or "lockstep" (batches of `max_batch`
+    prompts, each decoding until its slowest row is done); the outputs are the same."""
+    if batching not in BATCHING:
+      raise ValueError(f"batching must be one of {BATCHING}, got {batching!r}")
     if prefill_chunk < 32 or prefill_chunk & (prefill_chunk - 1):
       raise ValueError(f"prefill_chunk must be a power of two >= 32, got {prefill_chunk}")
     if max_batch < 1 or chunk_size < 1 or max_prompt_length < 1:
@@ -183,16 +229,20 @@ class Sampler:
     self.eos_ids = tuple(eos_ids) if eos_ids is not None else (tokenizer.eos_id,)
     self.ring_buffer = ring_buffer
     self.prefill_chunk = prefill_chunk
+    self.batching = batching
     self.model = decoder.Decoder(config)
     leaf = jax.tree.leaves(params)[0]
     devices = leaf.devices() if hasattr(leaf, "devices") else jax.devices()
     self._cpu = all(d.platform == "cpu" for d in devices)
     self._prefill = self._under_mesh(jax.jit(
         functools.partial(_prefill, self.model), donate_argnums=(4, 5)))
-    self._first_logits = self._under_mesh(jax.jit(
-        functools.partial(_project, self.model, self._cpu)))
+    self._admit = self._under_mesh(jax.jit(_admit, donate_argnums=(0,)))
     self._decode_fns = {}
     self._cache_makers = {}
+    # Totals over the sampler's life: decode steps x slots run, and tokens they generated
+    # (their ratio is the slots' utilisation: padding behind finished rows lowers it).
+    self.slot_steps = 0
+    self.tokens_generated = 0
 
   @property
   def params(self):
@@ -292,10 +342,10 @@ class Sampler:
                strategy: Greedy | Sampling = Greedy(), key: jax.Array | None = None,
                stop: Sequence[str] = (), prefix: PrefixCache | None = None,
                progress=None, keys=None) -> SampleOutput:
-    """Samples an answer to every prompt. Randomness: `key` (one key, split per batch: a
-    prompt's sample depends on the batch it falls in), or `keys`, one key per prompt ([N, 2]):
-    a prompt's sample then depends on its own key only (up to float noise of the batch's
-    shapes), whichever batch, process or restart produces it."""
+    """Samples an answer to every prompt. Randomness: one key per prompt, `keys` ([N, 2]), or
+    fold_in(`key`, i) for the call's i-th prompt. A prompt's sample depends on its own key only
+    (up to float noise of the batch's shapes), whichever slot, batch, process or restart
+    produces it, and whether batching is continuous or lockstep."""
     if isinstance(prompts, str):
       raise TypeError("generate takes a sequence of prompts, not one string")
     if keys is not None:
@@ -310,110 +360,148 @@ class Sampler:
     stop = (stop,) if isinstance(stop, str) else tuple(stop)
     if any(not isinstance(s, str) or not s for s in stop):
       raise ValueError(f"stop strings must be non-empty strings, got {stop!r}")
-    key = jax.random.PRNGKey(0) if key is None else key
+    if keys is None:
+      key = jax.random.PRNGKey(0) if key is None else key
+      keys = np.asarray(jax.vmap(jax.random.fold_in, (None, 0))(
+          key, jnp.arange(len(prompts), dtype=jnp.uint32)), np.uint32).reshape(-1, 2)
     ids, truncated = self.encode(prompts, add_bos=prefix is None)
     outputs = [None] * len(ids)
-    # Longest first, so each batch pads to a similar length.
+    # Longest first: lockstep batches pad to similar lengths; slots take long prompts first.
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    start = 0
-    pad = lambda n: -(-n // self.min_batch) * self.min_batch  # noqa: E731
-    while start < len(order):
-      chunk = order[start:start + self.max_batch]  # the same prompts with or without a mesh
-      rows = min(pad(self.max_batch), pad(pow2_bucket(len(chunk), 1)))
-      if keys is None:
-        key, sub = jax.random.split(key)
-      else:  # padding rows get zero keys (their tokens are discarded)
-        sub = np.zeros((rows, 2), np.uint32)
-        sub[:len(chunk)] = keys[chunk]
-      for i, out in zip(chunk, self._generate_batch([ids[i] for i in chunk], rows,
-                                                    max_new_tokens, strategy, sub, stop, prefix)):
-        outputs[i] = out
-      start += len(chunk)
-      if progress is not None:
-        progress.update(len(chunk))
+    groups = ([order[s:s + self.max_batch] for s in range(0, len(order), self.max_batch)]
+              if self.batching == "lockstep" else [order] if order else [])
+    for group in groups:  # the same prompts per lockstep batch with or without a mesh
+      rows = min(self._pad(self.max_batch), self._pad(pow2_bucket(len(group), 1)))
+      self._run_slots(ids, group, rows, keys, max_new_tokens, strategy, stop, prefix, outputs,
+                      progress)
     return SampleOutput(
         texts=[o[0] for o in outputs], tokens=[o[1] for o in outputs],
         finish_reasons=[o[2] for o in outputs], num_tokens=[len(o[1]) for o in outputs],
         logprobs=[o[3] for o in outputs], sampling_logprobs=[o[4] for o in outputs],
         truncated=truncated)
 
-  def _generate_batch(self, rows_ids, rows, max_new_tokens, strategy, key, stop, prefix):
+  def _pad(self, n: int) -> int:
+    """n rounded up to whole rows per data shard."""
+    return -(-n // self.min_batch) * self.min_batch
+
+  def _run_slots(self, ids, order, rows, keys, budget, strategy, stop, prefix, outputs,
+                 progress):
+    """Decodes the prompts `order` (indices into `ids`) in `rows` slots, writing each result to
+    `outputs`. Continuous batching: a decode chunk ends once a quarter of the slots (at least
+    one) have finished while prompts wait, and every free slot takes the next prompt.
+    Lockstep: the prompts fit the slots and start together."""
+    prefix_slots = prefix.slots if prefix else 0
+    prompt_slots = pow2_bucket(max(len(ids[i]) for i in order), 32)
+    total = prefix_slots + prompt_slots + budget
+    first_slot = prefix_slots + prompt_slots
+    state = self._empty_state(rows, total, budget)
+    embedding_DV = self._embedding_for(rows)
+    decode = self._decode_fn(strategy)
+    pending = collections.deque(order)
+    owner: list[int | None] = [None] * rows  # the prompt each slot decodes
+    while True:
+      free = [r for r in range(rows) if owner[r] is None]
+      if pending and free:
+        take = [pending.popleft() for _ in range(min(len(free), len(pending)))]
+        state = self._admit_prompts(state, rows, [ids[i] for i in take], free[:len(take)],
+                                    keys[take], prefix, total)
+        for r, i in zip(free, take):
+          owner[r] = i
+      busy = sum(o is not None for o in owner)
+      if not busy:
+        return
+      waiting = bool(pending) and self.batching == "continuous"
+      min_done = rows - busy + max(1, rows // 4) if waiting else rows
+      start = int(state.step)
+      until = start + (min(self.chunk_size, budget) if stop else budget)
+      state = decode(first_slot, self.params, embedding_DV, state, jnp.int32(until),
+                     jnp.int32(min_done))
+      self.slot_steps += rows * (int(state.step) - start)
+      finished, state = self._harvest(state, owner, stop)
+      for r, result in finished:
+        outputs[owner[r]] = result
+        owner[r] = None
+        self.tokens_generated += len(result[1])
+      if progress is not None and finished:
+        progress.update(len(finished))
+
+  def _empty_state(self, rows: int, total: int, budget: int) -> DecodeState:
+    """`rows` empty (done) slots over a cache of `total` slots per row."""
+    rows_arrays = self._rows_sharded(dict(
+        hidden_BD=np.zeros((rows, self.config.embed_dim), jnp.dtype(self.config.dtype)),
+        next_pos_B=np.zeros((rows,), np.int32), count_B=np.zeros((rows,), np.int32),
+        done_B=np.ones((rows,), bool), eos_B=np.zeros((rows,), bool),
+        tokens_BN=np.zeros((rows, budget), np.int32),
+        logp_BN=np.zeros((rows, budget), np.float32),
+        sampling_logp_BN=np.zeros((rows, budget), np.float32),
+        key_B=np.zeros((rows, 2), np.uint32)))
+    return DecodeState(step=jnp.zeros((), jnp.int32), cache=self._new_cache(rows, total),
+                       **rows_arrays)
+
+  def _admit_prompts(self, state, rows, rows_ids, slots, keys, prefix, total) -> DecodeState:
+    """Prefills `rows_ids` (after the shared prefix, if any) in a batch of their own and moves
+    them into the free slots `slots` of `state`."""
     n = len(rows_ids)
+    batch = min(rows, self._pad(pow2_bucket(n, 1)))
     prompt_slots = pow2_bucket(max(len(r) for r in rows_ids), 32)
     prefix_slots = prefix.slots if prefix else 0
     prefix_len = prefix.length if prefix else 0
-    total = prefix_slots + prompt_slots + max_new_tokens
-    tokens = np.zeros((rows, prompt_slots), np.int32)
-    positions = np.full((rows, prompt_slots), -1, np.int32)
-    lengths = np.zeros((rows,), np.int32)
+    tokens = np.zeros((batch, prompt_slots), np.int32)
+    positions = np.full((batch, prompt_slots), -1, np.int32)
+    lengths = np.zeros((batch,), np.int32)
     for r, row in enumerate(rows_ids):
       tokens[r, :len(row)] = row
       positions[r, :len(row)] = prefix_len + np.arange(len(row))
       lengths[r] = len(row)
-    positions[n:, 0] = prefix_len  # padding rows get one token so their logits stay finite
-
-    # With ring_buffer, sliding-window layers keep a ring of `sliding_window` slots.
-    cache = self._new_cache(rows, total)
+    positions[n:, 0] = prefix_len  # padding rows get one token so their hidden stays finite
+    # With ring_buffer, sliding-window layers keep a ring of `sliding_window` slots, as the
+    # slots' cache does (same total length), so rows move over slot for slot.
+    cache = self._new_cache(batch, total)
     if prefix is not None:
       cache = kv_cache.copy_prefix(cache, prefix.cache)
     hidden, cache = self._prefill_chunks(tokens, positions, positions.max(axis=1), cache,
                                          prefix_slots)
-    embedding_DV = self._embedding_for(rows)
-    logits = self._first_logits(self.params, embedding_DV, hidden)
-    done = np.arange(rows) >= n
-    state = DecodeState(
-        step=jnp.zeros((), jnp.int32), logits=logits, cache=cache,
-        next_pos_B=jnp.asarray(prefix_len + lengths), done_B=jnp.asarray(done),
-        eos_B=jnp.zeros((rows,), bool),
-        tokens_BN=jnp.zeros((rows, max_new_tokens), jnp.int32),
-        logp_BN=jnp.zeros((rows, max_new_tokens), jnp.float32),
-        sampling_logp_BN=jnp.zeros((rows, max_new_tokens), jnp.float32),
-        key=self._rows_sharded(key) if np.ndim(key) == 2 else key)
-    decode = self._decode_fn(strategy)
-    first_slot = prefix_slots + prompt_slots
-    stop_at = [None] * n  # (tokens kept, text) per row that hit a stop string
-    step = 0
-    while step < max_new_tokens:
-      step = max_new_tokens if not stop else min(step + self.chunk_size, max_new_tokens)
-      state = decode(first_slot, self.params, embedding_DV, state, step)
-      if stop:
-        done = np.asarray(state.done_B).copy()
-        eos = np.asarray(state.eos_B)
-        generated = np.asarray(state.tokens_BN)
-        now = int(state.step)
-        for r in range(n):
-          if stop_at[r] is None:  # rows that ended by EOS may still hold a stop string
-            row = generated[r, :now]
-            if eos[r]:  # only the tokens up to EOS: the slots after it hold padding
-              row = row[:int(np.argmax(np.isin(row, self.eos_ids))) + 1]
-            stop_at[r] = self._find_stop(row, stop)
-            if stop_at[r] is not None:
-              done[r] = True
-        state = state.replace(done_B=jnp.asarray(done))
-      if bool(np.all(np.asarray(state.done_B))):
-        break
-    generated = np.asarray(state.tokens_BN)
-    logp, slogp = np.asarray(state.logp_BN), np.asarray(state.sampling_logp_BN)
+    rows_K = np.full((batch,), rows, np.int32)  # padding rows: out of range, dropped
+    rows_K[:n] = slots
+    key_K = np.zeros((batch, 2), np.uint32)
+    key_K[:n] = keys
+    return self._admit(state, cache, hidden, rows_K, prefix_len + lengths, key_K)
+
+  def _harvest(self, state: DecodeState, owner, stop):
+    """The rows that finished (EOS, budget, or a stop string found in their text), as
+    (slot, (text, tokens, finish reason, raw log-probs, sampling log-probs)); rows stopped by a
+    stop string are marked done in the returned state."""
+    done = np.asarray(state.done_B).copy()
     eos = np.asarray(state.eos_B)
-    final_step = int(state.step)
-    results = []
-    for r in range(n):
-      if stop_at[r] is not None:
-        count, text = stop_at[r]
-        reason = FINISH_STOP
-      else:
-        count = final_step
-        toks = generated[r, :count]
-        if eos[r]:
-          count = int(np.argmax(np.isin(toks, self.eos_ids))) + 1
-          reason = FINISH_EOS
-        else:
-          reason = FINISH_LENGTH
-        ids = generated[r, :count]
-        text = self.tokenizer.decode([t for t in ids if t not in self.eos_ids])
-      results.append((text, generated[r, :count].tolist(), reason, logp[r, :count],
-                      slogp[r, :count]))
-    return results
+    count = np.asarray(state.count_B)
+    generated = np.asarray(state.tokens_BN)
+    finished = []
+    stopped = False
+    for r, prompt in enumerate(owner):
+      if prompt is None:
+        continue
+      row = generated[r, :count[r]]
+      text = None
+      if stop:  # rows that ended by EOS may still hold a stop string before it
+        hit = self._find_stop(row, stop)
+        if hit is not None:
+          k, text = hit
+          row, reason = row[:k], FINISH_STOP
+          stopped |= not done[r]
+          done[r] = True
+      if text is None:
+        if not done[r]:
+          continue
+        reason = FINISH_EOS if eos[r] else FINISH_LENGTH
+        text = self.tokenizer.decode([int(t) for t in row if int(t) not in self.eos_ids])
+      finished.append((r, len(row), text, row.tolist(), reason))
+    if finished:
+      logp, slogp = np.asarray(state.logp_BN), np.asarray(state.sampling_logp_BN)
+      finished = [(r, (text, toks, reason, logp[r, :k].copy(), slogp[r, :k].copy()))
+                  for r, k, text, toks, reason in finished]
+    if stopped:
+      state = state.replace(done_B=self._rows_sharded(done))
+    return finished, state
 
   def _find_stop(self, tokens: np.ndarray, stop: Sequence[str]):
     """(k, text) or None. As if decoding stopped at the first token whose text completes any
