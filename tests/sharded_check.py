@@ -87,7 +87,7 @@ def sampler_check():
 
   tok = tiny_model.small_tokenizer()
   cfg = tiny_model.tiny_config(tok)
-  params = decoder.init_params(cfg, jax.random.PRNGKey(3))
+  params = tiny_model.varied_params(decoder.init_params(cfg, jax.random.PRNGKey(3)))
   prompts = ["Human: hello there", "x", "Why is the sky blue? Because", "ok", "a b c d e f"]
 
   def generate(sampler):
@@ -98,6 +98,9 @@ def sampler_check():
                              key=jax.random.PRNGKey(5)).tokens]
 
   reference = generate(Sampler(cfg, params, tok, max_batch=8))
+  # how often a greedy row changes token: a model that repeats one token (0 changes) would make
+  # the comparison below vacuous
+  changes = sum(int(a != b) for row in reference[0] for a, b in zip(row, row[1:]))
   # Every KV cache the sampler makes: created inside a trace (so never whole on one device
   # first) or eagerly, and with which rows on the first device.
   made = []
@@ -126,7 +129,7 @@ def sampler_check():
           "cache_rows_on_device_0": cache[0].k_BSKH.addressable_shards[0].data.shape[0]}
   finally:
     kv_cache.init_cache = init_cache
-  return result
+  return {"meshes": result, "greedy_token_changes": changes}
 
 
 if __name__ == "__main__":

@@ -485,19 +485,26 @@ def test_mc_question_layout():
     prompts.mc_question(prompt, "P", "a", "b")
 
 
-def test_mc_question_matches_the_projects_paper_format_fixture():
-  # tests/fixtures/mc_paper_format.jsonl holds items in the paper's evaluation layout.
-  fixture = os.path.join(os.path.dirname(__file__), "fixtures", "mc_paper_format.jsonl")
-  pattern = re.compile(r"\n\nConsider the following conversation between a human and an "
-                       r"assistant:\n\n(.*?)\n\n\n(.*)\n \(A\) \[\[\[(.*)\]\]\]\n \(B\) "
-                       r"\[\[\[(.*)\]\]\]\n\nThe answer is:", re.S)
-  with open(fixture, encoding="utf-8") as f:
-    items = [json.loads(line) for line in f if line.strip()]
-  items = [i for i in items if i["prompt"].startswith(prompts.MC_HEADER)]
-  assert items
-  for item in items:
-    conversation, principle, a, b = pattern.fullmatch(item["prompt"]).groups()
-    assert prompts.mc_question(conversation, principle, a, b) == item["prompt"]
+def test_mc_question_matches_the_papers_layout_on_its_own_files(paper):
+  """Every few-shot example of the paper's RLMadisonFewShotPrompts.json under every principle of
+  its RLMadisonInstructions.json, as loaded by cai_jax: `mc_question` equals the paper's layout
+  (../shared/README.md) concatenated here from the raw JSON strings, both option orders."""
+  examples = _paper_raw("RLMadisonFewShotPrompts.json")
+  principles = _paper_raw("RLMadisonInstructions.json")
+  assert len(paper.mc_few_shot) == len(examples) and len(paper.mc_principles) == len(principles)
+  head = "\n\nConsider the following conversation between a human and an assistant:\n\n"
+  for raw, example in zip(examples, paper.mc_few_shot):
+    assert raw["prompt"].startswith("\n\nHuman: ") and raw["prompt"].endswith("\n\nAssistant:")
+    conversation = raw["prompt"][len("\n\n"):-len("\n\nAssistant:")]
+    good, bad = raw["corrects"][0], raw["incorrects"][0]
+    for raw_principle, principle in zip(principles, paper.mc_principles):
+      for (a, b), (loaded_a, loaded_b) in (((good, bad), (example.correct, example.incorrect)),
+                                           ((bad, good), (example.incorrect, example.correct))):
+        expected = (head + conversation + "\n\n\n" + raw_principle[len("\n"):]
+                    + "\n (A) [[[" + a + "]]]\n (B) [[[" + b + "]]]\n\nThe answer is:")
+        got = prompts.mc_question(prompts.mc_conversation(example.prompt), principle,
+                                  loaded_a, loaded_b)
+        assert got == expected
 
 
 def test_mc_few_shot_prefix_alternates():

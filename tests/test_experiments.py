@@ -21,7 +21,7 @@ import pytest
 from cai_jax.cai import feedback as F
 from cai_jax.constitution.loading import load_constitution
 from cai_jax.data import preferences as prefs
-from cai_jax.data.jsonl import DataError
+from cai_jax.data.jsonl import DataError, read_jsonl
 from cai_jax.data.sources import Comparison, read_hh_comparisons
 from cai_jax.eval import analysis
 from cai_jax.model import decoder, heads
@@ -441,62 +441,24 @@ def test_cot_script_from_label_files(tmp_path, capsys):
                                           "--out", str(out)])
 
 
-def fake_cli(monkeypatch, calls):
-  """Stands in for `subprocess.run` of `python -m cai_jax.main --config configs/feedback.py
-  --workdir W --config.k=v ...`: builds the config the way the CLI does (every key must exist;
-  values take the field's type) and runs the real job in-process, with the model replaced by
-  fakes (ContextScorer, FixedSampler, the tiny tokenizer): the job's own code writes the labels."""
-  from cai_jax import main as cli_main
-  from cai_jax.jobs import feedback as feedback_job
-  from configs_loader import load_config
-
-  model = types.SimpleNamespace(config=None, params=None, source="fake",
-                                tokenizer=tiny_model.small_tokenizer())
-  monkeypatch.setattr(feedback_job, "load_model", lambda config, mesh=None: model)
-  monkeypatch.setattr(feedback_job, "MCScorer", lambda *a, **k: ContextScorer())
-  monkeypatch.setattr(feedback_job, "Sampler", lambda *a, **k: FixedSampler())
-
-  def run(args, cwd=None, check=False):
-    assert args[1:3] == ["-m", "cai_jax.main"] and check and cwd == ROOT
-    flags = dict(a[2:].split("=", 1) if "=" in a else (a[2:], None) for a in args[3:]
-                 if a.startswith("--"))
-    values = iter(args[3:])
-    opts = {a: next(values) for a in values if a in ("--config", "--workdir")}
-    assert opts["--config"] == os.path.join(ROOT, "configs", "feedback.py")
-    config = load_config("feedback")
-    for key, value in flags.items():
-      if not key.startswith("config."):
-        continue
-      node = config
-      *parents, leaf = key[len("config."):].split(".")
-      for name in parents:
-        node = node[name]
-      assert leaf in node, f"no config field {key}"
-      old = node[leaf]
-      node[leaf] = (value == "True") if isinstance(old, bool) else type(old)(value)
-    calls.append(config)
-    cli_main.run(config, opts["--workdir"])
-    return types.SimpleNamespace(returncode=0)
-
-  monkeypatch.setattr(script_module.subprocess, "run", run)
-
-
 script_module = script("cot_clamp_calibration")
 
 
-def test_cot_script_labels_with_the_feedback_job(tmp_path, monkeypatch):
-  """--label N writes a pairs file from the first N comparisons and runs the feedback job in
-  mode mc and mode cot (with the --set overrides) on it; the comparison uses those labels."""
-  calls = []
-  fake_cli(monkeypatch, calls)
+def test_cot_script_labels_with_the_feedback_job(tmp_path):
+  """--label N writes a pairs file from the first N comparisons and runs the feedback job (the
+  real CLI, in a subprocess, on a tiny checkpoint) in mode mc and mode cot with the --set
+  overrides; the comparison uses those labels."""
+  ckpt = tiny_model.write_hf_checkpoint(str(tmp_path / "ckpt"))
+  constitution = tiny_model.write_short_constitution(tmp_path / "constitution.json")
   hh = human_file(tmp_path / "hh.jsonl", 5)
   out = tmp_path / "out"
-  report = script_module.main(["--human-file", hh, "--label", "3", "--out", str(out),
-                               "--set", "feedback.num_principles=2",
+  common = ["--set", f"model.checkpoint={ckpt}", "--set", f"model.cache_dir={tmp_path}",
+            "--set", f"constitution={constitution}", "--set", "feedback.num_principles=2"]
+  report = script_module.main(["--human-file", hh, "--label", "3", "--out", str(out), *common,
                                "--set", "feedback.max_reasoning_tokens=3"])
-  assert [c.feedback.mode for c in calls] == ["mc", "cot"]
-  assert all(c.feedback.num_principles == 2 and c.feedback.max_reasoning_tokens == 3
-             and c.feedback.pairs == str(out / "pairs.jsonl") for c in calls)
+  pairs = [x for _, x in read_jsonl(str(out / "pairs.jsonl"))]
+  assert [set(x["responses"]) for x in pairs] == [
+      {c.chosen, c.rejected} for c in read_hh_comparisons(hh)[:3]]
   v = report["variants"]
   assert report["common_pairs"] == 3 and all(v[k]["n"] == 3 for k in v)
   assert report["cot_labelled_with_clamp"] == [0.4, 0.6]
@@ -517,6 +479,5 @@ def test_cot_script_labels_with_the_feedback_job(tmp_path, monkeypatch):
   assert len(mc) == 3 and all(x.mode == "mc" for x in mc)
   assert (out / "cot_clamp_calibration.png").read_bytes()[:8] == PNG
   # a rerun finds everything labelled: the jobs label nothing new
-  script_module.main(["--human-file", hh, "--label", "3", "--out", str(out),
-                      "--set", "feedback.num_principles=2"])
+  script_module.main(["--human-file", hh, "--label", "3", "--out", str(out), *common])
   assert F.read_feedback_file(str(out / "cot" / "feedback" / "labels.jsonl")) == cot

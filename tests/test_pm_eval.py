@@ -223,7 +223,7 @@ def test_eval_job_end_to_end(saved_pm, eval_files, tmp_path):
   for section, path, n in (("comparisons", eval_files["comparisons"], 10),
                            ("hhh", eval_files["hhh"], 5)):
     r = report[section][path]
-    assert r["n"] == n and 0 <= r["accuracy"] <= 1 and r["num_truncated"] == 0
+    assert r["n"] == n and r["num_truncated"] == 0  # accuracy and ECE: from the gaps below
     assert sum(b["count"] for b in r["calibration"]["bins"]) == 2 * n
     assert os.path.isfile(r["reliability_png"])
     items = json.loads((tmp_path / "eval" / f"pm_{os.path.basename(path)[:-6]}.json")
@@ -239,12 +239,43 @@ def test_eval_job_end_to_end(saved_pm, eval_files, tmp_path):
   assert lab["ece"] == pytest.approx(calibration.pair_calibration(q, 10)["ece"])
   assert os.path.isfile(lab["reliability_png"])
   mc = report["mc"][eval_files["mc"]]
-  assert mc["n"] == 3 and 0 <= mc["accuracy"] <= 1
-  # calibration over every option (3 items x 2 options, one correct each: mirrored points)
-  assert mc["n_options"] == 6 and mc["calibration"]["n"] == 6 and 0 <= mc["ece"] <= 1
-  assert mc["ece"] == mc["calibration"]["ece"] and 0 < mc["mean_p_correct"] < 1
+  # The expected values from one plain forward pass per option (BOS + prompt + option, the
+  # option's tokens' log-probs summed), NumPy softmax over each item's two options, NumPy bins.
+  model = loader.load(ckpt, cache_dir=str(tmp_path))
+  p_yes = []
+  for line in open(eval_files["mc"]):
+    item = json.loads(line)
+    summed = []
+    for option in (" yes", " no"):
+      prompt = model.tokenizer.encode(item["prompt"], add_bos=True)
+      ids = prompt + model.tokenizer.encode(option, add_bos=False)
+      logp = forward_logprobs(model, ids)
+      summed.append(sum(logp[t - 1, ids[t]] for t in range(len(prompt), len(ids))))
+    p_yes.append(1 / (1 + np.exp(summed[1] - summed[0])))
+  p_yes = np.asarray(p_yes)
+  assert mc["n"] == 3 and mc["n_options"] == 6 and mc["calibration"]["n"] == 6
+  assert mc["accuracy"] == pytest.approx(np.mean(p_yes > 0.5))
+  assert mc["mean_p_correct"] == pytest.approx(p_yes.mean(), abs=1e-5)
+  # 6 points: each item's p (correct) and 1 - p (incorrect), in 10 equal bins
+  points, outcomes = np.concatenate([p_yes, 1 - p_yes]), np.r_[np.ones(3), np.zeros(3)]
+  bins = np.minimum((points * 10).astype(int), 9)
+  ece = sum(np.sum(bins == b) / 6 * abs(outcomes[bins == b].mean() - points[bins == b].mean())
+            for b in range(10) if np.any(bins == b))
+  assert mc["ece"] == mc["calibration"]["ece"] == pytest.approx(ece, abs=1e-5)
   assert mc["reliability_png"] == str(tmp_path / "eval" / "mc_mc.png")
   assert open(mc["reliability_png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def forward_logprobs(model, ids) -> np.ndarray:
+  """log_softmax of one uncached forward pass over `ids`: [len(ids), vocab] (float64)."""
+  from cai_jax.model import decoder
+  tokens = np.asarray([ids], np.int32)
+  positions, mask = decoder.sequence_inputs(np.ones_like(tokens, bool))
+  logits, _ = decoder.Decoder(model.config).apply({"params": model.params}, tokens, positions,
+                                                  mask)
+  logits = np.asarray(logits[0], np.float64)
+  return logits - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1,
+                                keepdims=True)) - logits.max(-1, keepdims=True)
 
 
 def test_eval_bad_inputs_fail_before_loading(eval_files, tmp_path):

@@ -261,19 +261,28 @@ def test_target_token_reward_and_non_finite_guard(assets, tmp_path):
                              "rl_train.target_token_id": target, "rl_train.value_init": "policy",
                              "rl_train.pm": "", "rl_train.iterations": 3,
                              "rl_train.minibatch_size": 4, "optim.learning_rate": 1e30,
-                             "optim.warmup_steps": 1})
+                             "optim.warmup_steps": 1,
+                             "rl_train.num_samples": 4})  # every row in samples.jsonl
   assert latest(tmp_path) == 1
   assert sorted(os.listdir(tmp_path / "rl_train" / "checkpoints")) == ["1"]
   records = read_metrics(tmp_path / "rl_train" / "metrics.jsonl")
   assert [r["step"] for r in records] == [0, 1, 2]  # 0: the probe of the starting policy
-  assert 0 <= records[0]["probe_score"] <= 1  # the target-token reward of the greedy answers
+  # the probe's score: the mean target-token reward of its greedy answers, each a whole number
+  # of ':' tokens over the answer's tokens
+  probe = [json.loads(x) for x in (tmp_path / "rl_train" / "probe.jsonl").read_text().splitlines()
+           if json.loads(x)["iteration"] == 0]
+  assert probe and records[0]["probe_score"] == pytest.approx(np.mean([p["score"] for p in probe]))
+  for p in probe:
+    assert p["score"] * p["num_tokens"] == pytest.approx(round(p["score"] * p["num_tokens"]))
   records = records[1:]
   samples = [json.loads(x) for x in
              (tmp_path / "rl_train" / "samples.jsonl").read_text().splitlines()]
   # the score is the fraction of ':' among the generated tokens (all 8, none stopped)
   for s in samples:
     assert s["score"] * 8 == pytest.approx(round(s["score"] * 8))
-  assert 0 <= records[0]["score"] <= 1 and records[0]["kl"] == 0.0
+  first = [s["score"] for s in samples if s["iteration"] == 1]
+  assert len(first) == 4 and records[0]["score"] == pytest.approx(np.mean(first))
+  assert records[0]["kl"] == 0.0
   assert not (tmp_path / "rl_train" / "summary.json").exists()
 
 

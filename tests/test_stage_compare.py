@@ -15,7 +15,7 @@ from cai_jax.checkpoints import loader
 from cai_jax.config_defaults import ConfigError
 from cai_jax.data import sources
 from cai_jax.data.jsonl import read_jsonl
-from cai_jax.eval import elo, pm_eval, stage_compare as SC
+from cai_jax.eval import pm_eval, stage_compare as SC
 from cai_jax.data import preferences as prefs
 from cai_jax.model import heads
 from cai_jax.train import pm as pm_lib
@@ -80,9 +80,18 @@ def test_summarize_against_hand_computation():
                "sl": {f"{s}:p{i}": float(2 - i) for s in SC.SETS for i in range(3)}}
   out = SC.summarize(stages, answers, judgements, pm_scores, num_bootstrap=0, confidence=0.9,
                      seed=0, num_bins=10)
-  ratings = elo.fit_ratings(2, [0, 0, 0], [1, 1, 1], [0.2, 0.4, 0.5])
-  assert out["elo"]["harmless"]["elo"]["sl"] == pytest.approx(
-      (ratings[1] - ratings[0]) * 400 / np.log(10))
+  # Bradley-Terry with soft outcomes for two players, by bisection: x = theta_base - theta_sl
+  # (ratings summing to zero) solves sum(sigmoid(x) - s) + ridge * x / 2 = 0 (ridge 1e-3, the
+  # fit's documented prior); sl's Elo over base is -x * 400 / ln 10.
+  s = np.array([0.2, 0.4, 0.5])
+  lo, hi = -10.0, 10.0
+  for _ in range(200):
+    mid = (lo + hi) / 2
+    if np.sum(1 / (1 + np.exp(-mid)) - s) + 1e-3 * mid / 2 > 0:
+      hi = mid
+    else:
+      lo = mid
+  assert out["elo"]["harmless"]["elo"]["sl"] == pytest.approx(-lo * 400 / np.log(10), rel=1e-9)
   assert out["win_rates"]["helpful"][0]["win_rate_a"] == pytest.approx((0.2 + 0.4 + 0.5) / 3)
   assert out["pm_score"]["harmless"]["base"]["mean"] == pytest.approx(1.0)
   assert out["pm_score"]["harmless"]["sl"]["se"] == pytest.approx(np.std([2, 1, 0], ddof=1)

@@ -30,6 +30,30 @@ def small_tokenizer(specials: tuple[str, ...] = ()) -> Tokenizer:
       "tokenizer.ggml.add_space_prefix": False}), "small-vocab")
 
 
+def varied_params(params, seed: int = 2):
+  """`params` with norm scales that make a tiny model's greedy output varied: randomly
+  initialised Gemma mostly repeats its last input token (tied embeddings), which would make
+  generation tests vacuous. More extreme scales vary it more but amplify float32 rounding past
+  1e-4; with these, cached and uncached log-probs differ by at most ~5e-5."""
+  import flax
+  import numpy as np
+  flat = flax.traverse_util.flatten_dict(params)
+  rng = np.random.default_rng(seed)
+  for k, v in flat.items():
+    if k[-1] != "scale":
+      continue
+    if k[-2] in ("post_attn_norm", "post_ffw_norm"):
+      new = 10.0 + rng.normal(0.0, 2.0, v.shape)   # blocks outweigh the token embedding
+    elif k[-2] in ("q_norm", "k_norm"):
+      new = 2.0 + rng.normal(0.0, 0.3, v.shape)    # sharper attention
+    elif k[-2] == "final_norm":
+      new = np.full(v.shape, -0.8)                  # logits of moderate spread
+    else:
+      new = rng.normal(0.0, 0.3, v.shape)
+    flat[k] = jnp.asarray(new, jnp.float32)
+  return flax.traverse_util.unflatten_dict(flat)
+
+
 def tiny_config(tok: Tokenizer | None = None, **overrides):
   tok = tok or small_tokenizer()
   return families.preset("tiny", vocab_size=tok.vocab_size, **overrides)
