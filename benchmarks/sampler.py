@@ -24,6 +24,10 @@ when torch sees it. Options:
       tokenizer.model read from PATH, for machines without the GGUF; transformers gets the same
       parameters through an HF folder written to a temporary directory.
   --dtype bfloat16   parameters and matmuls in bfloat16 for both implementations (meant for GPU).
+  --param-dtype bfloat16   cai_jax samples with bfloat16 weights fed to its matmuls as stored,
+      float32 activations and accumulation (`Sampler(param_dtype=...)`); transformers stays in
+      --dtype. Adds the greedy agreement with a float32 cai_jax sampler (8 prompts x 64 tokens)
+      and counts the bound and the bandwidth fraction in the narrow weights' bytes.
   --new-tokens, --batch-sizes, --prefix-tokens, --prefix-prompts, --prefix-new-tokens,
   --bandwidth-gb, --repeats, --no-transformers   smaller settings for smoke runs.
 The last line is one JSON object (a line with "partial": true is printed after (a), so a crash
@@ -106,6 +110,7 @@ def matmul_chain(sampler: Sampler, batch: int):
   import jax
   import jax.numpy as jnp
 
+  from cai_jax.model import decoder
   from cai_jax.sampling import sampler as sampler_lib
 
   config, params = sampler.config, sampler.params
@@ -118,12 +123,16 @@ def matmul_chain(sampler: Sampler, batch: int):
   embedding_DV = sampler._embedding_for(batch)  # noqa: SLF001
   vocab_axis = 0 if sampler_lib._vocab_major(cpu, embedding_DV, batch) else 1  # noqa: SLF001
 
+  def mm(x, w):  # as the model feeds its matmuls (narrow weights as stored, see decoder)
+    x, w, acc = decoder.matmul_operands(config, x, w)
+    return jnp.matmul(x, w, preferred_element_type=acc)
+
   def one_step(_, x):
     small = jnp.asarray(1e-3, x.dtype)
     for wq, wk, wv, wo, gate, up, down in mats:
-      q, k, v = x @ wq, x @ wk, x @ wv
-      x = x + small * (q @ wo) + small * (k[:, :1] + v[:, :1])
-      x = x + small * ((jax.nn.gelu(x @ gate, approximate=True) * (x @ up)) @ down)
+      q, k, v = mm(x, wq), mm(x, wk), mm(x, wv)
+      x = x + small * mm(q, wo) + small * (k[:, :1] + v[:, :1])
+      x = x + small * mm(jax.nn.gelu(mm(x, gate), approximate=True) * mm(x, up), down)
     logits = sampler_lib._project(sampler.model, cpu, params, embedding_DV, x)  # noqa: SLF001
     return x + small * jnp.max(logits, axis=vocab_axis)[:, None].astype(x.dtype)
 
@@ -170,6 +179,23 @@ def prefix_text(tok, target_tokens: int) -> str:
                  f"{['evasive', 'preachy', 'dangerous', 'misleading', 'condescending'][i % 5]}, "
                  f"and explain the reasoning in plain language where it helps the person.")
   return "\n".join(lines) + "\n\nWhat follows is a conversation with the assistant."
+
+
+def narrow_weights_agreement(sampler: Sampler, model, tok, new: int = 64) -> dict:
+  """Greedy tokens of the narrow-weight sampler against a sampler with the checkpoint's own
+  weights, PROMPTS x `new` tokens (no EOS): the share of positions where they agree, and per
+  prompt how many leading tokens agree."""
+  reference = Sampler(model.config, model.params, tok, eos_ids=(), max_batch=len(PROMPTS))
+  ours = sampler.generate(PROMPTS, max_new_tokens=new).tokens
+  theirs = reference.generate(PROMPTS, max_new_tokens=new).tokens
+  leading = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), new)
+             for x, y in zip(ours, theirs)]
+  same = float(np.mean([np.mean(np.asarray(x) == np.asarray(y)) for x, y in zip(ours, theirs)]))
+  print(f"greedy agreement with {model.config.param_dtype} weights over {len(PROMPTS)} prompts x "
+        f"{new} tokens: {same:.1%} of positions; leading tokens in agreement {leading}",
+        flush=True)
+  return {"narrow_greedy_agreement": same, "narrow_greedy_leading_agree": leading,
+          "narrow_greedy_prompts": len(PROMPTS), "narrow_greedy_tokens": new}
 
 
 def cycled(items, n):
@@ -221,6 +247,8 @@ def main():
   parser.add_argument("--seed", type=int, default=0, help="init seed for --random-weights")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                       help="param_dtype and dtype of cai_jax, torch dtype of transformers")
+  parser.add_argument("--param-dtype", choices=("float32", "bfloat16"), default=None,
+                      help="cai_jax's sampling weights (default: --dtype)")
   parser.add_argument("--no-transformers", action="store_true",
                       help="skip the transformers reference")
   args = parser.parse_args()
@@ -256,14 +284,16 @@ def main():
                         dtype=args.dtype)
   tok = model.tokenizer
   num_params = model.config.num_params()
-  bytes_per_param = jnp.dtype(model.config.param_dtype).itemsize
   # No EOS ids: every row generates all n_new tokens, as transformers does with min_new_tokens.
   # max_batch covers every case, so that each batch size runs as one batch of that many rows
   # (the Sampler's default, 16, would split larger ones into batches of 16 run one after another).
   sampler = Sampler(model.config, model.params, tok, eos_ids=(),
-                    max_batch=max([*batch_sizes, args.prefix_prompts]))
+                    max_batch=max([*batch_sizes, args.prefix_prompts]),
+                    param_dtype=args.param_dtype)
+  bytes_per_param = jnp.dtype(sampler.config.param_dtype).itemsize
   out = {"device": device.device_kind, "platform": device.platform,
          "weights": "random" if args.random_weights else args.checkpoint, "dtype": args.dtype,
+         "sampling_param_dtype": sampler.config.param_dtype,
          "num_params": num_params, "new_tokens": n_new, "repeats": args.repeats, **bw,
          "bandwidth_gb_s": bandwidth}
   speedup_keys = []
@@ -327,6 +357,8 @@ def main():
         out[f"batch{batch}_speedup"] = secs / ours
         print(f"transformers batch {batch}: {batch * n_new / secs:.1f} tok/s ({secs:.2f} s): "
               f"cai_jax {secs / ours:.2f}x", flush=True)
+    if sampler.config.param_dtype != model.config.param_dtype:
+      out.update(narrow_weights_agreement(sampler, model, tok))
     out["finite_logprobs"] = bool(finite)
     if not finite:
       print("WARNING: non-finite log-probs in cai_jax's generations", flush=True)

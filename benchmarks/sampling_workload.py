@@ -9,13 +9,17 @@ temperature 1 with up to --new-tokens tokens, stopping at the response stop stri
 very different lengths, which is what continuous batching is for.
 
 Both samplers hold --slots row slots: "lockstep" decodes batches of that many prompts until the
-slowest row is done, "continuous" refills a slot as soon as its row finishes. Their timed runs
-alternate (--repeats of each after one untimed call that compiles), the fastest counts. Also
-reported: the slots' utilisation (tokens generated / decode steps x slots), and the same prompts
-decoded greedily by both, every prompt's tokens compared (the outputs must be identical).
+slowest row is done, "continuous" refills a slot as soon as its row finishes. Each runs with
+the checkpoint's float32 weights and, for each of --narrow (default bfloat16; '' for none),
+with a narrow copy of them fed to the matmuls as stored (`Sampler(param_dtype=...)`). The timed
+runs of all samplers alternate (--repeats of each after one untimed call that compiles), the
+fastest counts. Also reported: the slots' utilisation (tokens generated / decode steps x
+slots), and the same prompts decoded greedily by both batchings, every prompt's tokens compared
+(the outputs must be identical); for narrow weights, how many prompts' greedy answers equal the
+float32 ones.
 
 The last line is one JSON object with continuous_rows_per_s, lockstep_rows_per_s and
-continuous_speedup first.
+continuous_speedup (float32 weights) first; the narrow runs' keys start with the dtype.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ def main():
   parser.add_argument("--chunk-size", type=int, default=16,
                       help="decode steps between stop-string checks (the jobs' default)")
   parser.add_argument("--repeats", type=int, default=2)
+  parser.add_argument("--narrow", default="bfloat16",
+                      help="comma-separated sampling weight dtypes to run beside float32")
   parser.add_argument("--no-greedy", action="store_true", help="skip the greedy comparison")
   args = parser.parse_args()
 
@@ -67,57 +73,75 @@ def main():
     raise SystemExit(f"only {len(records)} red-team prompts ship with cai_jax")
   rows = [layout.rest(r.prompt) for r in records]
   keys = record_keys(0, [r.id for r in records])
-  samplers = {b: Sampler(model.config, model.params, model.tokenizer, max_batch=args.slots,
-                         chunk_size=args.chunk_size, eos_ids=fmt.stop_ids, batching=b)
-              for b in ("lockstep", "continuous")}
-  prefixes = {b: layout.prefill(s) for b, s in samplers.items()}
-  prefix_tokens = prefixes["continuous"].length
+  dtypes = ["float32"] + [d for d in args.narrow.split(",") if d]
+  batchings = ("lockstep", "continuous")
+  cases = [(d, b) for d in dtypes for b in batchings]
+  samplers = {(d, b): Sampler(model.config, model.params, model.tokenizer, max_batch=args.slots,
+                              chunk_size=args.chunk_size, eos_ids=fmt.stop_ids, batching=b,
+                              param_dtype=None if d == "float32" else d)
+              for d, b in cases}
+  prefixes = {case: layout.prefill(s) for case, s in samplers.items()}
+  prefix_tokens = prefixes[cases[0]].length
 
-  def run(batching, strategy):
-    s = samplers[batching]
+  def run(case, strategy):
+    s = samplers[case]
     steps, tokens = s.slot_steps, s.tokens_generated
     start = time.perf_counter()
     out = s.generate(rows, max_new_tokens=args.new_tokens, strategy=strategy, keys=keys,
-                     stop=P.RESPONSE_STOPS, prefix=prefixes[batching])
+                     stop=P.RESPONSE_STOPS, prefix=prefixes[case])
     seconds = time.perf_counter() - start
     return out, seconds, (s.tokens_generated - tokens) / max(1, s.slot_steps - steps)
+
+  def name(case, key):  # float32 keys as they were; narrow ones prefixed with the dtype
+    return key if case[0] == "float32" else f"{case[0]}_{key}"
 
   result = {"device": device.device_kind, "platform": device.platform,
             "checkpoint": args.checkpoint, "prompts": len(rows), "slots": args.slots,
             "new_tokens": args.new_tokens, "prefix_tokens": prefix_tokens,
-            "chunk_size": args.chunk_size, "temperature": 1.0, "repeats": args.repeats}
+            "chunk_size": args.chunk_size, "temperature": 1.0, "repeats": args.repeats,
+            "dtypes": dtypes}
   strategy = Sampling(temperature=1.0)
-  outputs, times, utilisation = {}, {"lockstep": [], "continuous": []}, {}
-  for b in ("lockstep", "continuous"):  # first calls: compile
-    out, seconds, _ = run(b, strategy)
-    result[f"{b}_first_call_s"] = round(seconds, 2)
+  outputs, utilisation = {}, {}
+  times = {case: [] for case in cases}
+  for case in cases:  # first calls: compile
+    _, seconds, _ = run(case, strategy)
+    result[name(case, f"{case[1]}_first_call_s")] = round(seconds, 2)
   for r in range(args.repeats):
-    for b in (("lockstep", "continuous") if r % 2 == 0 else ("continuous", "lockstep")):
-      out, seconds, util = run(b, strategy)
-      outputs[b], utilisation[b] = out, util
-      times[b].append(seconds)
-      print(f"{b}: {seconds:.1f} s, {len(rows) / seconds:.2f} rows/s, "
+    for case in (cases if r % 2 == 0 else cases[::-1]):
+      out, seconds, util = run(case, strategy)
+      outputs[case], utilisation[case] = out, util
+      times[case].append(seconds)
+      print(f"{case[0]} {case[1]}: {seconds:.1f} s, {len(rows) / seconds:.2f} rows/s, "
             f"{sum(out.num_tokens) / seconds:.1f} tok/s, slot utilisation {util:.2f}", flush=True)
-  for b in ("lockstep", "continuous"):
-    best = min(times[b])
-    result[f"{b}_rows_per_s"] = round(len(rows) / best, 3)
-    result[f"{b}_tokens_per_s"] = round(sum(outputs[b].num_tokens) / best, 1)
-    result[f"{b}_slot_utilisation"] = round(utilisation[b], 3)
-    result[f"{b}_seconds"] = [round(t, 2) for t in times[b]]
-  result["continuous_speedup"] = round(
-      result["continuous_rows_per_s"] / result["lockstep_rows_per_s"], 3)
-  lock, cont = outputs["lockstep"], outputs["continuous"]
-  result["sampled_tokens_identical"] = sum(a == b for a, b in zip(lock.tokens, cont.tokens))
+  for case in cases:
+    best, b = min(times[case]), case[1]
+    result[name(case, f"{b}_rows_per_s")] = round(len(rows) / best, 3)
+    result[name(case, f"{b}_tokens_per_s")] = round(sum(outputs[case].num_tokens) / best, 1)
+    result[name(case, f"{b}_slot_utilisation")] = round(utilisation[case], 3)
+    result[name(case, f"{b}_seconds")] = [round(t, 2) for t in times[case]]
+  for d in dtypes:
+    lock, cont = outputs[d, "lockstep"], outputs[d, "continuous"]
+    result[name((d,), "continuous_speedup")] = round(
+        result[name((d,), "continuous_rows_per_s")] / result[name((d,), "lockstep_rows_per_s")], 3)
+    result[name((d,), "sampled_tokens_identical")] = sum(
+        a == b for a, b in zip(lock.tokens, cont.tokens))
+  lock = outputs["float32", "lockstep"]
   result["answer_tokens"] = {"mean": round(float(np.mean(lock.num_tokens)), 1),
                              "min": int(np.min(lock.num_tokens)),
                              "max": int(np.max(lock.num_tokens))}
   result["finish_reasons"] = {r: lock.finish_reasons.count(r) for r in set(lock.finish_reasons)}
   if not args.no_greedy:
-    greedy = {b: run(b, Greedy())[0] for b in ("lockstep", "continuous")}
-    result["greedy_tokens_identical"] = sum(
-        a == b for a, b in zip(greedy["lockstep"].tokens, greedy["continuous"].tokens))
-    result["greedy_texts_identical"] = sum(
-        a == b for a, b in zip(greedy["lockstep"].texts, greedy["continuous"].texts))
+    greedy = {case: run(case, Greedy())[0] for case in cases}
+    for d in dtypes:
+      lock, cont = greedy[d, "lockstep"], greedy[d, "continuous"]
+      result[name((d,), "greedy_tokens_identical")] = sum(
+          a == b for a, b in zip(lock.tokens, cont.tokens))
+      result[name((d,), "greedy_texts_identical")] = sum(
+          a == b for a, b in zip(lock.texts, cont.texts))
+      if d != "float32":  # narrow weights against float32, continuous batching both
+        ref = greedy["float32", "continuous"]
+        result[f"{d}_greedy_answers_equal_float32"] = sum(
+            a == b for a, b in zip(cont.tokens, ref.tokens))
   head = ("continuous_rows_per_s", "lockstep_rows_per_s", "continuous_speedup")
   print(json.dumps({**{k: result[k] for k in head},
                     **{k: v for k, v in result.items() if k not in head}}), flush=True)

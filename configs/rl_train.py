@@ -51,7 +51,10 @@ def get_config():
       temperature=1.0,          # sample the raw policy: T != 1, top_k or top_p < 1 bias the KL
       top_k=0,                  # and the policy gradient (the usual cause of negative or
       top_p=1.0,                # exploding KL); allowed, with a warning
-      sampler_batch=16,         # rows per sampler call
+      sampler_batch=16,         # rows per sampler call (continuous batching: row slots)
+      sampler_param_dtype="",   # rollout weights ('' = the policy's; 'bfloat16': a narrow copy
+                                # per iteration, old log-probs still from the trainer's weights;
+                                # the metric sampler_logprob_gap shows the difference)
       chunk_size=16,            # decode steps between stop-string checks
       min_length=32,            # smallest padded length bucket for scoring / updates
       # ---- reward

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import warnings
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +20,7 @@ from cai_jax.model import decoder, kv_cache
 from cai_jax.sampling.sampler import Sampler
 from cai_jax.sampling.strategies import Greedy, Sampling, from_settings, logprob_of
 from conftest import needs_transformers
+import tiny_model
 
 
 class CharTokenizer:
@@ -55,27 +55,11 @@ class PieceTokenizer(CharTokenizer):
 
 @pytest.fixture(scope="module")
 def tiny():
-  """The tiny preset with norm scales that make its greedy output varied: randomly initialised
-  Gemma mostly repeats its last input token (tied embeddings), which would make these tests
-  vacuous. More extreme scales vary it more but amplify float32 rounding past 1e-4; with these,
-  cached and uncached log-probs differ by at most ~5e-5."""
+  """The tiny preset with norm scales that make its greedy output varied
+  (`tiny_model.varied_params`)."""
   config = families.preset("tiny")
   params = jax.jit(decoder.init_params, static_argnums=0)(config, jax.random.PRNGKey(2))
-  flat = flax.traverse_util.flatten_dict(params)
-  rng = np.random.default_rng(2)
-  for k, v in flat.items():
-    if k[-1] != "scale":
-      continue
-    if k[-2] in ("post_attn_norm", "post_ffw_norm"):
-      new = 10.0 + rng.normal(0.0, 2.0, v.shape)   # blocks outweigh the token embedding
-    elif k[-2] in ("q_norm", "k_norm"):
-      new = 2.0 + rng.normal(0.0, 0.3, v.shape)    # sharper attention
-    elif k[-2] == "final_norm":
-      new = np.full(v.shape, -0.8)                  # logits of moderate spread
-    else:
-      new = rng.normal(0.0, 0.3, v.shape)
-    flat[k] = jnp.asarray(new, jnp.float32)
-  return config, flax.traverse_util.unflatten_dict(flat)
+  return config, tiny_model.varied_params(params)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -540,6 +524,58 @@ def test_long_prompts_keep_bos_and_lose_their_left(tiny):
 
 
 # ----------------------------------------------------------------------------- bucketing
+
+
+def _dot_dtypes(jaxpr) -> list[tuple[str, str, str]]:
+  """(lhs, rhs, out) dtypes of every dot_general in a jaxpr, nested jaxprs included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      found.append(tuple(str(v.aval.dtype) for v in (*eqn.invars[:2], eqn.outvars[0])))
+    for value in eqn.params.values():
+      inner = getattr(value, "jaxpr", None)
+      if inner is not None:
+        found += _dot_dtypes(getattr(inner, "jaxpr", inner))
+  return found
+
+
+def test_narrow_sampling_weights(tiny):
+  """Sampler(param_dtype="bfloat16") keeps a bfloat16 copy of the weights (the caller's stay
+  float32) and every weight matmul of the model takes it as stored, bfloat16 x bfloat16 ->
+  float32 (no float32 copy of a weight); attention's own dots stay float32. Its greedy tokens
+  are the argmax of an uncached forward pass of the same narrow model at every step, and a
+  1-row call (2 rows on CPU) gives the row what a full batch gives it."""
+  config, params = tiny
+  tok = CharTokenizer()
+  narrow = Sampler(config, params, tok, eos_ids=(), param_dtype="bfloat16")
+  assert narrow.config.narrow_matmuls and narrow.config.param_dtype == "bfloat16"
+  assert {x.dtype for x in jax.tree.leaves(narrow.params)} == {jnp.dtype(jnp.bfloat16)}
+  assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+  model = decoder.Decoder(narrow.config)
+  tokens = jnp.zeros((2, 4), jnp.int32)
+  positions, mask = decoder.sequence_inputs(jnp.ones((2, 4), bool))
+  jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, tokens, positions, mask))(
+      narrow.params)
+  dots = _dot_dtypes(jaxpr.jaxpr)
+  weight_dots = 7 * config.num_layers + 1  # q, k, v, o, gate, up, down per layer; the logits
+  assert dots.count(("bfloat16", "bfloat16", "float32")) == weight_dots, dots
+  assert len(dots) == weight_dots + 2 * config.num_layers, dots  # + q.k and p.v, float32
+  assert set(dots) == {("bfloat16", "bfloat16", "float32"), ("float32", "float32", "float32")}
+  out = narrow.generate(PROMPTS, max_new_tokens=16)
+  for prompt, row, logp in zip(PROMPTS, out.tokens, out.logprobs):
+    assert len(set(row)) >= 4, row  # varied output: the comparison is not vacuous
+    ids = tok.encode(prompt, add_bos=True)
+    steps = slice(len(ids) - 1, len(ids) - 1 + len(row))
+    uncached = full_logprobs(narrow.config, narrow.params, ids + row)[steps]
+    np.testing.assert_array_equal(np.argmax(uncached, -1), row)
+    # bfloat16 activations round differently along the cached path: measured up to 0.034
+    np.testing.assert_allclose(logp, uncached[np.arange(len(row)), row], atol=0.05, rtol=0)
+    # and the narrow model really is another model than the float32 one (measured up to 1.8)
+    assert np.abs(uncached - full_logprobs(config, params, ids + row)[steps]).max() > 0.1
+  alone = narrow.generate(PROMPTS[:1], max_new_tokens=16)
+  assert alone.tokens[0] == out.tokens[0]
+  with pytest.raises(ValueError, match="param_dtype must be one of"):
+    Sampler(config, params, tok, param_dtype="int8")
 
 
 @pytest.mark.parametrize("strategy", [Greedy(), Sampling()], ids=["greedy", "seeded"])

@@ -134,10 +134,13 @@ def resolve(spec: str, cache_dir: str) -> str:
 
 
 def load(spec: str, *, cache_dir: str, param_dtype: str = "float32", dtype: str = "float32",
-         shardings_for: Callable[[DecoderConfig], Any] | None = None) -> LoadedModel:
+         shardings_for: Callable[[DecoderConfig], Any] | None = None,
+         narrow_matmuls: bool = False) -> LoadedModel:
   """`shardings_for(config)` (a tree like the params) places each parameter straight into its
   shards: an HF folder is read on the host and every device receives only its slices; an orbax
-  folder is restored into the shardings. Without it, parameters land on the default device."""
+  folder is restored into the shardings. Without it, parameters land on the default device.
+  `narrow_matmuls`: weights stored narrower than `dtype` go into the matmuls as stored
+  (`DecoderConfig.narrow_matmuls`) instead of upcast."""
   folder = resolve(spec, cache_dir)
   tokenizer = read_tokenizer(folder)  # first: no usable tokenizer fails before the weights load
   if orbax_io.is_orbax_folder(folder):
@@ -153,5 +156,6 @@ def load(spec: str, *, cache_dir: str, param_dtype: str = "float32", dtype: str 
     else:
       params = jax.tree.map(jnp.asarray, params)
   check_tokenizer_fits(tokenizer, config, folder)
-  return LoadedModel(config=config.replace(dtype=dtype), params=params, tokenizer=tokenizer,
-                     source=folder)
+  narrow = narrow_matmuls and jnp.dtype(config.param_dtype).itemsize < jnp.dtype(dtype).itemsize
+  return LoadedModel(config=config.replace(dtype=dtype, narrow_matmuls=narrow), params=params,
+                     tokenizer=tokenizer, source=folder)

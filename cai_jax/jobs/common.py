@@ -33,14 +33,17 @@ def sampling_mesh(config):
 
 def load_model(config, mesh=None, checkpoint: str | None = None) -> loader.LoadedModel:
   """config.model (or `checkpoint` with config.model's dtypes), its parameters placed on `mesh`
-  as in training when one is given."""
+  as in training when one is given. For the sampling and scoring jobs that call this, weights
+  stored narrower than model.dtype (e.g. `pipeline.sampling_param_dtype` = bfloat16 beside
+  float32 activations) go into the matmuls as stored, not upcast (`narrow_matmuls`)."""
   m = config.model
   shardings_for = None
   if mesh is not None:
     from cai_jax.train import engine
     shardings_for = lambda cfg: engine.model_shardings(cfg, mesh)  # noqa: E731
   return loader.load(checkpoint or m.checkpoint, cache_dir=os.path.expanduser(m.cache_dir),
-                     param_dtype=m.param_dtype, dtype=m.dtype, shardings_for=shardings_for)
+                     param_dtype=m.param_dtype, dtype=m.dtype, shardings_for=shardings_for,
+                     narrow_matmuls=True)
 
 
 def conversation_format(config, tokenizer):

@@ -103,7 +103,7 @@ from cai_jax.data.jsonl import write_json_atomic
 from cai_jax.jobs.common import conversation_format, policy_checkpoint, progress
 from cai_jax.metrics import MetricsWriter, read_metrics
 from cai_jax.model import heads
-from cai_jax.sampling.sampler import FINISH_LENGTH, Sampler
+from cai_jax.sampling.sampler import FINISH_LENGTH, SAMPLING_PARAM_DTYPES, Sampler
 from cai_jax.sampling.strategies import Greedy, Sampling
 from cai_jax.train import engine, optim, runner
 from cai_jax.train import pm as pm_lib
@@ -144,6 +144,9 @@ def check_config(c, mesh) -> None:
     raise ConfigError(f"rl_train.reward must be one of {REWARDS}, got {c.reward!r}")
   if c.value_init not in VALUE_INITS:
     raise ConfigError(f"rl_train.value_init must be one of {VALUE_INITS}, got {c.value_init!r}")
+  if c.sampler_param_dtype and c.sampler_param_dtype not in SAMPLING_PARAM_DTYPES:
+    raise ConfigError(f"rl_train.sampler_param_dtype must be '' or one of "
+                      f"{SAMPLING_PARAM_DTYPES}, got {c.sampler_param_dtype!r}")
   if c.frozen_dtype not in FROZEN_DTYPES:
     raise ConfigError(f"rl_train.frozen_dtype must be one of {FROZEN_DTYPES}, got "
                       f"{c.frozen_dtype!r}")
@@ -445,7 +448,8 @@ def run(config, workdir: str) -> dict:
   sampler = Sampler(policy_cfg.replace(remat=False), state.params["policy"], tokenizer,
                     max_prompt_length=c.max_prompt_tokens,
                     max_batch=-(-c.sampler_batch // per_shard) * per_shard,
-                    chunk_size=c.chunk_size, mesh=mesh, eos_ids=fmt.stop_ids)
+                    chunk_size=c.chunk_size, mesh=mesh, eos_ids=fmt.stop_ids,
+                    param_dtype=c.sampler_param_dtype or None)
   controller = (ppo.AdaptiveKLController(float(c.target_kl), float(c.kl_horizon))
                 if c.adaptive_kl else ppo.FixedKLController())
 

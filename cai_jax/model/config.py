@@ -74,6 +74,11 @@ class DecoderConfig:
   # Storage dtype of the parameters and dtype of the matmuls; norms, RoPE and softmax stay float32.
   param_dtype: str = "float32"
   dtype: str = "float32"
+  # Weights stored narrower than `dtype` (e.g. bfloat16 sampling weights with float32 compute):
+  # False upcasts each weight to `dtype` for its matmul; True feeds the matmul the weight as
+  # stored and the activations cast down to it, accumulating in `dtype` (no upcast copy of the
+  # weights, which XLA materialises on CPU at every decode step).
+  narrow_matmuls: bool = False
   # Recompute in the backward pass: '' (off), 'full' (each block from its input) or 'dots'
   # (keep matmul outputs, recompute the rest: norms, activations, attention). True = 'full'.
   remat: bool | str = False

@@ -58,6 +58,7 @@ from cai_jax.shapes import pow2_bucket, truncate_left
 
 FINISH_STOP, FINISH_EOS, FINISH_LENGTH = "stop", "eos", "length"
 BATCHING = ("continuous", "lockstep")
+SAMPLING_PARAM_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @flax.struct.dataclass
@@ -199,7 +200,8 @@ class Sampler:
   def __init__(self, config: DecoderConfig, params, tokenizer, *, max_prompt_length: int = 2048,
                max_batch: int = 16, chunk_size: int = 32, eos_ids: Sequence[int] | None = None,
                mesh: Mesh | None = None, ring_buffer: bool = True,
-               prefill_chunk: int = 256, batching: str = "continuous"):
+               prefill_chunk: int = 256, batching: str = "continuous",
+               param_dtype: str | None = None):
     """`mesh`: sample with parameters sharded as in training (e.g. `TrainState.params` under
     the engine's mesh): rows are split over the data axes, every batch is padded to a multiple
     of data x fsdp rows (padding rows are added and dropped, so batches hold the same prompts
@@ -210,7 +212,12 @@ class Sampler:
     so that window layers attend over their ring plus one chunk rather than the whole prompt.
     `batching`: "continuous" (`max_batch` row slots; a slot whose row finishes takes the next
     prompt, so the decode program keeps running full) or "lockstep" (batches of `max_batch`
-    prompts, each decoding until its slowest row is done); the outputs are the same."""
+    prompts, each decoding until its slowest row is done); the outputs are the same.
+    `param_dtype` (e.g. "bfloat16"): sample with the weights cast to it (a copy; every
+    assignment to `params` is cast too), fed to the matmuls as stored and accumulated in the
+    model's dtype (`DecoderConfig.narrow_matmuls`): half the bytes read per decode step. On CPU
+    a batch then has at least 2 rows, since a 1-row bfloat16 matmul is several times slower
+    there than the float32 one."""
     if batching not in BATCHING:
       raise ValueError(f"batching must be one of {BATCHING}, got {batching!r}")
     if prefill_chunk < 32 or prefill_chunk & (prefill_chunk - 1):
@@ -218,10 +225,20 @@ class Sampler:
     if max_batch < 1 or chunk_size < 1 or max_prompt_length < 1:
       raise ValueError(f"max_batch, chunk_size and max_prompt_length must be >= 1, got "
                        f"{max_batch}, {chunk_size}, {max_prompt_length}")
+    if param_dtype is not None and param_dtype not in SAMPLING_PARAM_DTYPES:
+      raise ValueError(f"param_dtype must be one of {SAMPLING_PARAM_DTYPES}, got {param_dtype!r}")
+    self._cast_to = None  # the dtype `params` are cast to on assignment
+    if param_dtype is not None and param_dtype != config.param_dtype:
+      self._cast_to = jnp.dtype(param_dtype)
+      narrow = self._cast_to.itemsize < jnp.dtype(config.dtype).itemsize
+      config = config.replace(param_dtype=param_dtype, narrow_matmuls=narrow)
     self.mesh = mesh
     self.min_batch = 1 if mesh is None else parallel.batch_size_per_shard(mesh)
     self.config = config
-    self.params = params  # (a property: assigning new parameters drops the [D, V] copy)
+    leaf = jax.tree.leaves(params)[0]
+    devices = leaf.devices() if hasattr(leaf, "devices") else jax.devices()
+    self._cpu = all(d.platform == "cpu" for d in devices)
+    self.params = params  # (a property: cast to param_dtype, and drops the [D, V] copy)
     self.tokenizer = tokenizer
     self.max_prompt_length = max_prompt_length
     self.max_batch = max_batch
@@ -231,9 +248,8 @@ class Sampler:
     self.prefill_chunk = prefill_chunk
     self.batching = batching
     self.model = decoder.Decoder(config)
-    leaf = jax.tree.leaves(params)[0]
-    devices = leaf.devices() if hasattr(leaf, "devices") else jax.devices()
-    self._cpu = all(d.platform == "cpu" for d in devices)
+    # fewest rows per batch: 2 for narrow weights on CPU (see param_dtype)
+    self._min_rows = 2 if self._cpu and config.narrow_matmuls else 1
     self._prefill = self._under_mesh(jax.jit(
         functools.partial(_prefill, self.model), donate_argnums=(4, 5)))
     self._admit = self._under_mesh(jax.jit(_admit, donate_argnums=(0,)))
@@ -251,6 +267,8 @@ class Sampler:
   @params.setter
   def params(self, params):
     """New parameters (e.g. each RL iteration's policy) for the next `generate` calls."""
+    if self._cast_to is not None:
+      params = jax.tree.map(lambda x: x.astype(self._cast_to), params)
     self._params = params
     self._embedding_DV = None  # [D, V] copy for one-row batches on CPU, made when first needed
 
@@ -371,7 +389,8 @@ class Sampler:
     groups = ([order[s:s + self.max_batch] for s in range(0, len(order), self.max_batch)]
               if self.batching == "lockstep" else [order] if order else [])
     for group in groups:  # the same prompts per lockstep batch with or without a mesh
-      rows = min(self._pad(self.max_batch), self._pad(pow2_bucket(len(group), 1)))
+      rows = max(self._pad(self._min_rows),
+                 min(self._pad(self.max_batch), self._pad(pow2_bucket(len(group), 1))))
       self._run_slots(ids, group, rows, keys, max_new_tokens, strategy, stop, prefix, outputs,
                       progress)
     return SampleOutput(
