@@ -13,7 +13,8 @@ on the 1,793-token variant of the prompt): the residual gap is transformers' own
 deep tail (log-probs below -30).
 
 Without transformers the same prompts are checked against tests/golden/gemma3_270m_logits.npz
-(reference argmax + top-8 log-probs, written by tests/golden/make_logits_golden.py).
+(transformers' token ids, reference argmax + top-8 log-probs, written by
+tests/golden/make_logits_golden.py).
 """
 
 from __future__ import annotations
@@ -78,10 +79,13 @@ def test_logits_match_transformers(our_logprobs, hf_gguf_model):
     diff = np.abs(mine - ref)
     report.append((len(row), float(diff.max()), float(diff[ref >= -10].max())))
     np.testing.assert_array_equal(mine.argmax(-1), ref.argmax(-1), err_msg=f"prompt {i}")
+    # bounds just above the errors measured (README "Correctness, measured"): short prompts
+    # 1.2e-4 over the whole vocabulary; the 1,153-token prompt 7.6e-4 for log-probs >= -10 and
+    # 3.8e-3 in the deep tail (transformers' own float32 rounding, see the module docstring)
     if i < len(SHORT_PROMPTS):
-      assert diff.max() <= 2e-3, report
+      assert diff.max() <= 2e-4, report
     else:
-      assert diff[ref >= -10].max() <= 2e-3, report
+      assert diff[ref >= -10].max() <= 1e-3, report
       assert diff.max() <= 5e-3, report
   print("tokens, max |dlogp| (all vocab), max |dlogp| (logp >= -10):", report)
 
@@ -91,8 +95,11 @@ def test_logits_match_golden(our_logprobs):
   ids, ours = our_logprobs
   golden = np.load(GOLDEN)
   for i, (row, mine) in enumerate(zip(ids, ours)):
-    np.testing.assert_array_equal(golden[f"ids_{i}"], row, err_msg="tokenization changed")
+    # the ids of transformers' tokenizer: our tokenization checked by another implementation
+    np.testing.assert_array_equal(row, golden[f"ids_{i}"], err_msg=f"prompt {i}: token ids")
     top_ids, top_logp = golden[f"top_ids_{i}"], golden[f"top_logp_{i}"]
     np.testing.assert_array_equal(mine.argmax(-1), top_ids[:, 0], err_msg=f"prompt {i}")
+    # the bounds used against transformers itself for the short prompts and for log-probs >= -10
     np.testing.assert_allclose(np.take_along_axis(mine, top_ids, axis=-1), top_logp,
-                               atol=2e-3, rtol=0, err_msg=f"prompt {i}")
+                               atol=2e-4 if i < len(SHORT_PROMPTS) else 1e-3, rtol=0,
+                               err_msg=f"prompt {i}")

