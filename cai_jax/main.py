@@ -47,6 +47,11 @@ JOBS: dict[str, tuple[str, str]] = {
                  "RL-CAI: PPO on the policy (default WORKDIR/sl_train/export_hf) against the "
                  "preference model (default WORKDIR/pm_train/pm) with a KL penalty to the "
                  "initial policy; resumes from WORKDIR/rl_train/checkpoints"),
+    "po_train": ("cai_jax.jobs.po_train",
+                 "RL-CAI by preference optimisation: DPO / IPO on the feedback model's soft "
+                 "labels (or the hard-label baseline) against a reference whose log-probs are "
+                 "stored once; resumes from WORKDIR/po_train/checkpoints, exports "
+                 "WORKDIR/po_train/export_hf"),
     "eval": ("cai_jax.jobs.eval",
              "evaluation: checkpoints against each other on held-out prompts (Elo and win "
              "rates by the AI judge with bootstrap CIs, PM scores, lengths), PM accuracy and "

@@ -107,9 +107,13 @@ def bucket_length(examples, min_length: int, max_length: int) -> int:
 class BatchIterator:
   """Endless shuffled batches with a saveable position; yields (local batch, position after)."""
 
-  def __init__(self, examples: list[Example], batch_size: int, *, seed: int, max_length: int,
-               min_length: int = 32, rows: slice | None = None, epoch: int = 0, index: int = 0):
+  def __init__(self, examples: list, batch_size: int, *, seed: int, max_length: int,
+               min_length: int = 32, rows: slice | None = None, epoch: int = 0, index: int = 0,
+               collate=None):
+    """`collate(global batch's examples, rows) -> this process's arrays` for examples of
+    another kind (default: `Example`s through `make_batch` at the batch's length bucket)."""
     self.examples = examples
+    self.collate = collate
     self.batch_size = int(batch_size)
     self.seed = int(seed)
     self.max_length, self.min_length = int(max_length), int(min_length)
@@ -139,6 +143,8 @@ class BatchIterator:
       if self.index >= len(perm):
         self.epoch, self.index = self.epoch + 1, 0
     batch_examples = [self.examples[i] for i in chosen]
+    if self.collate is not None:
+      return self.collate(batch_examples, self.rows), self.position
     length = bucket_length(batch_examples, self.min_length, self.max_length)
     return make_batch(batch_examples[self.rows], length), self.position
 
