@@ -12,6 +12,9 @@ class ConfigError(ValueError):
   """A config value a job cannot use; the CLI prints it without a traceback."""
 
 
+PO_DEFAULT_LOSS = "dpo"  # configs/po_train.py's po_train.loss
+
+
 def model_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       # 'gemma3-270m' (PyPI package), a .gguf path, an HF folder or a cai_jax orbax folder.

@@ -1,6 +1,6 @@
 """The whole Constitutional AI run in one workdir: sl_generate -> sl_train -> sample_pairs ->
-feedback -> pm_train -> rl_train -> eval -> report, each stage skipped when its finished output
-exists.
+feedback -> pm_train -> rl_train (PPO) and/or po_train (DPO / IPO; pipeline.rl.algorithm) ->
+eval -> report, each stage skipped when its finished output exists.
 
 python -m cai_jax.main --config configs/pipeline.py --workdir runs/cai \
     --config.sl_generate.limit=16 --config.sl_train.steps=50 --config.rl_train.iterations=20 \
@@ -8,7 +8,7 @@ python -m cai_jax.main --config configs/pipeline.py --workdir runs/cai \
 
 Layout: the shared fields (seed, model = the base model, constitution, mesh, distributed) plus,
 per stage, that stage's own section with the defaults of configs/<stage>.py
-(--config.<stage>.<field>=...), and config.optim.<stage> for the three trainers. The pipeline
+(--config.<stage>.<field>=...), and config.optim.<stage> for the trainers. The pipeline
 wires the stages' paths itself (sl_train.data, the policies, the PM, the labels) unless a path is
 set explicitly. Each stage's full config is recorded in WORKDIR/<stage>/config.json; the run's
 status in WORKDIR/pipeline/status.json.
@@ -18,9 +18,9 @@ import os
 
 from cai_jax import config_defaults
 
-STAGES = ("sl_generate", "sl_train", "sample_pairs", "feedback", "pm_train", "rl_train", "eval",
-          "report")
-TRAINERS = ("sl_train", "pm_train", "rl_train")
+STAGES = ("sl_generate", "sl_train", "sample_pairs", "feedback", "pm_train", "rl_train",
+          "po_train", "eval", "report")
+TRAINERS = ("sl_train", "pm_train", "rl_train", "po_train")
 
 
 def stage_config(stage: str):
@@ -41,6 +41,9 @@ def get_config():
                           # are deleted before running, so they run again from scratch
       pm_init="",         # decoder the preference model starts from ('' = config.model.checkpoint)
       compare_stages=True,  # eval compares base / sl / rl answers (unless eval.stages is set)
+      rl=dict(algorithm="ppo"),  # the RL-CAI stage: ppo (rl_train against the PM), dpo or
+                                 # ipo (po_train on the AI labels), or e.g. 'ppo,dpo' for both;
+                                 # eval compares them as 'rl' and 'dpo' / 'ipo'
       sampling_param_dtype="",  # weights of sl_generate, sample_pairs, feedback and eval
                                 # ('' = model.param_dtype): e.g. 'bfloat16' beside float32
                                 # master weights in the trainers
@@ -57,4 +60,5 @@ def get_config():
   # (the PM's held-out loss and accuracy).
   config.sl_generate.heldout_fraction = 0.1
   config.pm_train.heldout_fraction = 0.1
+  config.po_train.heldout_fraction = 0.1
   return config

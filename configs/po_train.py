@@ -20,7 +20,7 @@ def get_config():
   config.po_train = dict(
       labels="",                # feedback labels jsonl (job feedback): p = p_first_better
       human_comparisons="",     # HH-RLHF {"chosen", "rejected"} jsonl(.gz): p = 1 for chosen
-      loss="dpo",               # dpo: BCE of sigmoid(margin) against the soft label p | ipo |
+      loss=config_defaults.PO_DEFAULT_LOSS,  # dpo: BCE of sigmoid(margin) against the soft label p | ipo |
                                 # hard: dpo on p rounded to 0/1, ties dropped
       beta=0.1,                 # implied reward = beta x (log pi - log pi_ref); ipo: tau
       label_smoothing=0.0,      # target (1 - eps) p + eps (1 - p) (conservative DPO at p = 1)

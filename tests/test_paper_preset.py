@@ -73,7 +73,7 @@ def test_every_stage_config_builds_and_passes_its_checks(paper, tmp_path):
     if stage != "report":
       own = paper[stage].to_dict()
       got = c[stage].to_dict()
-      for field in ("pairs", "data", "eval_data", "ai_labels", "pm", "stages"):  # wired paths
+      for field in ("pairs", "data", "eval_data", "ai_labels", "labels", "pm", "stages"):  # wired
         own.pop(field, None)
         got.pop(field, None)
       assert got == own, stage
@@ -200,7 +200,8 @@ def test_the_preset_runs_as_a_pipeline(tmp_path):
   config = load_config("paper", **small)
   assert config.sl_generate.rounds == 4 and config.feedback.few_shot_principles == "independent"
   status = main.run(config, str(tmp_path / "run"))
-  assert all(s["status"] == "ran" for s in status["stages"].values()), status
+  assert {k: s["status"] for k, s in status["stages"].items()} == {
+      **{k: "ran" for k in stages.STAGES}, "po_train": "not_selected"}, status  # PPO: the paper's
   labels = [json.loads(x) for x in open(tmp_path / "run" / "feedback" / "labels.jsonl")]
   assert labels and all("axis" in x for x in labels)
   assert all(len(e["example_principle_ids"]) == 1 for x in labels for e in x["per_principle"])

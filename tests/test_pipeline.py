@@ -13,11 +13,15 @@ import pytest
 from cai_jax import main
 from cai_jax.config_defaults import ConfigError
 from cai_jax.jobs import pipeline
+from cai_jax.metrics import read_metrics
 from configs_loader import load_config
 import tiny_model
 
 
 STAGES = list(pipeline.STAGES)
+# The default RL-CAI algorithm is PPO (rl_train); po_train runs when pipeline.rl.algorithm
+# names dpo or ipo.
+NOT_RUN = {"po_train": "not_selected"}
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +53,10 @@ def settings(assets, **extra):
        "rl_train.sample_every": 0, "rl_train.progress": False,
        "rl_train.probe_prompts": assets["probes"], "rl_train.probe_count": 2,
        "rl_train.async_checkpoints": False,
+       "po_train.batch_size": 2, "po_train.steps": 2, "po_train.max_length": 128,
+       "po_train.eval_batch_size": 2, "po_train.kl_prompts": 1, "po_train.kl_max_new_tokens": 4,
+       "po_train.progress": False, "po_train.async_checkpoints": False,
+       "optim.po_train.warmup_steps": 1,
        "eval.comparisons": assets["comparisons"], "eval.batch_size": 2, "eval.progress": False,
        "eval.num_prompts": 2, "eval.answer_max_tokens": 4,
        "eval.answer_temperature": 1.0, "eval.answer_batch_size": 4, "eval.judge_principles": 1,
@@ -91,11 +99,31 @@ def test_stage_configs_match_the_stage_config_files(tmp_path):
   assert pipeline.selected_stages(load_config("pipeline", **{
       "pipeline.stages": "eval,sl_train,feedback", "pipeline.stop_after": "feedback"}
   ).pipeline) == ["sl_train", "feedback"]
+  # pipeline.rl.algorithm picks the RL-CAI stage(s) and po_train's loss
+  select = lambda **kw: pipeline.selected_stages(load_config("pipeline", **kw).pipeline)  # noqa: E731
+  assert "po_train" not in select() and "rl_train" in select()
+  assert {"po_train", "rl_train"} & set(select(**{"pipeline.rl.algorithm": "ipo"})) == {"po_train"}
+  assert {"po_train", "rl_train"} <= set(select(**{"pipeline.rl.algorithm": "ppo,dpo"}))
+  with pytest.raises(ConfigError, match="pipeline.stages lists po_train but pipeline.rl.algorithm"):
+    select(**{"pipeline.stages": "po_train"})
+  for bad in ("trpo", "dpo,ipo", ""):
+    with pytest.raises(ConfigError, match="pipeline.rl.algorithm"):
+      select(**{"pipeline.rl.algorithm": bad})
+  ipo = load_config("pipeline", **{"pipeline.rl.algorithm": "ipo"})
+  built = pipeline.stage_config(ipo, "po_train", w)
+  assert built.po_train.loss == "ipo" and built.po_train.labels == os.path.join(
+      w, "feedback", "labels.jsonl")
+  assert built.model.checkpoint == os.path.join(w, "sl_train", "export_hf")
+  hard = load_config("pipeline", **{"pipeline.rl.algorithm": "dpo", "po_train.loss": "hard"})
+  assert pipeline.stage_config(hard, "po_train", w).po_train.loss == "hard"
+  with pytest.raises(ConfigError, match="contradicts pipeline.rl.algorithm"):
+    pipeline.stage_config(load_config("pipeline", **{"pipeline.rl.algorithm": "ipo",
+                                                     "po_train.loss": "hard"}), "po_train", w)
 
 
 def test_whole_pipeline_then_skip_then_partial_rerun(assets, tmp_path, monkeypatch):
   status = run(assets, tmp_path)
-  assert states(status) == {s: "ran" for s in STAGES}
+  assert states(status) == {**{s: "ran" for s in STAGES}, **NOT_RUN}
   w = tmp_path
   for rel in ("sl_generate/records.jsonl", "sl_generate/sl_train.jsonl",
               "sl_generate/report.json", "sl_train/summary.json", "sl_train/export_hf",
@@ -110,7 +138,7 @@ def test_whole_pipeline_then_skip_then_partial_rerun(assets, tmp_path, monkeypat
   assert [s["name"] for s in compared["stages"]] == ["base", "sl", "rl"]
   assert compared["stages"][2]["checkpoint"] == str(w / "rl_train" / "export_hf")
   assert set(compared["elo"]) == {"harmless", "helpful"} and compared["num_judgements"] == 12
-  for stage in STAGES:  # every stage's config recorded next to its output
+  for stage in set(STAGES) - set(NOT_RUN):  # every stage's config recorded next to its output
     recorded = json.loads((w / stage / "config.json").read_text())
     assert recorded["job"] == stage
   assert json.loads((w / "sl_train/config.json").read_text())["sl_train"]["data"] == str(
@@ -131,7 +159,7 @@ def test_whole_pipeline_then_skip_then_partial_rerun(assets, tmp_path, monkeypat
   assert json.loads((w / "rl_train/config.json").read_text())["model"]["checkpoint"] == str(
       w / "sl_train" / "export_hf")
   on_disk = json.loads((w / "pipeline" / "status.json").read_text())
-  assert states(on_disk) == {s: "ran" for s in STAGES}
+  assert states(on_disk) == {**{s: "ran" for s in STAGES}, **NOT_RUN}
   assert "pm" in on_disk["stages"]["pm_train"]["outputs"]
 
   # Second run: every stage skipped without running any job (so no model is loaded).
@@ -145,25 +173,44 @@ def test_whole_pipeline_then_skip_then_partial_rerun(assets, tmp_path, monkeypat
 
   monkeypatch.setattr(main, "run", recording_run)
   status = run(assets, tmp_path)
-  assert states(status) == {s: "skipped" for s in STAGES} and calls == []
+  assert states(status) == {**{s: "skipped" for s in STAGES}, **NOT_RUN} and calls == []
 
   # A missing finished output: only that stage runs (later ones are not invalidated).
   shutil.rmtree(w / "pm_train" / "pm")
   status = run(assets, tmp_path)
-  assert states(status) == {**{s: "skipped" for s in STAGES}, "pm_train": "ran"}
+  assert states(status) == {**{s: "skipped" for s in STAGES}, **NOT_RUN, "pm_train": "ran"}
   assert calls == ["pm_train"] and (w / "pm_train/pm/pm.json").exists()
 
   # rerun_from: that stage and every later one run again, earlier ones are skipped.
   calls.clear()
   stamp = (w / "rl_train/summary.json").stat().st_mtime_ns
   status = run(assets, tmp_path, **{"pipeline.rerun_from": "rl_train"})
-  assert states(status) == {**{s: "skipped" for s in STAGES}, "rl_train": "ran", "eval": "ran",
-                            "report": "ran"}
+  assert states(status) == {**{s: "skipped" for s in STAGES}, **NOT_RUN, "rl_train": "ran",
+                            "eval": "ran", "report": "ran"}
   assert calls == ["rl_train", "eval", "report"]
   assert (w / "rl_train/summary.json").stat().st_mtime_ns != stamp
+
+  # pipeline.rl.algorithm='ppo,dpo': DPO on the feedback labels beside PPO, from the SL-CAI
+  # policy; eval compares all four policies and the report shows them
+  calls.clear()
+  status = run(assets, tmp_path, **{"pipeline.rl.algorithm": "ppo,dpo",
+                                    "pipeline.rerun_from": "po_train"})
+  assert states(status) == {**{s: "skipped" for s in STAGES}, "po_train": "ran", "eval": "ran",
+                            "report": "ran"}
+  assert calls == ["po_train", "eval", "report"]
+  po = json.loads((w / "po_train/config.json").read_text())
+  assert po["po_train"]["labels"] == str(w / "feedback" / "labels.jsonl")
+  assert po["po_train"]["loss"] == "dpo"
+  assert po["model"]["checkpoint"] == str(w / "sl_train" / "export_hf")
+  assert [r["step"] for r in read_metrics(w / "po_train/metrics.jsonl") if "loss" in r] == [1, 2]
+  compared = json.loads((w / "eval/report.json").read_text())["stages"]
+  assert [s["name"] for s in compared["stages"]] == ["base", "sl", "rl", "dpo"]
+  assert compared["stages"][3]["checkpoint"] == str(w / "po_train" / "export_hf")
+  assert "dpo" in (w / "report/report.md").read_text()
 
   # stages / stop_after select a subset; the rest is listed as not selected.
   status = run(assets, tmp_path, **{"pipeline.stages": "sl_train,pm_train,eval",
                                     "pipeline.stop_after": "pm_train"})
   assert states(status) == {**{s: "not_selected" for s in STAGES}, "sl_train": "skipped",
                             "pm_train": "skipped"}
+

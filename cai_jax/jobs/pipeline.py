@@ -1,6 +1,10 @@
 """The whole Constitutional AI run in one workdir (configs/pipeline.py):
 
-  sl_generate -> sl_train -> sample_pairs -> feedback -> pm_train -> rl_train -> eval -> report
+  sl_generate -> sl_train -> sample_pairs -> feedback -> pm_train -> rl_train / po_train -> eval
+  -> report
+
+The RL-CAI stage is chosen by `pipeline.rl.algorithm`: 'ppo' (rl_train, the default), 'dpo' or
+'ipo' (po_train on the feedback labels), or 'ppo,dpo' to run both and compare them.
 
 Each stage runs as its own job through `cai_jax.main.run` with a config built by
 `stage_configs` (so WORKDIR/<stage>/config.json records exactly what it ran with, and any stage
@@ -21,10 +25,12 @@ Wiring (an explicitly set path wins):
   pm_train      decoder pipeline.pm_init or the base model, AI labels WORKDIR/feedback/labels.jsonl
                 (left out when feedback labelled nothing and human comparisons are given)
   rl_train      policy WORKDIR/sl_train/export_hf, PM WORKDIR/pm_train/pm
+  po_train      policy (and reference) WORKDIR/sl_train/export_hf, labels
+                WORKDIR/feedback/labels.jsonl, loss from pipeline.rl.algorithm
   eval          PM WORKDIR/pm_train/pm, base model as judge and for eval.mc_files; unless
                 eval.stages is set, the stages compared are base (the base model),
-                sl (WORKDIR/sl_train/export_hf) and rl (WORKDIR/rl_train/export_hf), those
-                whose export exists (pipeline.compare_stages=False turns this off); skipped
+                sl (WORKDIR/sl_train/export_hf), rl (WORKDIR/rl_train/export_hf) and dpo / ipo
+                (WORKDIR/po_train/export_hf), those whose export exists (pipeline.compare_stages=False turns this off); skipped
                 when eval has nothing to evaluate
   report        WORKDIR/report/report.md and figures from everything above
 Status: one line per stage on stdout and WORKDIR/pipeline/status.json.

@@ -12,8 +12,13 @@ import ml_collections
 from cai_jax import config_defaults
 from cai_jax.config_defaults import ConfigError
 
-STAGES = ("sl_generate", "sl_train", "sample_pairs", "feedback", "pm_train", "rl_train", "eval",
-          "report")
+STAGES = ("sl_generate", "sl_train", "sample_pairs", "feedback", "pm_train", "rl_train",
+          "po_train", "eval", "report")
+
+# The RL-CAI stage (`pipeline.rl.algorithm`, comma-separated): PPO against the preference model
+# (rl_train, compared as 'rl') and/or one preference-optimisation loss on the AI labels
+# (po_train, compared under the algorithm's name).
+RL_ALGORITHMS = {"ppo": "rl_train", "dpo": "po_train", "ipo": "po_train"}
 
 # Top-level fields of each stage's own config (configs/<stage>.py) besides job, seed, model and
 # the stage's section; tests/test_pipeline.py checks they match the config files.
@@ -24,6 +29,7 @@ SHARED_FIELDS = {
     "feedback": ("constitution", "mesh", "distributed"),
     "pm_train": ("mesh", "distributed", "optim"),
     "rl_train": ("constitution", "mesh", "distributed", "optim"),
+    "po_train": ("mesh", "distributed", "optim"),
     "eval": ("constitution", "mesh", "distributed"),
     "report": (),
 }
@@ -46,6 +52,7 @@ DONE = {
     "feedback": ("feedback/report.json",),
     "pm_train": ("pm_train/pm/pm.json",),
     "rl_train": ("rl_train/summary.json", "rl_train/export_hf"),
+    "po_train": ("po_train/summary.json", "po_train/export_hf"),
     "eval": ("eval/report.json",),
     "report": ("report/report.md",),
 }
@@ -62,13 +69,33 @@ def _has_records(path: str) -> bool:
     return any(line.strip() for line in f)
 
 
+def rl_algorithms(p) -> list[str]:
+  """pipeline.rl.algorithm as a list: 'ppo', 'dpo', 'ipo' or e.g. 'ppo,dpo' (PPO and one
+  preference-optimisation loss side by side)."""
+  names = [a.strip() for a in str(p.rl.algorithm).split(",") if a.strip()]
+  unknown = [a for a in names if a not in RL_ALGORITHMS]
+  if not names or unknown:
+    raise ConfigError(f"pipeline.rl.algorithm={p.rl.algorithm!r}: expected one or more of "
+                      f"{', '.join(RL_ALGORITHMS)} (comma-separated)")
+  if sum(RL_ALGORITHMS[a] == "po_train" for a in names) > 1:
+    raise ConfigError(f"pipeline.rl.algorithm={p.rl.algorithm!r}: one preference-optimisation "
+                      "loss per workdir (po_train has one folder); run the other in a copy")
+  return list(dict.fromkeys(names))
+
+
+def _po_algorithm(p) -> str:
+  return next((a for a in rl_algorithms(p) if RL_ALGORITHMS[a] == "po_train"), "")
+
+
 def compared_stages(config, workdir: str) -> str:
-  """eval.stages for the pipeline: base, sl, rl (those whose checkpoint exists), or ''."""
+  """eval.stages for the pipeline: base, sl, rl (PPO) and the preference-optimised policy under
+  its algorithm's name (those whose checkpoint exists), or ''."""
   if config.eval.stages or not config.pipeline.compare_stages:
     return config.eval.stages
+  po_name = _po_algorithm(config.pipeline) or "po"
   found = [("base", config.model.checkpoint)] + [
       (name, os.path.join(workdir, stage, "export_hf"))
-      for name, stage in (("sl", "sl_train"), ("rl", "rl_train"))
+      for name, stage in (("sl", "sl_train"), ("rl", "rl_train"), (po_name, "po_train"))
       if os.path.isdir(os.path.join(workdir, stage, "export_hf"))]
   return ",".join(f"{n}={c}" for n, c in found) if len(found) > 1 else ""
 
@@ -125,6 +152,16 @@ def stage_config(config, stage: str, workdir: str) -> ml_collections.ConfigDict:
   elif stage == "rl_train":
     c.model.checkpoint = sl_export
     s.pm = s.pm or path("pm_train", "pm")
+  elif stage == "po_train":
+    c.model.checkpoint = sl_export
+    s.labels = s.labels or config.feedback.output or path("feedback", "labels.jsonl")
+    algorithm = _po_algorithm(config.pipeline)
+    family = ("ipo",) if algorithm == "ipo" else ("dpo", "hard")
+    if algorithm and s.loss not in family:
+      if s.loss != config_defaults.PO_DEFAULT_LOSS:
+        raise ConfigError(f"po_train.loss={s.loss!r} contradicts pipeline.rl.algorithm="
+                          f"{config.pipeline.rl.algorithm!r}")
+      s.loss = algorithm
   elif stage == "eval":
     s.pm = s.pm or path("pm_train", "pm")
     s.stages = compared_stages(config, workdir)
@@ -141,7 +178,12 @@ def selected_stages(p) -> list[str]:
   for field in ("stop_after", "rerun_from"):
     if p[field]:
       check(p[field], field)
-  out = [s for s in STAGES if s in names]
+  wanted = {RL_ALGORITHMS[a] for a in rl_algorithms(p)}
+  unwanted = [n for n in names if n in RL_ALGORITHMS.values() and n not in wanted]
+  if unwanted and p.stages:
+    raise ConfigError(f"pipeline.stages lists {', '.join(unwanted)} but pipeline.rl.algorithm="
+                      f"{p.rl.algorithm!r} does not run it")
+  out = [s for s in STAGES if s in names and s not in unwanted]
   if p.stop_after:
     out = [s for s in out if STAGES.index(s) <= STAGES.index(p.stop_after)]
   return out
