@@ -41,6 +41,8 @@ def get_config():
                           # are deleted before running, so they run again from scratch
       pm_init="",         # decoder the preference model starts from ('' = config.model.checkpoint)
       compare_stages=True,  # eval compares base / sl / rl answers (unless eval.stages is set)
+      rounds=1,           # iterated online RLAIF: rounds 2..N sample, label, continue the PM and
+                          # run the RL stage again from the previous round's policy
       rl=dict(algorithm="ppo"),  # the RL-CAI stage: ppo (rl_train against the PM), dpo or
                                  # ipo (po_train on the AI labels), or e.g. 'ppo,dpo' for both;
                                  # eval compares them as 'rl' and 'dpo' / 'ipo'

@@ -27,7 +27,8 @@ def get_config():
       reference="",             # '' = the initial policy (model.checkpoint)
       reference_logprobs="",    # '' = WORKDIR/po_train/reference_logprobs.json (computed once)
       heldout_fraction=0.1,     # share of the AI-labelled pairs held out (by a hash of the id)
-      kl_prompts=16,            # held-out prompts the KL to the reference is measured on (0 = off)
+      kl_prompts=16,            # held-out prompts the KL to the reference is measured on (0 = off;
+                                # on, a reference that is the initial policy stays on device)
       kl_max_new_tokens=64,
       kl_stop=("\n\nHuman:",),  # stop strings of the KL answers (EOS always stops)
       batch_size=8,             # pairs per optimizer step (2 sequences each)

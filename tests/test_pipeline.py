@@ -214,3 +214,39 @@ def test_whole_pipeline_then_skip_then_partial_rerun(assets, tmp_path, monkeypat
   assert states(status) == {**{s: "not_selected" for s in STAGES}, "sl_train": "skipped",
                             "pm_train": "skipped"}
 
+
+  # pipeline.rounds=2 (iterated online RLAIF): round 2 samples pairs from round 1's PPO policy,
+  # labels them, continues round 1's PM and runs PPO from that policy, in WORKDIR/round_2;
+  # eval compares both rounds' policies with round 2's PM
+  calls.clear()
+  status = run(assets, tmp_path, **{"pipeline.rounds": 2, "pipeline.rerun_from": "eval"})
+  round2 = ["round_2/sample_pairs", "round_2/feedback", "round_2/pm_train", "round_2/rl_train"]
+  assert status["steps"][-6:] == round2 + ["eval", "report"]
+  assert calls == ["sample_pairs", "feedback", "pm_train", "rl_train", "eval", "report"]
+  assert all(status["stages"][s]["status"] == "ran" for s in round2 + ["eval", "report"])
+  r2 = w / "round_2"
+  assert json.loads((r2 / "sample_pairs/config.json").read_text())["model"]["checkpoint"] == \
+      str(w / "rl_train" / "export_hf")
+  pm2 = json.loads((r2 / "pm_train/config.json").read_text())
+  assert pm2["model"]["checkpoint"] == str(w / "pm_train" / "pm")  # continued, head included
+  assert pm2["pm_train"]["ai_labels"] == str(r2 / "feedback" / "labels.jsonl")
+  assert pm2["seed"] == json.loads((w / "pm_train/config.json").read_text())["seed"] + 1
+  rl2 = json.loads((r2 / "rl_train/config.json").read_text())
+  assert rl2["model"]["checkpoint"] == str(w / "rl_train" / "export_hf")
+  assert rl2["rl_train"]["pm"] == str(r2 / "pm_train" / "pm")
+  round1_pairs = {x["id"]: x["responses"] for x in map(
+      json.loads, (w / "sample_pairs/pairs.jsonl").read_text().splitlines())}
+  round2_pairs = {x["id"]: x["responses"] for x in map(
+      json.loads, (r2 / "sample_pairs/pairs.jsonl").read_text().splitlines())}
+  assert set(round2_pairs) == set(round1_pairs) and round2_pairs != round1_pairs
+  compared = json.loads((w / "eval/report.json").read_text())["stages"]
+  # (the DPO policy of the earlier run is still in the workdir, compared under its loss)
+  assert [s["name"] for s in compared["stages"]] == ["base", "sl", "rl", "dpo", "rl_2"]
+  assert compared["stages"][4]["checkpoint"] == str(r2 / "rl_train" / "export_hf")
+  assert json.loads((w / "eval/config.json").read_text())["eval"]["pm"] == str(
+      r2 / "pm_train" / "pm")
+  assert "rl_2" in (w / "report/report.md").read_text()
+  # a run asking for fewer rounds than the workdir holds is refused, nothing removed
+  with pytest.raises(ConfigError, match=r"pipeline.rounds=1 but .*round_2 exists"):
+    run(assets, tmp_path, **{"pipeline.rerun_from": "eval"})
+  assert (w / "eval/report.json").exists() and (r2 / "rl_train/export_hf").exists()

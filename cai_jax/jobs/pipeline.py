@@ -6,6 +6,13 @@
 The RL-CAI stage is chosen by `pipeline.rl.algorithm`: 'ppo' (rl_train, the default), 'dpo' or
 'ipo' (po_train on the feedback labels), or 'ppo,dpo' to run both and compare them.
 
+Iterated online RLAIF, `pipeline.rounds=N`: after those stages, rounds 2..N each run
+sample_pairs (from the previous round's policy), feedback, pm_train (continuing the previous
+round's PM on the new labels) and the RL stage (from the previous round's policy, which is also
+its KL reference) in WORKDIR/round_<r>/, with seed + r - 1; eval then compares every round's
+policy (rl, rl_2, ...; dpo, dpo_2, ...) with the last round's PM. Steps are named
+round_<r>/<stage> in status.json. A workdir holding more rounds than pipeline.rounds is refused.
+
 Each stage runs as its own job through `cai_jax.main.run` with a config built by
 `stage_configs` (so WORKDIR/<stage>/config.json records exactly what it ran with, and any stage
 can be rerun alone with that config), and is skipped when its finished output exists (`DONE`).
@@ -46,7 +53,8 @@ from cai_jax.data.jsonl import write_json_atomic
 # The stages and their wiring are library code (cai_jax/pipeline/stages.py, shared with the
 # memory planner); their names are also importable from here, where users look for them.
 from cai_jax.pipeline.stages import (DONE, SAMPLING_STAGES, STAGES,  # noqa: F401
-                                     _eval_has_work, done, selected_stages, stage_config)
+                                     _eval_has_work, check_rounds, done, plan, round_dir,
+                                     selected_stages, stage_config)
 
 
 def _release_memory() -> None:
@@ -82,38 +90,49 @@ def run(config, workdir: str) -> dict:
   first_process = jax.process_index() == 0  # shared files are written (and removed) by one
   p = config.pipeline
   stages = selected_stages(p)
+  steps = plan(config, workdir)
+  check_rounds(p, workdir)  # before anything is removed or run
   out_dir = os.path.join(workdir, "pipeline")
   os.makedirs(out_dir, exist_ok=True)
   status_path = os.path.join(out_dir, "status.json")
-  forced = set(STAGES[STAGES.index(p.rerun_from):]) & set(stages) if p.rerun_from else set()
-  status = {"stages": {}, "order": list(STAGES), "selected": stages,
-            "rerun_from": p.rerun_from or None}
+  names = [name for name, _, _ in steps]
+  # rerun_from names a stage: it (in the first round) and every later step run again
+  forced = set()
+  if p.rerun_from:
+    at = STAGES.index(p.rerun_from)
+    starts = [i for i, (_, stage, r) in enumerate(steps)
+              if (STAGES.index(stage) >= at if r == 1 else p.rerun_from not in ("eval", "report"))]
+    forced = set(names[starts[0]:]) if starts else set()
+  status = {"stages": {}, "order": list(STAGES), "selected": stages, "steps": names,
+            "rounds": int(p.rounds), "rerun_from": p.rerun_from or None}
   for stage in STAGES:
     if stage not in stages:
       status["stages"][stage] = {"status": "not_selected", "seconds": 0.0,
                                  "folder": os.path.join(workdir, stage), "outputs": []}
   total = time.perf_counter()
-  for stage in stages:
-    folder = os.path.join(workdir, stage)
+  for name, stage, r in steps:
+    here = round_dir(workdir, r)
+    folder = os.path.join(here, stage)
     start = time.perf_counter()
-    if stage in forced:
+    if name in forced:
       if first_process and os.path.exists(folder):
         shutil.rmtree(folder)
         print(f"pipeline: rerun_from={p.rerun_from}: removed {folder}", flush=True)
-      _sync(f"pipeline_rerun_{stage}")  # no host starts the stage before the folder is gone
-    if done(stage, workdir):
+      _sync(f"pipeline_rerun_{name}")  # no host starts the stage before the folder is gone
+    if done(stage, here):
       state = "skipped"
     elif stage == "eval" and not _eval_has_work(config, workdir):
       state = "not_configured"
     else:
-      print(f"pipeline: ---- {stage}", flush=True)
-      main.run(stage_config(config, stage, workdir), workdir)
+      print(f"pipeline: ---- {name}", flush=True)
+      main.run(stage_config(config, stage, workdir, r), here)
       _release_memory()
-      if not done(stage, workdir):
-        raise RuntimeError(f"pipeline: {stage} returned without its finished output "
-                           f"({', '.join(DONE[stage])} in {workdir})")
+      if not done(stage, here):
+        raise RuntimeError(f"pipeline: {name} returned without its finished output "
+                           f"({', '.join(DONE[stage])} in {here})")
       state = "ran"
     seconds = time.perf_counter() - start
+    stage = name
     status["stages"][stage] = {
         "status": state, "seconds": round(seconds, 3), "folder": folder,
         "outputs": sorted(os.listdir(folder)) if os.path.isdir(folder) else []}

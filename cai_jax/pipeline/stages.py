@@ -20,6 +20,12 @@ STAGES = ("sl_generate", "sl_train", "sample_pairs", "feedback", "pm_train", "rl
 # (po_train, compared under the algorithm's name).
 RL_ALGORITHMS = {"ppo": "rl_train", "dpo": "po_train", "ipo": "po_train"}
 
+# Iterated online RLAIF (`pipeline.rounds` = N > 1): after the first round (the stages above),
+# each later round r samples pairs from the previous round's policy, labels them, continues the
+# previous round's PM on the new labels and runs the RL stage from that policy, all in
+# WORKDIR/round_<r>/ (so every round's policy is kept); eval compares every round's policy.
+ROUND_STAGES = ("sample_pairs", "feedback", "pm_train", "rl_train", "po_train")
+
 # Top-level fields of each stage's own config (configs/<stage>.py) besides job, seed, model and
 # the stage's section; tests/test_pipeline.py checks they match the config files.
 SHARED_FIELDS = {
@@ -69,22 +75,73 @@ def _has_records(path: str) -> bool:
     return any(line.strip() for line in f)
 
 
+def _algorithm_text(p) -> str:
+  return str(p.rl.algorithm) if "rl" in p else "ppo"  # configs from before the field: PPO
+
+
 def rl_algorithms(p) -> list[str]:
   """pipeline.rl.algorithm as a list: 'ppo', 'dpo', 'ipo' or e.g. 'ppo,dpo' (PPO and one
   preference-optimisation loss side by side)."""
-  names = [a.strip() for a in str(p.rl.algorithm).split(",") if a.strip()]
+  algorithm = _algorithm_text(p)
+  names = [a.strip() for a in str(algorithm).split(",") if a.strip()]
   unknown = [a for a in names if a not in RL_ALGORITHMS]
   if not names or unknown:
-    raise ConfigError(f"pipeline.rl.algorithm={p.rl.algorithm!r}: expected one or more of "
+    raise ConfigError(f"pipeline.rl.algorithm={algorithm!r}: expected one or more of "
                       f"{', '.join(RL_ALGORITHMS)} (comma-separated)")
   if sum(RL_ALGORITHMS[a] == "po_train" for a in names) > 1:
-    raise ConfigError(f"pipeline.rl.algorithm={p.rl.algorithm!r}: one preference-optimisation "
+    raise ConfigError(f"pipeline.rl.algorithm={algorithm!r}: one preference-optimisation "
                       "loss per workdir (po_train has one folder); run the other in a copy")
   return list(dict.fromkeys(names))
 
 
+def rounds(p) -> int:
+  n = int(p.get("rounds", 1))
+  if n < 1:
+    raise ConfigError(f"pipeline.rounds must be >= 1, got {n}")
+  return n
+
+
+def round_dir(workdir: str, r: int) -> str:
+  """Round r's workdir: WORKDIR itself for the first round, WORKDIR/round_<r> after."""
+  return workdir if r == 1 else os.path.join(workdir, f"round_{r}")
+
+
+def rl_stage(p) -> str:
+  """The stage whose export is a round's policy (one RL algorithm when rounds > 1)."""
+  algos = rl_algorithms(p)
+  if rounds(p) > 1 and len(algos) > 1:
+    raise ConfigError(f"pipeline.rounds={rounds(p)} with pipeline.rl.algorithm="
+                      f"{_algorithm_text(p)!r}: iterated rounds follow one policy; pick one algorithm")
+  return RL_ALGORITHMS[algos[0]]
+
+
+def check_rounds(p, workdir: str) -> None:
+  """ConfigError when the workdir holds a round beyond pipeline.rounds (a run with more rounds:
+  its later rounds would be silently left out of the comparison)."""
+  n = rounds(p)
+  if not os.path.isdir(workdir):
+    return
+  extra = sorted(int(d[len("round_"):]) for d in os.listdir(workdir)
+                 if d.startswith("round_") and d[len("round_"):].isdigit()
+                 and int(d[len("round_"):]) > n)
+  if extra:
+    raise ConfigError(f"pipeline.rounds={n} but {os.path.join(workdir, f'round_{extra[-1]}')} "
+                      f"exists: this workdir ran {extra[-1]} rounds. Set pipeline.rounds="
+                      f"{extra[-1]} (or more), or use another workdir; nothing was changed")
+
+
 def _po_algorithm(p) -> str:
   return next((a for a in rl_algorithms(p) if RL_ALGORITHMS[a] == "po_train"), "")
+
+
+def _po_loss_run(workdir: str) -> str:
+  """The loss a finished po_train in this workdir ran with ('dpo', 'ipo', 'hard'), or ''."""
+  import json
+  path = os.path.join(workdir, "po_train", "summary.json")
+  if not os.path.exists(path):
+    return ""
+  with open(path, encoding="utf-8") as f:
+    return str(json.load(f).get("loss", ""))
 
 
 def compared_stages(config, workdir: str) -> str:
@@ -92,11 +149,15 @@ def compared_stages(config, workdir: str) -> str:
   its algorithm's name (those whose checkpoint exists), or ''."""
   if config.eval.stages or not config.pipeline.compare_stages:
     return config.eval.stages
-  po_name = _po_algorithm(config.pipeline) or "po"
+  po_name = _po_algorithm(config.pipeline) or _po_loss_run(workdir) or "po"
+  candidates = [("sl", workdir, "sl_train")]
+  for r in range(1, rounds(config.pipeline) + 1):
+    suffix = "" if r == 1 else f"_{r}"
+    candidates += [("rl" + suffix, round_dir(workdir, r), "rl_train"),
+                   (po_name + suffix, round_dir(workdir, r), "po_train")]
   found = [("base", config.model.checkpoint)] + [
-      (name, os.path.join(workdir, stage, "export_hf"))
-      for name, stage in (("sl", "sl_train"), ("rl", "rl_train"), (po_name, "po_train"))
-      if os.path.isdir(os.path.join(workdir, stage, "export_hf"))]
+      (name, os.path.join(folder, stage, "export_hf")) for name, folder, stage in candidates
+      if os.path.isdir(os.path.join(folder, stage, "export_hf"))]
   return ",".join(f"{n}={c}" for n, c in found) if len(found) > 1 else ""
 
 
@@ -111,10 +172,15 @@ def _copy(value):
       else value
 
 
-def stage_config(config, stage: str, workdir: str) -> ml_collections.ConfigDict:
+def stage_config(config, stage: str, workdir: str, round_index: int = 1
+                 ) -> ml_collections.ConfigDict:
   """The config `stage` runs with: configs/<stage>.py's layout, the pipeline's shared fields
   (seed, base model, constitution, mesh, distributed), the pipeline's section for the stage
-  (config.<stage>) and optimizer (config.optim.<stage>), and the paths between stages."""
+  (config.<stage>) and optimizer (config.optim.<stage>), and the paths between stages. In round
+  r > 1 (`round_index`) the stage runs in `round_dir(workdir, r)` from round r - 1's policy and
+  PM, with seed + r - 1."""
+  if round_index > 1:
+    return _round_stage_config(config, stage, workdir, round_index)
   c = config_defaults.base_config(stage)
   c.seed = config.seed
   c.model = config.model.copy_and_resolve_references()
@@ -160,12 +226,53 @@ def stage_config(config, stage: str, workdir: str) -> ml_collections.ConfigDict:
     if algorithm and s.loss not in family:
       if s.loss != config_defaults.PO_DEFAULT_LOSS:
         raise ConfigError(f"po_train.loss={s.loss!r} contradicts pipeline.rl.algorithm="
-                          f"{config.pipeline.rl.algorithm!r}")
+                          f"{_algorithm_text(config.pipeline)!r}")
       s.loss = algorithm
   elif stage == "eval":
-    s.pm = s.pm or path("pm_train", "pm")
+    last_pm = os.path.join(round_dir(workdir, rounds(config.pipeline)), "pm_train", "pm")
+    s.pm = s.pm or (last_pm if os.path.isdir(last_pm) else path("pm_train", "pm"))
     s.stages = compared_stages(config, workdir)
   return c
+
+
+def _round_stage_config(config, stage: str, workdir: str, r: int) -> ml_collections.ConfigDict:
+  if stage not in ROUND_STAGES:
+    raise ValueError(f"{stage} does not run in later rounds")
+  here = round_dir(workdir, r)
+  c = stage_config(config, stage, here)
+  c.seed = config.seed + r - 1
+  before = round_dir(workdir, r - 1)
+  policy = os.path.join(before, rl_stage(config.pipeline), "export_hf")
+  if stage in ("sample_pairs", "rl_train", "po_train"):
+    c.model.checkpoint = policy
+  elif stage == "pm_train":  # continue the previous round's PM (head included) on new labels
+    c.model.checkpoint = os.path.join(before, "pm_train", "pm")
+  # this round's own files, whatever paths the first round was given
+  labels = os.path.join(here, "feedback", "labels.jsonl")
+  if stage in ("sample_pairs", "feedback"):
+    c[stage].output = ""
+  if stage == "feedback":
+    c.feedback.pairs = os.path.join(here, "sample_pairs", "pairs.jsonl")
+  elif stage == "pm_train":
+    c.pm_train.ai_labels = labels
+  elif stage == "po_train":
+    c.po_train.labels = labels
+  return c
+
+
+def plan(config, workdir: str) -> list[tuple[str, str, int]]:
+  """(step name, stage, round) in the order they run: the first round's stages, the later
+  rounds' ROUND_STAGES (named round_<r>/<stage>), then eval and report."""
+  p = config.pipeline
+  selected = selected_stages(p)
+  n = rounds(p)
+  if n > 1:
+    rl_stage(p)  # one algorithm
+  tail = [s for s in selected if s in ("eval", "report")]
+  steps = [(s, s, 1) for s in selected if s not in tail]
+  for r in range(2, n + 1):
+    steps += [(f"round_{r}/{s}", s, r) for s in selected if s in ROUND_STAGES]
+  return steps + [(s, s, 1) for s in tail]
 
 
 def selected_stages(p) -> list[str]:
@@ -182,7 +289,7 @@ def selected_stages(p) -> list[str]:
   unwanted = [n for n in names if n in RL_ALGORITHMS.values() and n not in wanted]
   if unwanted and p.stages:
     raise ConfigError(f"pipeline.stages lists {', '.join(unwanted)} but pipeline.rl.algorithm="
-                      f"{p.rl.algorithm!r} does not run it")
+                      f"{_algorithm_text(p)!r} does not run it")
   out = [s for s in STAGES if s in names and s not in unwanted]
   if p.stop_after:
     out = [s for s in out if STAGES.index(s) <= STAGES.index(p.stop_after)]
