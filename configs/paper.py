@@ -11,7 +11,7 @@ AI label with its few-shot examples under independently drawn principles, soft l
 trained for one pass, PPO with the small fixed KL coefficient of the RLHF setup the paper reuses
 (its section 4.2 points to Bai et al. 2022a, "Training a Helpful and Harmless Assistant with
 RLHF", appendix B.1), and RL prompts from both the red-team and the helpfulness sets in the
-paper's mix. The README section "The paper's settings (`configs/paper.py`)" lists every setting
+paper's mix. docs/paper_settings.md ("The paper's settings (`configs/paper.py`)") lists every setting
 with the paper's section and says where and why this file differs.
 
 The scale is the user's: the model (the paper's were 52B), the prompt counts (`limit` fields),

@@ -3,7 +3,7 @@
 python -m cai_jax.main --config configs/quickstart.py --workdir runs/quick
 
 sl_generate -> sl_train -> sample_pairs -> feedback -> pm_train -> rl_train -> eval -> report,
-with counts small enough to finish within 20 minutes on 2 CPU cores (the README gives the
+with counts small enough to finish within 20 minutes on 2 CPU cores (docs/quickstart.md gives the
 measured time), then WORKDIR/report/report.md with its plots. As in the paper, the preference
 model learns harmlessness and helpfulness (here both from AI feedback: red-team pairs judged
 under the harmless constitution, helpfulness pairs under the helpful one) and PPO samples both
@@ -67,7 +67,7 @@ def get_config():
   # hundredths of a logit, so they are normalised (running mean and std) to be heard beside the
   # KL penalty; answers are cut at 32 tokens, so the missing-end penalty would hit nearly every
   # row and is off. At learning rate 1e-6 (the default) PPO did not move the policy in 3
-  # iterations (approx. KL 4e-5); at 1e-5 with 2 epochs the probe score rose (see the README).
+  # iterations (approx. KL 4e-5); at 1e-5 with 2 epochs the probe score rose (see docs/stages.md).
   # The probe: greedy answers to 8 held-out prompts, before the first update and every
   # iteration.
   rl = config.rl_train

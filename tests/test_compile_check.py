@@ -280,7 +280,7 @@ def test_a_program_that_does_not_fit_fails_the_command(tmp_path):
 
 @pytest.mark.skipif(os.environ.get("CAI_JAX_COMPILE_ALL") != "1",
                     reason="every program of every TPU config at full depth takes hours on a "
-                           "2-core machine (README, hardware table); CAI_JAX_COMPILE_ALL=1 runs it")
+                           "2-core machine (docs/hardware.md, hardware table); CAI_JAX_COMPILE_ALL=1 runs it")
 @pytest.mark.parametrize("name", TPU)
 def test_every_program_of_every_tpu_config_fits(name, tmp_path):
   """The whole check: every program of every stage, every layer, fits the chip's HBM; each

@@ -1,5 +1,5 @@
 """configs/paper.py: a pipeline config whose every stage builds and passes its job's own checks,
-holding the paper's method settings, and the README table that documents it (every field the
+holding the paper's method settings, and the docs table that documents it (docs/paper_settings.md) (every field the
 table names exists, and its preset and default columns are the configs' values)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from configs_loader import load_config
 
 from cai_jax.pipeline import stages
 
-README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+SETTINGS_DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "paper_settings.md")
 SECTION = "## The paper's settings (`configs/paper.py`)"
 
 
@@ -29,10 +29,10 @@ def lookup(config, dotted: str):
 
 
 def table_rows() -> list[list[str]]:
-  """The cells of every row of the README section's table (header and separator left out)."""
-  with open(README, encoding="utf-8") as f:
+  """The cells of every row of the docs section's table (header and separator left out)."""
+  with open(SETTINGS_DOC, encoding="utf-8") as f:
     text = f.read()
-  assert text.count(SECTION) == 1, f"README.md should have one section {SECTION!r}"
+  assert text.count(SECTION) == 1, f"docs/paper_settings.md should have one section {SECTION!r}"
   body = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
   lines = [ln.strip() for ln in body.splitlines() if ln.strip().startswith("|")]
   assert len(lines) > 2, "the section has no table"
@@ -152,7 +152,7 @@ def test_readme_table_matches_the_configs(paper):
     try:
       value = lookup(paper, field)
     except KeyError:
-      pytest.fail(f"README table names {field!r}, which configs/paper.py does not have")
+      pytest.fail(f"docs/paper_settings.md names {field!r}, which configs/paper.py does not have")
     assert literal(preset) == value, f"{field}: table says preset {preset}, config has {value!r}"
     assert literal(default) == lookup(base, field), \
         f"{field}: table says default {default}, configs/pipeline.py has {lookup(base, field)!r}"

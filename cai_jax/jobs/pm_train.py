@@ -13,7 +13,7 @@ of "no preference". A random head (scale 1: std 1/sqrt(D + 1)) reads the final-n
 state, whose norm in the default 270M model is large enough that the untrained PM already has gaps
 of a few logits: against labels near 0.5 its loss was 1.29-1.58 before any update, per-batch losses
 swung with the pairs drawn (the old quickstart's 1.05 -> 4.66), and 4 steps left the loss on the
-training pairs where it started (README, "Preference model"). A saved preference model (a
+training pairs where it started (docs/stages.md, "Preference model"). A saved preference model (a
 folder with pm.json) is loaded whole, head included, to continue training it.
 
 Axes: AI labels carry the axis they were judged for (`feedback`: 'harmless' for red-team pairs,

@@ -76,7 +76,7 @@ sl_train's step (fsdp=8, remat=full, 2 micro-batches of 32 x 1,024) 6.15 / 8.16 
 compiler's temporaries, 6.76 GiB, exceed the gradients, gathered weights, saved block inputs
 and loss chunk counted); pm_train's step (the same batch as pairs) 6.32 / 11.47 (x0.55: its
 [2B, L] pair batch's temporaries, 10.07 GiB). rl_train and the larger configs compile too
-slowly on a 2-core machine to have been measured yet (the README's hardware table); until they
+slowly on a 2-core machine to have been measured yet (docs/hardware.md's table); until they
 are, an estimate can be low by up to 2.4x (the decode loop) and stays a planning number.
 
 For rl_train the job's phases do not overlap, so the peak is the persistent part (train state
