@@ -127,9 +127,9 @@ def main(argv=None) -> dict:
                                f"model.checkpoint={args.model}"] + FEEDBACK_SETTINGS
           + extra["feedback"])
     if not os.path.exists(os.path.join(folder, "pm_train", "pm", "pm.json")):
-      cli("pm_train", folder, [f"pm_train.ai_labels={os.path.join(folder, 'feedback', 'labels.jsonl')}",
-                               f"model.checkpoint={args.model}"] + PM_SETTINGS
-          + extra["pm_train,optim"])
+      labels = os.path.join(folder, "feedback", "labels.jsonl")
+      cli("pm_train", folder, [f"pm_train.ai_labels={labels}", f"model.checkpoint={args.model}"]
+          + PM_SETTINGS + extra["pm_train,optim"])
 
   items = answers_to_score(args.pairs, [p for p in args.answers.split(",") if p])
   scores_path = os.path.join(out, "scores.json")

@@ -57,19 +57,11 @@ from cai_jax.train.checkpointing import TrainCheckpoints
 
 
 def check_config(c, mesh) -> None:
-  for field in ("batch_size", "micro_batches", "max_length", "min_length", "eval_batch_size"):
-    if c[field] <= 0:
-      raise ConfigError(f"pm_train.{field} must be > 0, got {c[field]}")
+  runner.check_batching(c, mesh, "pm_train")
   if c.head_lr_scale <= 0:
     raise ConfigError(f"pm_train.head_lr_scale must be > 0, got {c.head_lr_scale}")
   if not 0.0 <= c.heldout_fraction < 1.0:
     raise ConfigError(f"pm_train.heldout_fraction must be in [0, 1), got {c.heldout_fraction}")
-  if c.batch_size % c.micro_batches:
-    raise ConfigError(f"pm_train.batch_size={c.batch_size} is not divisible by "
-                      f"micro_batches={c.micro_batches}")
-  parallel.check_batch(c.batch_size // c.micro_batches, mesh, "pm_train.batch_size / micro_batches")
-  parallel.check_batch(c.eval_batch_size, mesh, "pm_train.eval_batch_size")
-  parallel.process_rows(c.batch_size)
 
 
 def read_sources(c, seed: int) -> dict[str, list[prefs.Preference]]:
@@ -208,11 +200,9 @@ def run(config, workdir: str) -> dict:
                                     pad_id=tokenizer.pad_id)
   if resuming:
     del params  # the checkpoint holds newer parameters
-    state, position, step = ckpts.restore(abstract, meta)
-    batches.restore(position)
-    print(f"resuming from step {step} (data position {position})", flush=True)
-  else:
-    state = engine.new_state(params, optimizer, jax.random.PRNGKey(config.seed), shardings)
+  state = runner.resume_or_start(
+      "pm_train", ckpts, abstract, meta, batches,
+      lambda: engine.new_state(params, optimizer, jax.random.PRNGKey(config.seed), shardings))
 
   step_fn, eval_fn = make_steps(c, model_cfg, optimizer, opt_cfg, mesh, shardings)
   truncated = {s: sum(e.truncated for e in xs) for s, xs in train.items()}

@@ -57,20 +57,11 @@ def check_config(c, mesh) -> None:
     raise ConfigError(f"po_train.beta must be > 0, got {c.beta}")
   if not 0.0 <= c.label_smoothing < 0.5:
     raise ConfigError(f"po_train.label_smoothing must be in [0, 0.5), got {c.label_smoothing}")
-  for field in ("batch_size", "micro_batches", "max_length", "min_length", "eval_batch_size",
-                "loss_chunk_tokens", "kl_max_new_tokens"):
-    if c[field] <= 0:
-      raise ConfigError(f"po_train.{field} must be > 0, got {c[field]}")
+  runner.check_batching(c, mesh, "po_train", ("loss_chunk_tokens", "kl_max_new_tokens"))
   if c.kl_prompts < 0:
     raise ConfigError(f"po_train.kl_prompts must be >= 0, got {c.kl_prompts}")
   if not 0.0 <= c.heldout_fraction < 1.0:
     raise ConfigError(f"po_train.heldout_fraction must be in [0, 1), got {c.heldout_fraction}")
-  if c.batch_size % c.micro_batches:
-    raise ConfigError(f"po_train.batch_size={c.batch_size} is not divisible by "
-                      f"micro_batches={c.micro_batches}")
-  parallel.check_batch(c.batch_size // c.micro_batches, mesh, "po_train.batch_size / micro_batches")
-  parallel.check_batch(c.eval_batch_size, mesh, "po_train.eval_batch_size")
-  parallel.process_rows(c.batch_size)
 
 
 def read_pairs(c, seed: int) -> tuple[list[prefs.Preference], list[prefs.Preference]]:
@@ -240,12 +231,9 @@ def run(config, workdir: str) -> dict:
                              pad_id=model.tokenizer.pad_id)
   if resuming:
     del model.params  # the checkpoint holds newer parameters
-    state, position, step = ckpts.restore(abstract, meta)
-    batches.restore(position)
-    print(f"resuming from step {step} (data epoch {position['epoch']}, index "
-          f"{position['index']})", flush=True)
-  else:
-    state = engine.new_state(model.params, optimizer, jax.random.PRNGKey(config.seed), shardings)
+  state = runner.resume_or_start(
+      "po_train", ckpts, abstract, meta, batches,
+      lambda: engine.new_state(model.params, optimizer, jax.random.PRNGKey(config.seed), shardings))
   step_fn, eval_fn = make_steps(c, model_cfg, optimizer, opt_cfg, mesh, shardings)
   kl_probe = (KLProbe(c, config.seed, kl_prompts, model_cfg.replace(remat=False),
                       model.tokenizer, fmt, mesh, param_shardings, state.params)

@@ -26,16 +26,7 @@ from cai_jax.train.checkpointing import TrainCheckpoints
 
 
 def check_config(c, mesh) -> None:
-  for field in ("batch_size", "micro_batches", "max_length", "min_length", "eval_batch_size",
-                "loss_chunk_tokens"):
-    if c[field] <= 0:
-      raise ConfigError(f"sl_train.{field} must be > 0, got {c[field]}")
-  if c.batch_size % c.micro_batches:
-    raise ConfigError(f"sl_train.batch_size={c.batch_size} is not divisible by "
-                      f"micro_batches={c.micro_batches}")
-  parallel.check_batch(c.batch_size // c.micro_batches, mesh, "sl_train.batch_size / micro_batches")
-  parallel.check_batch(c.eval_batch_size, mesh, "sl_train.eval_batch_size")
-  parallel.process_rows(c.batch_size)
+  runner.check_batching(c, mesh, "sl_train", ("loss_chunk_tokens",))
 
 
 def make_optimizer(config, steps: int):
@@ -83,12 +74,9 @@ def run(config, workdir: str) -> dict:
                              min_length=c.min_length, rows=rows)
   if resuming:
     del model.params  # the checkpoint holds newer parameters
-    state, position, step = ckpts.restore(abstract, meta)
-    batches.restore(position)
-    print(f"resuming from step {step} (data epoch {position['epoch']}, index "
-          f"{position['index']})", flush=True)
-  else:
-    state = engine.new_state(model.params, optimizer, jax.random.PRNGKey(config.seed), shardings)
+  state = runner.resume_or_start(
+      "sl_train", ckpts, abstract, meta, batches,
+      lambda: engine.new_state(model.params, optimizer, jax.random.PRNGKey(config.seed), shardings))
 
   step_fn, eval_fn = make_steps(c, model_cfg, optimizer, opt_cfg, mesh, shardings)
   truncated = sum(e.truncated for e in train)

@@ -111,7 +111,8 @@ def rl_stage(p) -> str:
   algos = rl_algorithms(p)
   if rounds(p) > 1 and len(algos) > 1:
     raise ConfigError(f"pipeline.rounds={rounds(p)} with pipeline.rl.algorithm="
-                      f"{_algorithm_text(p)!r}: iterated rounds follow one policy; pick one algorithm")
+                      f"{_algorithm_text(p)!r}: iterated rounds follow one policy; pick one "
+                      "algorithm")
   return RL_ALGORITHMS[algos[0]]
 
 

@@ -13,10 +13,41 @@ import jax
 import numpy as np
 
 from cai_jax import parallel
+from cai_jax.config_defaults import ConfigError
 from cai_jax.metrics import MetricsWriter, read_metrics
 from cai_jax.progress import progress
 from cai_jax.train import engine, flops
 from cai_jax.train.checkpointing import TrainCheckpoints
+
+
+def check_batching(c, mesh, section: str, positive: tuple[str, ...] = ()) -> None:
+  """ConfigError unless a trainer's batch settings fit the mesh and the processes: the sizes
+  are positive, batch_size splits into micro_batches, and each micro-batch and eval batch
+  divides over the data axes."""
+  for field in ("batch_size", "micro_batches", "max_length", "min_length", "eval_batch_size",
+                *positive):
+    if c[field] <= 0:
+      raise ConfigError(f"{section}.{field} must be > 0, got {c[field]}")
+  if c.batch_size % c.micro_batches:
+    raise ConfigError(f"{section}.batch_size={c.batch_size} is not divisible by "
+                      f"micro_batches={c.micro_batches}")
+  parallel.check_batch(c.batch_size // c.micro_batches, mesh,
+                       f"{section}.batch_size / micro_batches")
+  parallel.check_batch(c.eval_batch_size, mesh, f"{section}.eval_batch_size")
+  parallel.process_rows(c.batch_size)
+
+
+def resume_or_start(name: str, ckpts: TrainCheckpoints, abstract, meta: dict, batches,
+                    start: Callable[[], engine.TrainState]) -> engine.TrainState:
+  """The latest checkpoint (its data position restored into `batches`), or `start()` for a
+  fresh run. A caller resuming drops its own initial parameters first, so the two copies never
+  coexist."""
+  if ckpts.latest_step() is None:
+    return start()
+  state, position, step = ckpts.restore(abstract, meta)
+  batches.restore(position)
+  print(f"{name}: resuming from step {step} (data position {position})", flush=True)
+  return state
 
 
 def memory_metrics() -> dict:
