@@ -685,10 +685,8 @@ def run(config, workdir: str) -> dict:
              "prompts": len(records), "skipped_prompts": skipped, "reward": c.reward,
              "final": logged, "kl_coef": host["kl_coef"], "checkpoints": ckpts.directory}
   if c.export_hf:
-    params = runner.gather_params(state.params["policy"])
-    if main_process:
-      export = os.path.join(out_dir, "export_hf")
-      hf.save_hf_folder(export, policy_cfg.replace(remat=False), params, tokenizer)
+    export = runner.export_hf(state.params["policy"], out_dir, policy_cfg, tokenizer)
+    if export:
       summary["export_hf"] = export
   if main_process:
     write_json_atomic(os.path.join(out_dir, "summary.json"), summary)

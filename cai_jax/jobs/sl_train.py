@@ -16,7 +16,7 @@ import os
 import jax
 
 from cai_jax import parallel
-from cai_jax.checkpoints import hf, loader
+from cai_jax.checkpoints import loader
 from cai_jax.config_defaults import ConfigError
 from cai_jax.data import sl
 from cai_jax.data.jsonl import write_json_atomic
@@ -110,10 +110,8 @@ def run(config, workdir: str) -> dict:
              "truncated_examples": truncated, "final": logged,
              "checkpoints": ckpts.directory}
   if c.export_hf:
-    params = runner.gather_params(state.params)
-    if jax.process_index() == 0:
-      export = os.path.join(out_dir, "export_hf")
-      hf.save_hf_folder(export, model_cfg.replace(remat=False), params, model.tokenizer)
+    export = runner.export_hf(state.params, out_dir, model_cfg, model.tokenizer)
+    if export:
       summary["export_hf"] = export
   if jax.process_index() == 0:
     write_json_atomic(os.path.join(out_dir, "summary.json"), summary)

@@ -133,6 +133,18 @@ def run_loop(*, name: str, out_dir: str, state: engine.TrainState, step_fn,
   return state, logged, start_step
 
 
+def export_hf(params, out_dir: str, model_config, tokenizer) -> str | None:
+  """A trained decoder as an HF folder OUT_DIR/export_hf (gathered from every process, written
+  by the first); its path there, None on the others."""
+  from cai_jax.checkpoints import hf
+  params = gather_params(params)
+  if jax.process_index() != 0:
+    return None
+  export = os.path.join(out_dir, "export_hf")
+  hf.save_hf_folder(export, model_config.replace(remat=False), params, tokenizer)
+  return export
+
+
 def initial_metrics(out_dir: str) -> dict:
   """The step-0 record of OUT_DIR/metrics.jsonl (the evaluation before training), or {}."""
   path = os.path.join(out_dir, "metrics.jsonl")
