@@ -390,3 +390,26 @@ def test_bad_inputs_stop_before_training(tiny, tmp_path):
   with pytest.raises(DataError, match=r"bad.jsonl:7: missing field 'responses'"):
     po_train.run(job_config(ckpt, str(bad)), str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")  # nothing written
+
+
+def test_human_comparisons_alone(tiny, tmp_path):
+  """HH-RLHF chosen/rejected pairs (p = 1 on the chosen side, drawn to either side) train
+  without AI labels; the implied accuracy is measured against those sides."""
+  ckpt, _ = tiny
+  human = tmp_path / "human.jsonl"
+  with open(human, "w") as f:
+    for i in range(8):
+      p = f"\n\nHuman: what about {WORDS[i]}?\n\nAssistant:"
+      f.write(json.dumps({"chosen": f"{p} {WORDS[i]} is nice.",
+                          "rejected": f"{p} {WORDS[i]} is bad."}) + "\n")
+  summary = po_train.run(job_config(ckpt, "", **{
+      "po_train.human_comparisons": str(human), "po_train.steps": 4, "po_train.kl_prompts": 0,
+      "po_train.export_hf": False, "po_train.batch_size": 4}), str(tmp_path / "w"))
+  assert summary["pairs"] == 8 and summary["held_out_pairs"] == 0
+  ref = json.loads((tmp_path / "w" / "po_train" / "reference_logprobs.json").read_text())
+  assert len(ref["logprobs"]) == 8
+  # chosen on the first side for some pairs, the second for others (p = 1 or 0, never 1/2)
+  labels = [x.p for x in prefs.read_human_comparisons(str(human), 0)]
+  assert set(labels) == {0.0, 1.0}
+  steps = [r for r in read_metrics(tmp_path / "w" / "po_train" / "metrics.jsonl") if "loss" in r]
+  assert [r["step"] for r in steps] == [1, 2, 3, 4] and all(r["decisive"] == 4 for r in steps)
