@@ -73,7 +73,7 @@ def main():
   settings = {
       "model.checkpoint": ckpt, "model.cache_dir": args.workdir,
       "rl_train.reward": "target_token", "rl_train.target_token_id": target,
-      "rl_train.value_init": "policy", "rl_train.prompts": prompts,
+      "rl_train.value_init": "policy", "rl_train.prompts": prompts, "rl_train.helpful_prompts": "",
       "rl_train.iterations": args.iterations, "rl_train.batch_size": 32,
       "rl_train.minibatch_size": 16, "rl_train.ppo_epochs": args.ppo_epochs,
       "rl_train.max_prompt_tokens": 48, "rl_train.max_new_tokens": 16,

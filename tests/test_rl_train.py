@@ -2,8 +2,8 @@
 order and guards as small units; the job end to end on the tiny preset with a tiny preference
 model (metrics, samples, checkpoints, resume continuing the iteration count, export); the
 programmatic target-token reward with the non-finite guard (the bad state is never saved); the
-KL ceiling; and bad inputs stopping before any compute. That PPO learns is shown by
-experiments/ppo_learns.py (minutes, not a unit test)."""
+KL ceiling; bad inputs stopping before any compute; and PPO learning a programmatic reward in 8
+iterations (experiments/ppo_learns.py runs the longer comparison of two KL coefficients)."""
 
 from __future__ import annotations
 
@@ -433,3 +433,34 @@ def test_both_prompt_sets(assets, tmp_path):
   with pytest.raises(ConfigError, match="share 3 ids"):
     run(assets, tmp_path / "x", **{"rl_train.helpful_prompts": str(helpful),
                                    "rl_train.prompts": str(helpful)})
+
+
+def test_ppo_learns_a_programmatic_reward(tmp_path):
+  """The job as it ships learns a known reward: the fraction of '.' tokens in the answer, about
+  1/360 for the starting tiny model (experiments/ppo_learns.py runs the longer version with two
+  KL coefficients). 8 iterations of 32 rollouts x 16 tokens; measured on this CPU: score 0.004
+  at iteration 1, 0.90 at 7, 0.93 at 8, KL 11.4 nats per answer (kl_coef 0.01)."""
+  ckpt = tiny_model.write_hf_checkpoint(str(tmp_path / "hf"), flat_logits=True)
+  target = tiny_model.small_tokenizer().piece_to_id(".")
+  prompts = tmp_path / "prompts.jsonl"
+  with open(prompts, "w") as f:
+    for i, t in enumerate(["cats", "dogs", "the sea", "the sun", "trees", "the moon", "rain",
+                           "stones"]):
+      f.write(json.dumps({"id": f"p{i}",
+                          "prompt": f"\n\nHuman: tell me about {t}\n\nAssistant:"}) + "\n")
+  config = load_config("rl_train", **{
+      "model.checkpoint": ckpt, "model.cache_dir": str(tmp_path),
+      "rl_train.reward": "target_token", "rl_train.target_token_id": target,
+      "rl_train.value_init": "policy", "rl_train.prompts": str(prompts),
+      "rl_train.helpful_prompts": "", "rl_train.iterations": 8, "rl_train.batch_size": 32,
+      "rl_train.minibatch_size": 16, "rl_train.ppo_epochs": 4, "rl_train.max_prompt_tokens": 48,
+      "rl_train.max_new_tokens": 16, "rl_train.sampler_batch": 32,
+      "rl_train.missing_end_penalty": 0.0, "rl_train.kl_ceiling": 30.0, "rl_train.vf_coef": 0.5,
+      "rl_train.kl_coef": 0.01, "rl_train.checkpoint_every": 0, "rl_train.sample_every": 0,
+      "rl_train.progress": False, "rl_train.export_hf": False, "rl_train.probe_count": 0,
+      "optim.learning_rate": 1e-2})
+  main.run(config, str(tmp_path))
+  scores = [r["score"] for r in read_metrics(tmp_path / "rl_train" / "metrics.jsonl")
+            if "score" in r]
+  assert len(scores) == 8
+  assert scores[0] < 0.05 and scores[-1] > 0.8, scores
