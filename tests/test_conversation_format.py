@@ -210,7 +210,7 @@ def test_pipeline_in_chat_format(chat_assets, tmp_path):
        "eval.stages": "", "pipeline.compare_stages": False}
   status = main.run(load_config("pipeline", **s), str(tmp_path))
   assert {k: v["status"] for k, v in status["stages"].items()} == {
-      k: "ran" for k in status["stages"]}
+      **{k: "ran" for k in status["stages"]}, "po_train": "not_selected"}  # PPO, the default
   w = tmp_path
   rec = json.loads((w / "sl_generate/records.jsonl").read_text().splitlines()[0])
   assert rec["prompt"].startswith("\n\nHuman:") and rec["prompt"].endswith("\n\nAssistant:")
