@@ -156,6 +156,17 @@ def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str,
           for k, v in local_batch.items()}
 
 
+def pad_rows(batch: Mapping[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
+  """`batch` with copies of its last row appended until its rows divide `multiple` (the data
+  axes times the processes): a scoring pass over any number of rows, the copies dropped after."""
+  rows = len(next(iter(batch.values())))
+  padded = -(-rows // multiple) * multiple
+  if padded == rows:
+    return dict(batch)
+  return {k: np.concatenate([v, np.repeat(v[-1:], padded - rows, axis=0)])
+          for k, v in batch.items()}
+
+
 def process_rows(global_batch_size: int) -> slice:
   """The rows of a global batch this process loads (contiguous, in process order)."""
   n = jax.process_count()

@@ -218,14 +218,10 @@ def run(config, workdir: str) -> dict:
       sets.update({f"train_{s}": xs for s, xs in train.items()})
     totals = {}
     for name, examples in sets.items():
-      total = totals[name] = {}
-      for _, local in prefs.eval_batches(examples, c.eval_batch_size, max_length=c.max_length,
-                                         min_length=c.min_length,
-                                         rows=parallel.process_rows(c.eval_batch_size),
-                                         pad_id=tokenizer.pad_id):
-        sums = jax.device_get(eval_fn(st.params, parallel.global_batch(local, mesh)))
-        for k, v in sums.items():
-          total[k] = total.get(k, 0.0) + float(v)
+      totals[name] = runner.eval_sums(eval_fn, st.params, (
+          local for _, local in prefs.eval_batches(
+              examples, c.eval_batch_size, max_length=c.max_length, min_length=c.min_length,
+              rows=parallel.process_rows(c.eval_batch_size), pad_id=tokenizer.pad_id)), mesh)
     for group in ("", "train_"):  # several axes: their sums also give the AI set as a whole
       parts = [t for n, t in totals.items() if n.startswith(f"{group}{prefs.AI}_")]
       if len(parts) > 1:

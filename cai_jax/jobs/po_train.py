@@ -160,12 +160,9 @@ class KLProbe:
     grid = rollout.grid_batch(prompt_ids, out.tokens, out.logprobs, pad_id=self.pad_id,
                               min_length=self.c.min_length)
     rows = len(self.texts)
-    padded = -(-rows // self.multiple) * self.multiple
-    if padded > rows:  # copies of the last row, scored and dropped
-      grid = {k: np.concatenate([v, np.repeat(v[-1:], padded - rows, axis=0)])
-              for k, v in grid.items()}
-    local = {k: v[parallel.process_rows(padded)] for k, v in grid.items()
-             if k in ("tokens", "valid", "targets", "mask")}
+    grid = parallel.pad_rows({k: grid[k] for k in ("tokens", "valid", "targets", "mask")},
+                             self.multiple)  # copies of the last row, scored and dropped
+    local = {k: v[parallel.process_rows(len(v))] for k, v in grid.items()}
     kl = np.asarray(jax.device_get(self.fn(policy_params, ref_params,
                                            parallel.global_batch(local, self.mesh))))[:rows]
     return {"kl": float(kl[:, 0].mean()), "kl_std": float(kl[:, 0].std()),
@@ -249,14 +246,11 @@ def run(config, workdir: str) -> dict:
     if step in (0, steps):
       sets["train"] = train
     for name, pairs in sets.items():
-      total: dict = {}
-      for _, local in po_pairs.eval_batches(pairs, c.eval_batch_size, max_length=c.max_length,
-                                            min_length=c.min_length,
-                                            rows=parallel.process_rows(c.eval_batch_size),
-                                            pad_id=model.tokenizer.pad_id):
-        sums = jax.device_get(eval_fn(st.params, parallel.global_batch(local, mesh)))
-        for k, v in sums.items():
-          total[k] = total.get(k, 0.0) + float(v)
+      total = runner.eval_sums(eval_fn, st.params, (
+          local for _, local in po_pairs.eval_batches(
+              pairs, c.eval_batch_size, max_length=c.max_length, min_length=c.min_length,
+              rows=parallel.process_rows(c.eval_batch_size), pad_id=model.tokenizer.pad_id)),
+          mesh)
       decisive = max(total["sum_decisive"], 1e-9)
       result.update({f"eval_{name}_loss": total["loss_sum"] / max(total["weight"], 1e-9),
                      f"eval_{name}_accuracy": total["sum_correct"] / decisive,

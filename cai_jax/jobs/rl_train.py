@@ -471,12 +471,9 @@ def run(config, workdir: str) -> dict:
     rows = len(prompts_no_bos)
     # The probe's rows need not divide the data axes or the processes: pad with copies of the
     # last row, scored and dropped (the rollout batch is checked to divide them).
-    padded = -(-rows // pm_rows_multiple) * pm_rows_multiple
-    if padded > rows:
-      pm_in = {k: np.concatenate([v, np.repeat(v[-1:], padded - rows, axis=0)])
-               for k, v in pm_in.items()}
-    scores = _host(pm_fn(pm_model.params, parallel.global_batch(_local_rows(pm_in, padded),
-                                                                 mesh)))
+    pm_in = parallel.pad_rows(pm_in, pm_rows_multiple)
+    scores = _host(pm_fn(pm_model.params, parallel.global_batch(
+        _local_rows(pm_in, len(pm_in["tokens"])), mesh)))
     return np.asarray(scores, np.float32)[:rows], cut
 
   def probe(iteration: int) -> dict:

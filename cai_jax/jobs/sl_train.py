@@ -87,13 +87,9 @@ def run(config, workdir: str) -> dict:
   def evaluate(step, st):
     if not held_out:
       return {}
-    total = {}
-    for local in sl.eval_batches(held_out, c.eval_batch_size, max_length=c.max_length,
-                                 min_length=c.min_length,
-                                 rows=parallel.process_rows(c.eval_batch_size)):
-      sums = jax.device_get(eval_fn(st.params, parallel.global_batch(local, mesh)))
-      for k, v in sums.items():
-        total[k] = total.get(k, 0.0) + float(v)
+    total = runner.eval_sums(eval_fn, st.params, sl.eval_batches(
+        held_out, c.eval_batch_size, max_length=c.max_length, min_length=c.min_length,
+        rows=parallel.process_rows(c.eval_batch_size)), mesh)
     return {"eval_loss": total["loss_sum"] / max(total["weight"], 1e-9),
             "eval_tokens": total["weight"]}
 

@@ -50,6 +50,15 @@ def resume_or_start(name: str, ckpts: TrainCheckpoints, abstract, meta: dict, ba
   return state
 
 
+def eval_sums(eval_fn, params, local_batches, mesh) -> dict[str, float]:
+  """The sums an eval step returns, added over every batch (each this process's rows)."""
+  total: dict[str, float] = {}
+  for local in local_batches:
+    for k, v in jax.device_get(eval_fn(params, parallel.global_batch(local, mesh))).items():
+      total[k] = total.get(k, 0.0) + float(v)
+  return total
+
+
 def memory_metrics() -> dict:
   out = {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
   stats = jax.local_devices()[0].memory_stats() or {}
