@@ -23,7 +23,7 @@ import pytest
 from cai_jax.checkpoints import loader
 from cai_jax.checkpoints.digest import params_digest
 from cai_jax.config_defaults import ConfigError
-from cai_jax.data import conversation, po_pairs
+from cai_jax.data import po_pairs
 from cai_jax.data import preferences as prefs
 from cai_jax.data.jsonl import DataError
 from cai_jax.jobs import po_train

@@ -12,7 +12,6 @@ the template's own markers.
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""cai_jax.cai.ppo against straightforward NumPy references (loops over rows and tokens)."""
+"""cai_jax.rl.ppo against straightforward NumPy references (loops over rows and tokens)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cai_jax.cai import ppo
+from cai_jax.rl import ppo
 
 RTOL = 1e-5
 ATOL = 1e-5

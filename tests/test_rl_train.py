@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from cai_jax import main
-from cai_jax.cai import rollout as ro
+from cai_jax.rl import rollout as ro
 from cai_jax.checkpoints import loader
 from cai_jax.checkpoints.hf import CheckpointError
 from cai_jax.config_defaults import ConfigError
@@ -246,6 +246,53 @@ def test_end_to_end_with_pm_then_resume(assets, tmp_path):
   assert records[2]["optimizer_steps"] == 6 and "probe_score" in records[2]
   assert records[2]["kl_coef"] == pytest.approx(records[1]["kl_coef_next"])  # restored
   assert latest(tmp_path) == 3
+
+
+VOLATILE = ("time", "peak_rss_gb", "device_peak_gb")  # wall clock and memory: not results
+
+
+def _results(path):
+  """The records of a metrics.jsonl without their clock and memory readings."""
+  return [{k: v for k, v in r.items() if k not in VOLATILE and not k.startswith("time_")}
+          for r in read_metrics(path)]
+
+
+def test_sigkill_mid_iteration_resumes_to_the_same_parameters(assets, tmp_path):
+  """PPO on the engine's loop, killed with SIGKILL inside iteration 3 (after its rollout passed
+  the guards, so checkpoint 2 was just handed to orbax, before the update) and run again, ends
+  with the final state of an uninterrupted run, bitwise (policy, value model, optimizer moments,
+  step, rng), the same metrics records once each, and the same probe and sample rows."""
+  import fault_injection
+  extra = {"rl_train.iterations": 4, "rl_train.normalize_reward": True,
+           "rl_train.adaptive_kl": True, "rl_train.target_kl": 1.0, "rl_train.kl_horizon": 10,
+           "rl_train.probe_every": 2}
+  run(assets, tmp_path / "whole", **extra)
+
+  killed = tmp_path / "killed"
+  cli = ["--config", "configs/rl_train.py", "--workdir", str(killed),
+         *fault_injection.config_flags(settings(assets, **extra))]
+  proc = fault_injection.run_killed("cai_jax.rl.ppo_trainer:PPOTrainer.update:3", cli)
+  assert proc.returncode == -9, proc.stderr[-3000:]
+  assert latest(killed) in (1, 2)  # 2 unless the kill beat orbax's commit of it
+  assert [r["step"] for r in read_metrics(killed / "rl_train" / "metrics.jsonl")] == [0, 1, 2]
+  resumed_from = latest(killed)
+  summary = run(assets, killed, **extra)
+  assert summary["start_iteration"] == resumed_from
+
+  a, b = tmp_path / "whole" / "rl_train", killed / "rl_train"
+  assert _results(a / "metrics.jsonl") == _results(b / "metrics.jsonl")
+  assert [r["step"] for r in read_metrics(b / "metrics.jsonl")] == [0, 1, 2, 3, 4]
+  for name in ("probe.jsonl", "samples.jsonl"):
+    assert (a / name).read_text() == (b / name).read_text(), name
+  import orbax.checkpoint as ocp
+  final = [jax.tree.leaves(ocp.StandardCheckpointer().restore(str(w / "checkpoints" / "4" /
+                                                                   "state")))
+           for w in (a, b)]
+  assert len(final[0]) == len(final[1]) > 10
+  for x, y in zip(*final):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert ((a / "export_hf" / "model.safetensors").read_bytes()
+          == (b / "export_hf" / "model.safetensors").read_bytes())
 
 
 def test_target_token_reward_and_non_finite_guard(assets, tmp_path):

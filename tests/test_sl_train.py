@@ -141,8 +141,10 @@ def test_sigkill_then_resume_is_bitwise_equal(reference_run, tiny_ckpt, sl_files
   assert (tmp_path / "sl_train" / "export_hf" / "model.safetensors").read_bytes() == ref
   ref_losses = {r["step"]: r["loss"] for r in read_metrics(ref_dir / "sl_train" / "metrics.jsonl")
                 if "loss" in r}
-  for r in read_metrics(tmp_path / "sl_train" / "metrics.jsonl"):
-    if "loss" in r and r["step"] > killed_at:
+  resumed = [r for r in read_metrics(tmp_path / "sl_train" / "metrics.jsonl") if "loss" in r]
+  assert [r["step"] for r in resumed] == sorted(ref_losses)  # every step logged once
+  for r in resumed:
+    if r["step"] > killed_at:
       assert r["loss"] == ref_losses[r["step"]]
 
 

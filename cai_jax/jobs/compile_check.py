@@ -34,10 +34,11 @@ import os
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from cai_jax import config_defaults, parallel
-from cai_jax.cai import rollout as ro
+from cai_jax.rl import ppo_trainer
+from cai_jax.rl import rollout as ro
 from cai_jax.config_defaults import ConfigError
 from cai_jax.data.jsonl import write_json_atomic
 from cai_jax.eval import mc
@@ -337,7 +338,7 @@ def rl_train_programs(config, arch: str, mesh: Mesh, *, hosts: int, pm_max_lengt
   opt_cfg, optimizer = rl_train.make_optimizer(config, _schedule_steps(config))
   shardings, state = engine.state_shardings_for(ro.boxed_trainable(policy_cfg, value_cfg),
                                                 mesh, optimizer)
-  score_fn, pm_fn, step_fn = rl_train.make_programs(c, policy_cfg, ref_cfg, value_cfg, pm_cfg,
+  score_fn, pm_fn, step_fn = ppo_trainer.make_programs(c, policy_cfg, ref_cfg, value_cfg, pm_cfg,
                                                     optimizer, opt_cfg, mesh, shardings)
   ref = _sharded_params(memory.decoder_params(ref_cfg), mesh, c.frozen_dtype)
   pm_params = (_sharded_params(memory.reward_params(pm_cfg), mesh, c.frozen_dtype)

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cai_jax import parallel
-from cai_jax.cai import rollout
+from cai_jax.rl import rollout
 from cai_jax.checkpoints import loader
 from cai_jax.checkpoints.digest import params_digest
 from cai_jax.config_defaults import ConfigError

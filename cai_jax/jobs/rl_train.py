@@ -24,7 +24,7 @@ One iteration:
    one Sampler holding the current policy parameters, from the raw distribution (temperature 1,
    no top-k/top-p by default), stopped at `stop` strings / EOS after at most `max_new_tokens`;
 2. scoring (jitted, lengths bucketed to powers of two): old log-probs, reference log-probs,
-   values and entropy on the prediction grid (cai_jax.cai.rollout), recomputed with the
+   values and entropy on the prediction grid (cai_jax.rl.rollout), recomputed with the
    training graph (the gap to the sampler's own log-probs is logged, `sampler_logprob_gap`:
    a cheap mismatch guard); the PM score of BOS +
    prompt + trimmed response text at its explicit last index (or the programmatic
@@ -83,28 +83,26 @@ final policy).
 from __future__ import annotations
 
 import json
-import math
 import os
-import textwrap
-import time
 
 import jax
 import numpy as np
 
 from cai_jax import parallel
-from cai_jax.cai import ppo
-from cai_jax.cai import rollout as ro
+from cai_jax.rl import rollout as ro
+from cai_jax.rl.ppo_trainer import GuardStop  # noqa: F401  (the job's guard stop, re-exported)
+from cai_jax.rl.ppo_trainer import PPOTrainer, Prompts, initial_host_state, make_programs
 from cai_jax.checkpoints import hf, loader, orbax_io
 from cai_jax.checkpoints.hf import CheckpointError
 from cai_jax.config_defaults import ConfigError
 from cai_jax.constitution import policy_layout
 from cai_jax.data import sources
 from cai_jax.data.jsonl import write_json_atomic
-from cai_jax.jobs.common import conversation_format, policy_checkpoint, progress
-from cai_jax.metrics import MetricsWriter, read_metrics
+from cai_jax.jobs.common import conversation_format, policy_checkpoint
+from cai_jax.metrics import read_metrics
 from cai_jax.model import heads
-from cai_jax.sampling.sampler import FINISH_LENGTH, SAMPLING_PARAM_DTYPES, Sampler
-from cai_jax.sampling.strategies import Greedy, Sampling
+from cai_jax.sampling.sampler import SAMPLING_PARAM_DTYPES, Sampler
+from cai_jax.sampling.strategies import Sampling
 from cai_jax.train import engine, optim, runner
 from cai_jax.train import pm as pm_lib
 from cai_jax.train.checkpointing import TrainCheckpoints
@@ -113,11 +111,6 @@ PM_EXPORT = os.path.join("pm_train", "pm")
 REWARDS = ("pm", "target_token")
 VALUE_INITS = ("pm", "policy")
 FROZEN_DTYPES = ("float32", "bfloat16")
-
-
-class GuardStop(engine.NonFiniteLoss):
-  """A guard stopped the run (KL ceiling, collapse). A NonFiniteLoss so that the CLI prints it
-  without a traceback and exits with status 3, as for a non-finite loss."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,69 +193,12 @@ def read_model_config(folder: str):
 
 
 # ---------------------------------------------------------------------------------------------
-# Small host helpers
-
-
-def _host(tree):
-  """Host copies of (replicated) device outputs."""
-  return jax.tree.map(np.asarray, jax.device_get(tree))
-
-
-def _local_rows(batch: dict, n: int) -> dict:
-  rows = parallel.process_rows(n)
-  return {k: v[rows] for k, v in batch.items()}
-
-
-def _last_human_turn(prompt: str) -> str:
-  cut = prompt.rfind("\n\nHuman:")
-  text = prompt[cut + len("\n\nHuman:"):] if cut >= 0 else prompt
-  return text.replace("\n\nAssistant:", "").strip()
-
-
-def _clip(text: str, n: int) -> str:
-  text = " ".join(text.split())
-  return text if len(text) <= n else text[:n - 3] + "..."
-
-
-def sample_table(iteration: int, rows: list[dict]) -> str:
-  lines = [f"--- iteration {iteration}: samples (prompt | response | score -> reward) ---"]
-  for r in rows:
-    lines.append(f"* {_clip(_last_human_turn(r['prompt']), 60)}")
-    lines.append(textwrap.indent(f"-> {_clip(r['response'], 100)!r}", "  "))
-    lines.append(f"   score {r['score']:+.3f}  reward {r['reward']:+.3f}  "
-                 f"[{r['finish_reason']}, {r['num_tokens']} tokens]")
-  return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
 # The job
 
 
 def make_optimizer(config, total_steps: int):
   """(the optimizer config with its schedule's length, the optimizer)."""
   return optim.for_steps(config.optim, total_steps)
-
-
-def make_programs(c, policy_cfg, ref_cfg, value_cfg, pm_cfg, optimizer, opt_cfg, mesh,
-                  shardings):
-  """(scoring pass, PM pass or None without a PM, PPO train step), jitted as this job runs
-  them; also compiled for a TPU topology by the compile_check job. The rollout's sampler is
-  `Sampler`'s own."""
-  replicated = parallel.replicated(mesh)
-  score_fn = parallel.run_under(mesh, jax.jit(
-      ro.make_score_fn(policy_cfg.replace(remat=False), ref_cfg,
-                       value_cfg.replace(remat=False), chunk_tokens=c.loss_chunk_tokens),
-      out_shardings=replicated))
-  pm_fn = (parallel.run_under(mesh, jax.jit(ro.make_pm_fn(pm_cfg), out_shardings=replicated))
-           if pm_cfg is not None else None)
-  loss_fn = ro.make_ppo_loss(policy_cfg, value_cfg, clip_eps=c.clip_eps,
-                             clip_eps_value=c.clip_eps_value, vf_coef=c.vf_coef,
-                             ent_coef=c.ent_coef, chunk_tokens=c.loss_chunk_tokens)
-  step_fn = engine.compile_step(
-      engine.make_train_step(loss_fn, optimizer, micro_batches=c.micro_batches, mesh=mesh,
-                             learning_rate_fn=optim.schedule(opt_cfg)),
-      shardings, mesh)
-  return score_fn, pm_fn, step_fn
 
 
 def rl_prompts(c) -> tuple[list, set, int | None]:
@@ -402,8 +338,7 @@ def run(config, workdir: str) -> dict:
           "job": "rl_train", "policy": policy_spec, "pm": pm_path or "", "reward": c.reward}
 
   order = ro.PromptMix(n_red, n_helpful, config.seed, helpful_rows)
-  host = {"iteration": 0, "kl_coef": float(c.kl_coef), "collapse_count": 0,
-          "norm": ro.RunningMoments().to_dict(), "prompts": order.position()}
+  host = initial_host_state(c.kl_coef, order)
   if resuming:
     state, host, step = ckpts.restore(abstract, meta)
     order.restore(host["prompts"])
@@ -423,7 +358,6 @@ def run(config, workdir: str) -> dict:
     state = engine.new_state({"policy": load(m.param_dtype), "value": value_params}, optimizer,
                              jax.random.PRNGKey(config.seed), shardings)
     del value_params
-  norm = ro.RunningMoments.from_dict(host["norm"])
 
   # The frozen models: read again, so that their buffers are never the donated state's.
   ref_cfg = policy_cfg.replace(param_dtype=c.frozen_dtype, remat=False)
@@ -433,261 +367,48 @@ def run(config, workdir: str) -> dict:
   if c.reward == "pm":
     pm_model = heads.load_pm(pm_path, param_dtype=c.frozen_dtype, dtype=m.dtype,
                              shardings_for=pm_shardings)
-  pm_append_eos = bool(pm_meta.get("append_eos", True))
-  pm_max_length = int(pm_meta.get("max_length", 0)
-                      or c.max_prompt_tokens + c.max_new_tokens + 2)
 
-  # ---- compiled pieces
-  replicated = parallel.replicated(mesh)
-  score_fn, pm_fn, step_fn = make_programs(
-      c, policy_cfg, ref_cfg, value_cfg, pm_model.config if pm_model is not None else None,
-      optimizer, opt_cfg, mesh, shardings)
-  finite_fn = parallel.run_under(mesh, jax.jit(ro.all_finite, out_shardings=replicated))
+  # ---- the trainer on the engine's loop
+  programs = make_programs(c, policy_cfg, ref_cfg, value_cfg,
+                           pm_model.config if pm_model is not None else None, optimizer,
+                           opt_cfg, mesh, shardings)
   per_shard = parallel.batch_size_per_shard(mesh)
-  pm_rows_multiple = math.lcm(per_shard, jax.process_count())
   sampler = Sampler(policy_cfg.replace(remat=False), state.params["policy"], tokenizer,
                     max_prompt_length=c.max_prompt_tokens,
                     max_batch=-(-c.sampler_batch // per_shard) * per_shard,
                     chunk_size=c.chunk_size, mesh=mesh, eos_ids=fmt.stop_ids,
                     param_dtype=c.sampler_param_dtype or None)
-  controller = (ppo.AdaptiveKLController(float(c.target_kl), float(c.kl_horizon))
-                if c.adaptive_kl else ppo.FixedKLController())
-
-  writer = MetricsWriter(out_dir)
-  main_process = jax.process_index() == 0
   start_iteration = int(host["iteration"])
-  bar = (progress(c.iterations, "rl_train", "it") if c.progress and main_process else None)
-  if bar is not None:
-    bar.update(start_iteration)
-  logged: dict = {}
-  pending = None  # (iteration, host snapshot): a scheduled checkpoint awaiting the next rollout
+  trainer = PPOTrainer(
+      c, seed=config.seed, mesh=mesh, tokenizer=tokenizer, fmt=fmt,
+      prompts=Prompts(records=records, ids=prompt_ids, pm_ids=prompt_ids_no_bos,
+                      axis_of_row=axis_of_row, probe_records=probe_records,
+                      probe_pm_ids=probe_pm_ids, text=layout.text),
+      order=order, host=host, policy_cfg=policy_cfg, ref_params=ref_params, pm_model=pm_model,
+      pm_meta=pm_meta, programs=programs, strategy=strategy, sampler=sampler, out_dir=out_dir,
+      ckpts=ckpts, start_iteration=start_iteration)
+  state, logged, _ = runner.run_loop(
+      name="rl_train", out_dir=out_dir, state=state, mesh=mesh, steps=c.iterations,
+      ckpts=ckpts, meta=meta, model_config=policy_cfg, stepper=trainer.stepper(),
+      start_step=start_iteration, show_progress=c.progress, postfix=trainer.postfix, unit="it",
+      evaluate=(lambda step, st: trainer.probe(0, st.params["policy"])) if c.probe_count
+      else None, evaluate_at_start=True)
 
-  def raw_scores(prompts_no_bos, out) -> tuple[np.ndarray, int]:
-    """(the reward model's raw score of each answer, rows cut to the PM's max_length)."""
-    if c.reward != "pm":
-      return ro.target_token_scores(out.tokens, c.target_token_id), 0
-    pm_in, cut = ro.pm_batch(prompts_no_bos, out.texts, tokenizer, append_eos=pm_append_eos,
-                             max_length=pm_max_length, min_length=c.min_length, fmt=fmt)
-    rows = len(prompts_no_bos)
-    # The probe's rows need not divide the data axes or the processes: pad with copies of the
-    # last row, scored and dropped (the rollout batch is checked to divide them).
-    pm_in = parallel.pad_rows(pm_in, pm_rows_multiple)
-    scores = _host(pm_fn(pm_model.params, parallel.global_batch(
-        _local_rows(pm_in, len(pm_in["tokens"])), mesh)))
-    return np.asarray(scores, np.float32)[:rows], cut
-
-  def probe(iteration: int) -> dict:
-    """Greedy answers of the current policy to the fixed probe prompts, scored by the reward
-    model: the objective on the same prompts every time (rollouts sample new prompts, so their
-    mean score mixes the policy's progress with the prompts' difficulty)."""
-    sampler.params = state.params["policy"]
-    out = sampler.generate([layout.text(r.prompt) for r in probe_records],
-                           max_new_tokens=c.max_new_tokens,
-                           strategy=Greedy(), stop=tuple(c.stop))
-    scores, _ = raw_scores(probe_pm_ids, out)
-    if main_process:
-      with open(os.path.join(out_dir, "probe.jsonl"), "a", encoding="utf-8") as f:
-        for r, text, score, n in zip(probe_records, out.texts, scores, out.num_tokens):
-          f.write(json.dumps({"iteration": iteration, "id": r.id, "answer": text,
-                              "score": float(score), "num_tokens": int(n)},
-                             ensure_ascii=False) + "\n")
-    return {"probe_score": float(scores.mean()), "probe_score_std": float(scores.std()),
-            "probe_answer_tokens": float(np.mean(out.num_tokens))}
-
-  def save(iteration: int, snapshot: dict, force: bool) -> None:
-    ckpts.save(iteration, state, snapshot, meta, force=force)
-
-  def snapshot() -> dict:
-    return json.loads(json.dumps(host))
-
-  def stop_message(iteration: int, what: str) -> str:
-    latest = ckpts.latest_step()
-    kept = (f"the latest checkpoint (iteration {latest}) is the last good one" if latest
-            is not None else "no checkpoint was written")
-    return f"iteration {iteration}: {what}; stopped without saving this state; {kept}"
-
-  try:
-    with engine.StopFlag() as flag:
-      if c.probe_count and start_iteration == 0:  # the starting policy, before any update
-        writer.write(0, probe(0))
-      for it in range(start_iteration + 1, c.iterations + 1):
-        # ---------------------------------------------------------------- 1. rollout
-        t0 = time.perf_counter()
-        idx = order.take(c.batch_size)
-        sampler.params = state.params["policy"]
-        out = sampler.generate([layout.text(records[i].prompt) for i in idx],
-                               max_new_tokens=c.max_new_tokens,
-                               strategy=strategy,
-                               key=jax.random.fold_in(jax.random.PRNGKey(config.seed), it),
-                               stop=tuple(c.stop))
-        t1 = time.perf_counter()
-
-        # ---------------------------------------------------------------- 2. scoring
-        grid = ro.grid_batch([prompt_ids[i] for i in idx], out.tokens, out.logprobs,
-                             pad_id=tokenizer.pad_id, min_length=c.min_length)
-        model_in = {k: grid[k] for k in ("tokens", "valid", "targets")}
-        scored = _host(score_fn(state.params["policy"], ref_params, state.params["value"],
-                                  parallel.global_batch(_local_rows(model_in, c.batch_size),
-                                                        mesh)))
-        raw, pm_truncated = raw_scores([prompt_ids_no_bos[i] for i in idx], out)
-        finished = np.asarray([r != FINISH_LENGTH for r in out.finish_reasons])
-        if c.normalize_reward:
-          norm.update(raw)
-          normed = norm.normalize(raw)
-        else:
-          normed = raw
-        score = np.asarray(ppo.missing_end_penalty(normed, finished, c.missing_end_penalty))
-        kl_coef = float(host["kl_coef"])
-        adv = _host(ro.advantages(score, scored["logp"], scored["ref_logp"], scored["values"],
-                                    grid["mask"], grid["end_index"], kl_coef, c.gamma, c.lam,
-                                    estimator=c.kl_estimator))
-        t2 = time.perf_counter()
-
-        mask = grid["mask"]
-        n_tok = float(mask.sum())
-        ev = float(adv["explained_variance"])
-        answer_tokens = np.asarray([len(x) for x in
-                                    tokenizer.encode_batch(out.texts, add_bos=False)])
-        roll = {
-            "score": float(raw.mean()), "score_std": float(raw.std()),
-            "reward_raw": float(np.mean(np.asarray(ppo.missing_end_penalty(
-                raw, finished, c.missing_end_penalty)))),
-            "reward_norm": float(score.mean()),
-            "reward_total": float(adv["reward_seq"].mean()),
-            "kl": float(adv["kl_seq"].mean()), "kl_k1": float(adv["kl_k1_seq"].mean()),
-            "kl_k3": float(adv["kl_k3_seq"].mean()), "kl_coef": kl_coef,
-            "entropy": float((scored["entropy"] * mask).sum() / n_tok),
-            "value_mean": float((scored["values"] * mask).sum() / n_tok),
-            "return_mean": float((adv["returns"] * mask).sum() / n_tok),
-            "response_length": float(grid["response_len"].mean()),
-            "answer_tokens": float(answer_tokens.mean()),
-            "missing_end_rate": float(1.0 - finished.mean()),
-            "sampler_logprob_gap": float((np.abs(grid["sampler_logp"] - scored["logp"])
-                                          * mask).sum() / n_tok),
-            "pm_truncated": float(pm_truncated),
-            "time_rollout_s": t1 - t0, "time_scoring_s": t2 - t1,
-        }
-        if math.isfinite(ev):  # undefined (NaN) when every return is equal
-          roll["explained_variance"] = ev
-        axes = axis_of_row[idx]
-        for axis in ("harmless", "helpful"):  # per prompt set, when the batch has any
-          sel = axes == axis
-          if sel.any():
-            roll[f"score_{axis}"] = float(raw[sel].mean())
-            roll[f"reward_total_{axis}"] = float(adv["reward_seq"][sel].mean())
-            roll[f"kl_{axis}"] = float(adv["kl_seq"][sel].mean())
-            roll[f"rows_{axis}"] = float(sel.sum())
-
-        # ---------------------------------------------------------------- guards on the rollout
-        guard = ro.rollout_guards(
-            {"scores": raw, "log-probs": scored["logp"], "reference log-probs":
-             scored["ref_logp"], "values": scored["values"], "advantages": adv["advantages"],
-             "returns": adv["returns"]},
-            kl=roll["kl"], kl_ceiling=c.kl_ceiling, answer_tokens=roll["answer_tokens"],
-            min_response_tokens=c.min_response_tokens,
-            collapse_count=int(host["collapse_count"]), collapse_patience=c.collapse_patience)
-        if guard.kind == "nonfinite":
-          raise engine.NonFiniteLoss(stop_message(it, guard.message))
-        if guard.kind is not None:
-          raise GuardStop(stop_message(it, guard.message))
-        collapse_count = guard.collapse_count
-        if pending is not None:  # the policy it judged passed: its checkpoint may be written
-          save(*pending, force=False)
-          pending = None
-
-        # ---------------------------------------------------------------- 3. update
-        train_rows = {"tokens": grid["tokens"], "valid": grid["valid"],
-                      "targets": grid["targets"], "mask": mask,
-                      "old_logp": scored["logp"].astype(np.float32),
-                      "old_values": scored["values"].astype(np.float32),
-                      "advantages": adv["advantages"].astype(np.float32),
-                      "returns": adv["returns"].astype(np.float32)}
-        step_metrics = []
-        for epoch in range(c.ppo_epochs):
-          perm = np.random.default_rng([config.seed, it, epoch]).permutation(c.batch_size)
-          for s in range(0, c.batch_size, c.minibatch_size):
-            rows = perm[s:s + c.minibatch_size]
-            mb = {k: v[rows] for k, v in train_rows.items()}
-            state, metrics = step_fn(state, parallel.global_batch(
-                _local_rows(mb, c.minibatch_size), mesh))
-            step_metrics.append(metrics)
-        step_metrics = [{k: float(np.asarray(v)) for k, v in jax.device_get(sm).items()}
-                        for sm in step_metrics]
-        params_ok = bool(np.asarray(jax.device_get(finite_fn(state.params))))
-        t3 = time.perf_counter()
-        for n, sm in enumerate(step_metrics):
-          if not (math.isfinite(sm["loss"]) and math.isfinite(sm["grad_norm"])):
-            raise engine.NonFiniteLoss(stop_message(
-                it, f"update step {n + 1} of {len(step_metrics)}: loss {sm['loss']}, grad norm "
-                    f"{sm['grad_norm']} (not finite)"))
-        if not params_ok:
-          raise engine.NonFiniteLoss(stop_message(it, "non-finite parameters after the update"))
-
-        tot = {k: sum(sm[k] for sm in step_metrics) for k in step_metrics[0]}
-        w = max(tot["weight"], 1e-9)
-        upd = {"policy_loss": tot["pg_loss"] / w, "value_loss": tot["vf_loss"] / w,
-               "clipfrac": tot["clipfrac"] / w, "approx_kl": tot["approx_kl"] / w,
-               "approx_kl_k3": tot["approx_kl_k3"] / w, "ratio": tot["ratio"] / w,
-               "loss": tot["loss"] / len(step_metrics),
-               "grad_norm": tot["grad_norm"] / len(step_metrics),
-               "lr": step_metrics[-1].get("lr", float("nan")),
-               "optimizer_steps": step_metrics[-1]["step"], "time_update_s": t3 - t2}
-        if "entropy" in tot:
-          upd["entropy_update"] = tot["entropy"] / w
-
-        # ---------------------------------------------------------------- 4. bookkeeping
-        new_coef = float(controller.update(kl_coef, roll["kl"], c.batch_size))
-        host.update({"iteration": it, "kl_coef": new_coef, "collapse_count": collapse_count,
-                     "norm": norm.to_dict(), "prompts": order.position()})
-        metrics = {**roll, **upd, "kl_coef_next": new_coef, **runner.memory_metrics()}
-        if c.probe_count and (it == c.iterations or (c.probe_every and it % c.probe_every == 0)):
-          metrics.update(probe(it))
-        logged = metrics
-        writer.write(it, metrics)
-        if bar is not None:
-          bar.update(1)
-          bar.set_postfix(reward=f"{roll['score']:.3f}", kl=f"{roll['kl']:.3f}", refresh=False)
-        if c.sample_every and (it % c.sample_every == 0 or it == start_iteration + 1) \
-            and main_process:
-          rows = [{"iteration": it, "id": records[i].id, "axis": str(axis_of_row[i]),
-                   "prompt": records[i].prompt,
-                   "response": out.texts[b], "score": float(raw[b]),
-                   "reward": float(adv["reward_seq"][b]),
-                   "finish_reason": out.finish_reasons[b], "num_tokens": int(out.num_tokens[b])}
-                  for b, i in enumerate(idx[:c.num_samples])]
-          with open(os.path.join(out_dir, "samples.jsonl"), "a", encoding="utf-8") as f:
-            for r in rows:
-              f.write(json.dumps(r, ensure_ascii=False) + "\n")
-          print(("\n" if bar is not None else "") + sample_table(it, rows), flush=True)
-
-        preempt = flag.raised if jax.process_count() == 1 else ckpts.reached_preemption(it)
-        if it == c.iterations or preempt:
-          save(it, snapshot(), force=True)
-          pending = None
-        elif ckpts.should_save(it):
-          pending = (it, snapshot())
-        if preempt:
-          raise engine.Preempted(it)
-  finally:
-    if bar is not None:
-      bar.close()
-    ckpts.close()
-    writer.close()
-
-  probes = [r for r in read_metrics(os.path.join(out_dir, "metrics.jsonl"))
-            if "probe_score" in r] if os.path.exists(os.path.join(out_dir, "metrics.jsonl")) else []
+  metrics_path = os.path.join(out_dir, "metrics.jsonl")
+  probes = ([r for r in read_metrics(metrics_path) if "probe_score" in r]
+            if os.path.exists(metrics_path) else [])
   summary = {"iterations": c.iterations, "start_iteration": start_iteration,
              "kl_estimator_in_reward": c.kl_estimator,
              "probe": {str(r["step"]): r["probe_score"] for r in probes},
              "prompts": len(records), "skipped_prompts": skipped, "reward": c.reward,
-             "final": logged, "kl_coef": host["kl_coef"], "checkpoints": ckpts.directory}
+             "final": logged, "kl_coef": trainer.host["kl_coef"], "checkpoints": ckpts.directory}
   if c.export_hf:
     export = runner.export_hf(state.params["policy"], out_dir, policy_cfg, tokenizer)
     if export:
       summary["export_hf"] = export
-  if main_process:
+  if jax.process_index() == 0:
     write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
     if logged:
       print(f"rl_train: {c.iterations} iterations, score {logged['score']:.4f}, kl "
-            f"{logged['kl']:.4f}, kl_coef {host['kl_coef']:.4g}", flush=True)
+            f"{logged['kl']:.4f}, kl_coef {trainer.host['kl_coef']:.4g}", flush=True)
   return summary

@@ -1,3 +1,3 @@
-"""RL-CAI algorithms beyond PPO: preference optimisation on the feedback model's soft labels
-(`po`: DPO, IPO, the hard-label DPO baseline). PPO's math and rollout still live in `cai_jax.cai`
-(`ppo.py`, `rollout.py`)."""
+"""RL-CAI: PPO's math (`ppo`), its rollout and scoring programs (`rollout`), the PPO trainer as
+a stepper of the engine's loop (`ppo_trainer`), and preference optimisation on the feedback
+model's soft labels (`po`: DPO, IPO, the hard-label DPO baseline)."""

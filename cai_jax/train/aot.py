@@ -20,7 +20,6 @@ import re
 import time
 from typing import Any, Callable, Sequence
 
-import jax
 
 from cai_jax.config_defaults import ConfigError
 

@@ -201,6 +201,30 @@ class StopFlag:
     return False
 
 
+@dataclasses.dataclass(frozen=True)
+class Stepper:
+  """One step of a trainer, in two phases the loop drives.
+
+  `prepare(state) -> (batch, data position after it)`: the data of the next step; it may depend
+  on the state (an on-policy trainer samples from it) and may judge it by raising (a guard).
+  `update(state, batch) -> (state, metrics)`: the update; metrics may stay on device.
+  `judges_state`: prepare judges the state it reads (PPO's rollout checks the policy the last
+  update produced), so a scheduled checkpoint of step n is written only once step n + 1's
+  prepare has passed; a guard stop then never leaves the bad state as the latest checkpoint."""
+  prepare: Callable[[TrainState], tuple[Any, Any]]
+  update: Callable[[TrainState, Any], tuple[TrainState, dict]]
+  judges_state: bool = False
+
+
+def batch_stepper(step_fn, batches: Iterator[tuple[Any, Any]]) -> Stepper:
+  """A supervised trainer's steps: the next (batch, position) of an iterator, then `step_fn`."""
+  return Stepper(prepare=lambda state: next(batches), update=step_fn)
+
+
+def _loss_postfix(metrics: Mapping[str, float]) -> dict:
+  return {"loss": f"{metrics['loss']:.4f}", "tok_s": f"{metrics.get('tokens_per_s', 0):.0f}"}
+
+
 @dataclasses.dataclass
 class LoopHooks:
   """What the loop calls besides the step; every field optional."""
@@ -211,23 +235,27 @@ class LoopHooks:
   evaluate: Callable[[int, TrainState], dict] | None = None
   eval_every: int = 0
   progress: Any = None
+  postfix: Callable[[Mapping[str, float]], dict] = _loss_postfix  # the progress bar's numbers
 
 
 def _finite(metrics: Mapping[str, Any]) -> bool:
   return bool(np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"])))
 
 
-def train_loop(state: TrainState, step_fn, batches: Iterator[tuple[dict, dict]], total_steps: int,
-               hooks: LoopHooks, *, host_metrics: Callable[[dict, float], dict] | None = None
-               ) -> TrainState:
-  """Runs `step_fn` until `state.step == total_steps`.
+def train_loop(state: TrainState, steps: Stepper, total_steps: int, hooks: LoopHooks, *,
+               start: int | None = None,
+               host_metrics: Callable[[dict, float], dict] | None = None) -> TrainState:
+  """Runs `steps` from `start` (default: `state.step`) until step `total_steps`; the only
+  training loop: every trainer (supervised, preference, PPO) is a `Stepper` it drives.
 
-  `batches` yields (global batch, data position *after* that batch). Step n's metrics are read
-  while step n+1 runs, except when step n must be saved: then they are checked first, so a
-  checkpoint never holds the result of a non-finite step. SIGTERM saves and raises `Preempted`.
+  Step n's metrics are read while step n+1 runs, except when step n must be saved: then they
+  are checked first, so a checkpoint never holds the result of a non-finite step (nor, when the
+  stepper judges states, of a state the next step's prepare rejected). SIGTERM saves and raises
+  `Preempted`. A step's metrics must hold `loss` and `grad_norm` (checked finite).
   """
-  step = int(jax.device_get(state.step))
+  step = int(jax.device_get(state.step)) if start is None else int(start)
   pending = None  # (step, metrics still on device)
+  unsaved = None  # (step, state, position): a scheduled save awaiting the next prepare's verdict
   clock = [time.perf_counter()]
 
   def flush(n, metrics):
@@ -243,24 +271,29 @@ def train_loop(state: TrainState, step_fn, batches: Iterator[tuple[dict, dict]],
       hooks.log(n, metrics)
     if hooks.progress is not None:
       hooks.progress.update(1)
-      hooks.progress.set_postfix(loss=f"{metrics['loss']:.4f}",
-                                 tok_s=f"{metrics.get('tokens_per_s', 0):.0f}", refresh=False)
+      hooks.progress.set_postfix(refresh=False, **hooks.postfix(metrics))
 
   with StopFlag() as flag:
     while step < total_steps:
-      batch, data_pos = next(batches)
-      state, metrics = step_fn(state, batch)
+      batch, data_pos = steps.prepare(state)
+      if unsaved is not None:  # the state it judged passed: its checkpoint may be written
+        hooks.save(*unsaved, False)
+        unsaved = None
+      state, metrics = steps.update(state, batch)
       step += 1
       if pending is not None:
         flush(*pending)
       pending = (step, metrics)
       preempt = flag.raised if jax.process_count() == 1 else hooks.reached_preemption(step)
-      must_save = hooks.save is not None and (hooks.should_save(step) or preempt
-                                              or step == total_steps)
+      final = preempt or step == total_steps
+      must_save = hooks.save is not None and (hooks.should_save(step) or final)
       if must_save:
         flush(*pending)  # a checkpoint never holds the result of a non-finite step
         pending = None
-        hooks.save(step, state, data_pos, preempt or step == total_steps)
+        if steps.judges_state and not final:
+          unsaved = (step, state, data_pos)
+        else:
+          hooks.save(step, state, data_pos, final)
       if hooks.evaluate is not None and hooks.eval_every and step % hooks.eval_every == 0:
         if pending is not None:
           flush(*pending)

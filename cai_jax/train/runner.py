@@ -5,6 +5,7 @@ objective, evaluation and export format."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 from typing import Callable, Iterator
@@ -75,28 +76,39 @@ def gather_params(params):
   return jax.tree.map(np.asarray, jax.device_get(params))
 
 
-def run_loop(*, name: str, out_dir: str, state: engine.TrainState, step_fn,
-             local_batches: Iterator[tuple[dict, dict]], mesh, steps: int,
-             ckpts: TrainCheckpoints, meta: dict, model_config, peak_flops: float,
+def run_loop(*, name: str, out_dir: str, state: engine.TrainState, mesh, steps: int,
+             ckpts: TrainCheckpoints, meta: dict, model_config, peak_flops: float = 0.0,
+             step_fn=None, local_batches: Iterator[tuple[dict, dict]] | None = None,
+             stepper: engine.Stepper | None = None, start_step: int | None = None,
              lm_head: bool = True,
              show_progress: bool = True, extra_metrics: Callable[[dict], dict] | None = None,
              evaluate: Callable | None = None, eval_every: int = 0,
              evaluate_at_start: bool = False, evaluate_at_end: bool = False,
              length_of: Callable[[dict], int] = lambda b: b["tokens"].shape[-1],
+             postfix: Callable[[dict], dict] | None = None, unit: str = "step",
              ) -> tuple[engine.TrainState, dict, int]:
   """Trains until `steps`; returns (state, the last logged metrics, the step it started from).
 
-  `local_batches` yields (this process's rows, data position after them); the step's metrics
-  must include `tokens` (real tokens, for tokens/s and MFU). `peak_flops` = 0 measures a float32
+  A supervised trainer passes `step_fn` and `local_batches` (this process's rows, data position
+  after them); an on-policy trainer passes its own `stepper` (global batches are its business)
+  and `start_step` when its steps are not the optimizer's. When the step's metrics include
+  `tokens` (real tokens) the loop adds tokens/s and MFU: `peak_flops` = 0 measures a float32
   matmul at start; `lm_head` says whether the objective projects onto the vocabulary (see
-  `flops.train_flops_per_token`). `evaluate_at_start` evaluates a run that starts at step 0
-  before its first step and logs it as step 0 (`initial_metrics` reads it back);
+  `flops.train_flops_per_token`). A resumed run first drops the records metrics.jsonl holds
+  beyond the step it resumes from (`drop_metrics_after`). `evaluate_at_start` evaluates a run
+  that starts at step 0 before its first step and logs it as step 0 (`initial_metrics` reads it
+  back);
   `evaluate_at_end` evaluates the final step when `eval_every` did not (the returned metrics
   hold the last evaluation)."""
-  peak = peak_flops or flops.measure_matmul_peak() * jax.device_count()
+  if (stepper is None) == (step_fn is None or local_batches is None):
+    raise TypeError("run_loop needs either stepper or both step_fn and local_batches")
+  if stepper is None and not peak_flops:  # measured before the first step, not timed within it
+    peak_flops = flops.measure_matmul_peak() * jax.device_count()
+  start_step = int(jax.device_get(state.step)) if start_step is None else int(start_step)
+  if jax.process_index() == 0:
+    drop_metrics_after(os.path.join(out_dir, "metrics.jsonl"), start_step)
   writer = MetricsWriter(out_dir)
-  start_step = int(jax.device_get(state.step))
-  bar = progress(steps, name, "step") if show_progress and jax.process_index() == 0 else None
+  bar = progress(steps, name, unit) if show_progress and jax.process_index() == 0 else None
   if bar is not None:
     bar.update(start_step)
   length = [1]
@@ -108,9 +120,13 @@ def run_loop(*, name: str, out_dir: str, state: engine.TrainState, step_fn,
       yield parallel.global_batch(local, mesh), position
 
   def host_metrics(metrics, seconds):
-    tokens = metrics["tokens"]
-    per_token = flops.train_flops_per_token(model_config, length[0], lm_head=lm_head)
-    out = {"tokens_per_s": tokens / seconds, "mfu": tokens * per_token / seconds / peak}
+    out = {}
+    if "tokens" in metrics:
+      tokens = metrics["tokens"]
+      out["tokens_per_s"] = tokens / seconds
+      if peak_flops:
+        per_token = flops.train_flops_per_token(model_config, length[0], lm_head=lm_head)
+        out["mfu"] = tokens * per_token / seconds / peak_flops
     if extra_metrics is not None:
       out.update(extra_metrics(metrics))
     out.update(memory_metrics())
@@ -124,10 +140,14 @@ def run_loop(*, name: str, out_dir: str, state: engine.TrainState, step_fn,
       save=lambda step, st, pos, force: ckpts.save(step, st, pos, meta, force=force),
       should_save=ckpts.should_save, reached_preemption=ckpts.reached_preemption,
       log=log, evaluate=evaluate, eval_every=eval_every, progress=bar)
+  if postfix is not None:
+    hooks.postfix = postfix
+  if stepper is None:
+    stepper = engine.batch_stepper(step_fn, global_batches())
   try:
     if evaluate is not None and evaluate_at_start and start_step == 0:
       log(0, evaluate(0, state))
-    state = engine.train_loop(state, step_fn, global_batches(), steps, hooks,
+    state = engine.train_loop(state, stepper, steps, hooks, start=start_step,
                               host_metrics=host_metrics)
     if (evaluate is not None and evaluate_at_end and steps > start_step
         and not (eval_every and steps % eval_every == 0)):
@@ -163,6 +183,24 @@ def initial_metrics(out_dir: str) -> dict:
     if record.get("step") == 0:
       return {k: v for k, v in record.items() if k not in ("step", "time")}
   return {}
+
+
+def drop_metrics_after(path: str, step: int, key: str = "step") -> int:
+  """Removes the records of PATH (a metrics.jsonl, or any JSONL whose records carry `key`) beyond
+  `step`, the step a run resumes from (all of them when it starts afresh at 0): a crash loses the
+  steps after the last checkpoint, which the resumed run redoes and logs again, once. Rewritten
+  atomically; returns how many were dropped."""
+  if not os.path.exists(path):
+    return 0
+  with open(path, encoding="utf-8") as f:
+    lines = [line for line in f if line.strip()]
+  keep = [line for line in lines if step > 0 and json.loads(line).get(key, 0) <= step]
+  if len(keep) < len(lines):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
+  return len(lines) - len(keep)
 
 
 def _last_training_metrics(path: str) -> dict:

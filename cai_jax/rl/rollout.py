@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cai_jax.cai import ppo
+from cai_jax.rl import ppo
 from cai_jax.checkpoints.hf import CheckpointError
 from cai_jax.data.jsonl import DataError
 from cai_jax.model import decoder, heads
