@@ -52,6 +52,11 @@ JOBS: dict[str, tuple[str, str]] = {
                  "labels (or the hard-label baseline) against a reference whose log-probs are "
                  "stored once; resumes from WORKDIR/po_train/checkpoints, exports "
                  "WORKDIR/po_train/export_hf"),
+    "red_team_attack": ("cai_jax.jobs.red_team_attack",
+                        "red teaming against the policy: proposed prompts (default "
+                        "WORKDIR/red_team_generate/prompts.jsonl) answered by the policy, scored "
+                        "by the PM; attack success rate, and the worst prompts appended to a "
+                        "prompt set for the next RL stage"),
     "eval": ("cai_jax.jobs.eval",
              "evaluation: checkpoints against each other on held-out prompts (Elo and win "
              "rates by the AI judge with bootstrap CIs, PM scores, lengths), PM accuracy and "

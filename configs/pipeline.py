@@ -46,6 +46,9 @@ def get_config():
       rl=dict(algorithm="ppo"),  # the RL-CAI stage: ppo (rl_train against the PM), dpo or
                                  # ipo (po_train on the AI labels), or e.g. 'ppo,dpo' for both;
                                  # eval compares them as 'rl' and 'dpo' / 'ipo'
+      red_team=dict(attacks=0, keep=16),  # rounds 2..N: propose `attacks` red-team prompts,
+                          # answer them with the previous round's policy, score with the round's
+                          # PM, add the `keep` worst to PPO's prompts (0 = off)
       sampling_param_dtype="",  # weights of sl_generate, sample_pairs, feedback and eval
                                 # ('' = model.param_dtype): e.g. 'bfloat16' beside float32
                                 # master weights in the trainers
@@ -57,6 +60,8 @@ def get_config():
     if stage in TRAINERS:
       optim[stage] = c.optim
   config.optim = optim
+  for stage in ("red_team_generate", "red_team_attack"):  # run in rounds 2..N when red teaming
+    config[stage] = stage_config(stage)[stage]
   # Held-out data from the run's own outputs, so every trainer reports a loss on examples it
   # did not train on: revisions (sl_train's eval loss before and after) and AI-labelled pairs
   # (the PM's held-out loss and accuracy).

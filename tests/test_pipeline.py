@@ -11,6 +11,7 @@ import shutil
 import pytest
 
 from cai_jax import main
+from cai_jax.data import sources
 from cai_jax.config_defaults import ConfigError
 from cai_jax.jobs import pipeline
 from cai_jax.metrics import read_metrics
@@ -119,6 +120,47 @@ def test_stage_configs_match_the_stage_config_files(tmp_path):
   with pytest.raises(ConfigError, match="contradicts pipeline.rl.algorithm"):
     pipeline.stage_config(load_config("pipeline", **{"pipeline.rl.algorithm": "ipo",
                                                      "po_train.loss": "hard"}), "po_train", w)
+
+
+def test_red_team_rounds_plan_and_configs(tmp_path):
+  """pipeline.red_team.attacks: the red-team stages run in rounds 2..N between the PM and PPO,
+  with their config files' layout, wired to the previous policy, the round's PM and PPO's
+  prompts; contradictory settings stop at once."""
+  w = str(tmp_path)
+  config = load_config("pipeline", **{"pipeline.rounds": 3, "pipeline.red_team.attacks": 5,
+                                      "pipeline.red_team.keep": 2})
+  steps = [name for name, _, _ in pipeline.plan(config, w)]
+  for r in (2, 3):
+    at = steps.index(f"round_{r}/pm_train")
+    assert steps[at + 1:at + 4] == [f"round_{r}/red_team_generate", f"round_{r}/red_team_attack",
+                                    f"round_{r}/rl_train"]
+  assert not any("red_team" in n for n in steps if not n.startswith("round_"))
+  for stage in ("red_team_generate", "red_team_attack"):
+    own = load_config(stage)
+    built = pipeline.stage_config(config, stage, w, 3)
+    assert set(built.keys()) == set(own.keys()), stage
+    assert set(built[stage].keys()) == set(own[stage].keys()), stage
+    assert built.job == stage
+  gen = pipeline.stage_config(config, "red_team_generate", w, 3)
+  assert gen.red_team_generate.num_prompts == 5 and gen.model.checkpoint == "gemma3-270m"
+  r2, r3 = os.path.join(w, "round_2"), os.path.join(w, "round_3")
+  attack = pipeline.stage_config(config, "red_team_attack", w, 3).red_team_attack
+  assert attack.pm == os.path.join(r3, "pm_train", "pm") and attack.keep == 2
+  assert attack.candidates == os.path.join(r3, "red_team_generate", "prompts.jsonl")
+  assert attack.base_prompts == os.path.join(r2, "red_team_attack", "prompts.jsonl")
+  assert attack.id_prefix == "attack-r3-"
+  assert pipeline.stage_config(config, "red_team_attack", w, 2).red_team_attack.base_prompts \
+      == "red_team:train"  # round 2 starts from PPO's own prompts
+  assert pipeline.stage_config(config, "red_team_attack", w, 3).model.checkpoint == \
+      os.path.join(r2, "rl_train", "export_hf")
+  assert pipeline.stage_config(config, "rl_train", w, 3).rl_train.prompts == os.path.join(
+      r3, "red_team_attack", "prompts.jsonl")
+  with pytest.raises(ConfigError, match="set pipeline.rounds >= 2"):
+    pipeline.plan(load_config("pipeline", **{"pipeline.red_team.attacks": 5}), w)
+  with pytest.raises(ConfigError, match="feeds the attacks to PPO"):
+    pipeline.plan(load_config("pipeline", **{"pipeline.red_team.attacks": 5,
+                                             "pipeline.rounds": 2,
+                                             "pipeline.rl.algorithm": "dpo"}), w)
 
 
 def test_whole_pipeline_then_skip_then_partial_rerun(assets, tmp_path, monkeypatch):
@@ -250,3 +292,36 @@ def test_whole_pipeline_then_skip_then_partial_rerun(assets, tmp_path, monkeypat
   with pytest.raises(ConfigError, match=r"pipeline.rounds=1 but .*round_2 exists"):
     run(assets, tmp_path, **{"pipeline.rerun_from": "eval"})
   assert (w / "eval/report.json").exists() and (r2 / "rl_train/export_hf").exists()
+
+  # red teaming against the policy in a third round: round 2's policy answers proposed prompts,
+  # round 3's PM scores them, the worst join PPO's prompts for round 3
+  calls.clear()
+  rt = {"pipeline.rounds": 3, "pipeline.red_team.attacks": 3, "pipeline.red_team.keep": 2,
+        "pipeline.stop_after": "rl_train", "red_team_generate.max_attempts": 12,
+        "red_team_generate.batch_size": 4, "red_team_generate.max_new_tokens": 8,
+        "red_team_generate.min_words": 1, "red_team_attack.reference": assets["probes"],
+        "red_team_attack.reference_count": 2, "red_team_attack.max_new_tokens": 4,
+        "red_team_attack.batch_size": 4, "red_team_attack.max_prompt_length": 48,
+        "red_team_attack.pm_batch_size": 2}
+  status = run(assets, tmp_path, **rt)
+  r3 = w / "round_3"
+  assert calls[-3:] == ["red_team_generate", "red_team_attack", "rl_train"]
+  assert status["stages"]["round_3/red_team_attack"]["status"] == "ran"
+  report = json.loads((r3 / "red_team_attack/report.json").read_text())
+  proposed = sources.load_prompt_set(str(r3 / "red_team_generate/prompts.jsonl"))
+  assert report["candidates"] == len(proposed) > 0
+  assert report["policy"] == str(r2 / "rl_train" / "export_hf")
+  kept = [k["id"] for k in report["kept"]]
+  assert len(kept) == min(2, len(proposed)) and all(k.startswith("attack-r3-") for k in kept)
+  rl3 = json.loads((r3 / "rl_train/config.json").read_text())["rl_train"]
+  assert rl3["prompts"] == str(r3 / "red_team_attack" / "prompts.jsonl")
+  trained_on = [p.id for p in sources.load_prompt_set(rl3["prompts"])]
+  # round 2 ran its red-team stages too (its PPO had already finished: skipped), and round 3's
+  # prompts are round 2's file (PPO's prompts and its attacks) plus round 3's attacks
+  base = [p.id for p in sources.load_prompt_set(str(r2 / "red_team_attack" / "prompts.jsonl"))]
+  assert trained_on == base + kept
+  assert base[:len(sources.load_prompt_set(assets["prompts"]))] == [
+      p.id for p in sources.load_prompt_set(assets["prompts"])]
+  rerun = run(assets, tmp_path, **rt)  # finished: every step skipped
+  assert {v["status"] for k, v in rerun["stages"].items() if k.startswith("round_3/")} == \
+      {"skipped"}

@@ -26,6 +26,14 @@ RL_ALGORITHMS = {"ppo": "rl_train", "dpo": "po_train", "ipo": "po_train"}
 # WORKDIR/round_<r>/ (so every round's policy is kept); eval compares every round's policy.
 ROUND_STAGES = ("sample_pairs", "feedback", "pm_train", "rl_train", "po_train")
 
+# Red teaming against the policy (`pipeline.red_team.attacks` = N > 0, PPO, rounds > 1): in each
+# later round r, after the PM is refreshed and before PPO, `red_team_generate` proposes N prompts
+# (few-shot from the base model) and `red_team_attack` has round r - 1's policy answer them,
+# scores the answers with round r's PM and keeps the `pipeline.red_team.keep` worst; round r's
+# rl_train trains on the previous prompts plus those (ids attack-r<r>-...), so attacks found in
+# every round accumulate.
+RED_TEAM_STAGES = ("red_team_generate", "red_team_attack")
+
 # Top-level fields of each stage's own config (configs/<stage>.py) besides job, seed, model and
 # the stage's section; tests/test_pipeline.py checks they match the config files.
 SHARED_FIELDS = {
@@ -36,6 +44,8 @@ SHARED_FIELDS = {
     "pm_train": ("mesh", "distributed", "optim"),
     "rl_train": ("constitution", "mesh", "distributed", "optim"),
     "po_train": ("mesh", "distributed", "optim"),
+    "red_team_generate": ("mesh",),
+    "red_team_attack": ("constitution", "mesh"),
     "eval": ("constitution", "mesh", "distributed"),
     "report": (),
 }
@@ -59,6 +69,8 @@ DONE = {
     "pm_train": ("pm_train/pm/pm.json",),
     "rl_train": ("rl_train/summary.json", "rl_train/export_hf"),
     "po_train": ("po_train/summary.json", "po_train/export_hf"),
+    "red_team_generate": ("red_team_generate/prompts.jsonl",),
+    "red_team_attack": ("red_team_attack/report.json",),
     "eval": ("eval/report.json",),
     "report": ("report/report.md",),
 }
@@ -114,6 +126,26 @@ def rl_stage(p) -> str:
                       f"{_algorithm_text(p)!r}: iterated rounds follow one policy; pick one "
                       "algorithm")
   return RL_ALGORITHMS[algos[0]]
+
+
+def red_team_attacks(p) -> int:
+  """Prompts proposed per later round (0 = no red teaming); ConfigError where it cannot run."""
+  rt = p.get("red_team", None)
+  n = int(rt.attacks) if rt is not None else 0
+  if n < 0:
+    raise ConfigError(f"pipeline.red_team.attacks must be >= 0, got {n}")
+  if n and rounds(p) < 2:
+    raise ConfigError(f"pipeline.red_team.attacks={n} red-teams the policy between rounds: set "
+                      "pipeline.rounds >= 2")
+  if n and rl_stage(p) != "rl_train":
+    raise ConfigError(f"pipeline.red_team.attacks={n} feeds the attacks to PPO's prompts: "
+                      f"pipeline.rl.algorithm={_algorithm_text(p)!r} has no prompts to feed")
+  return n
+
+
+def rl_prompts_file(workdir: str, r: int) -> str:
+  """Round r's PPO prompts when red teaming: round r's red_team_attack output."""
+  return os.path.join(round_dir(workdir, r), "red_team_attack", "prompts.jsonl")
 
 
 def check_rounds(p, workdir: str) -> None:
@@ -237,14 +269,15 @@ def stage_config(config, stage: str, workdir: str, round_index: int = 1
 
 
 def _round_stage_config(config, stage: str, workdir: str, r: int) -> ml_collections.ConfigDict:
-  if stage not in ROUND_STAGES:
+  if stage not in ROUND_STAGES + RED_TEAM_STAGES:
     raise ValueError(f"{stage} does not run in later rounds")
   here = round_dir(workdir, r)
-  c = stage_config(config, stage, here)
+  c = (_red_team_config(config, stage) if stage in RED_TEAM_STAGES
+       else stage_config(config, stage, here))
   c.seed = config.seed + r - 1
   before = round_dir(workdir, r - 1)
   policy = os.path.join(before, rl_stage(config.pipeline), "export_hf")
-  if stage in ("sample_pairs", "rl_train", "po_train"):
+  if stage in ("sample_pairs", "rl_train", "po_train", "red_team_attack"):
     c.model.checkpoint = policy
   elif stage == "pm_train":  # continue the previous round's PM (head included) on new labels
     c.model.checkpoint = os.path.join(before, "pm_train", "pm")
@@ -258,6 +291,29 @@ def _round_stage_config(config, stage: str, workdir: str, r: int) -> ml_collecti
     c.pm_train.ai_labels = labels
   elif stage == "po_train":
     c.po_train.labels = labels
+  elif stage == "red_team_attack":  # round r - 1's policy against round r's PM
+    c.red_team_attack.pm = os.path.join(here, "pm_train", "pm")
+    c.red_team_attack.candidates = os.path.join(here, "red_team_generate", "prompts.jsonl")
+    c.red_team_attack.base_prompts = (rl_prompts_file(workdir, r - 1) if r > 2
+                                      else config.rl_train.prompts)
+    c.red_team_attack.id_prefix = f"attack-r{r}-"
+    c.red_team_attack.keep = int(config.pipeline.red_team.keep)
+  elif stage == "rl_train" and red_team_attacks(config.pipeline):
+    c.rl_train.prompts = rl_prompts_file(workdir, r)
+  return c
+
+
+def _red_team_config(config, stage: str) -> ml_collections.ConfigDict:
+  """The red-team stages' configs: configs/<stage>.py's layout, the pipeline's shared fields
+  and section; the proposer is the base model, the number of proposals pipeline.red_team's."""
+  c = config_defaults.base_config(stage)
+  c.model = config.model.copy_and_resolve_references()
+  c.conversation = config.conversation.copy_and_resolve_references()
+  for field in SHARED_FIELDS[stage]:
+    c[field] = _copy(config[field])
+  c[stage] = _copy(config[stage])
+  if stage == "red_team_generate":
+    c.red_team_generate.num_prompts = int(config.pipeline.red_team.attacks)
   return c
 
 
@@ -271,8 +327,13 @@ def plan(config, workdir: str) -> list[tuple[str, str, int]]:
     rl_stage(p)  # one algorithm
   tail = [s for s in selected if s in ("eval", "report")]
   steps = [(s, s, 1) for s in selected if s not in tail]
+  attacks = red_team_attacks(p)
   for r in range(2, n + 1):
-    steps += [(f"round_{r}/{s}", s, r) for s in selected if s in ROUND_STAGES]
+    for s in selected:
+      if s == "rl_train" and attacks:
+        steps += [(f"round_{r}/{t}", t, r) for t in RED_TEAM_STAGES]
+      if s in ROUND_STAGES:
+        steps.append((f"round_{r}/{s}", s, r))
   return steps + [(s, s, 1) for s in tail]
 
 
