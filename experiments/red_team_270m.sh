@@ -6,8 +6,8 @@
 # where RUN is a finished `pipeline.rounds=2` workdir (RUN/sl_train, RUN/rl_train,
 # RUN/round_2/rl_train, RUN/round_2/pm_train/pm).
 set -euo pipefail
-RUN=${1:-runs/online}
-OUT=${2:-runs/red_team_270m}
+RUN=${1:-runs/quick}
+OUT=${2:-runs/red_team}
 python -m cai_jax.main --config configs/red_team_generate.py --workdir "$OUT/proposals" \
   --config.red_team_generate.num_prompts=24 --config.red_team_generate.batch_size=8
 for stage in sl:sl_train rl:rl_train rl_2:round_2/rl_train; do

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
@@ -144,10 +143,7 @@ def saved_pm(tmp_path_factory):
   folder = tmp_path_factory.mktemp("pm_eval")
   ckpt = tiny_model.write_hf_checkpoint(str(folder / "hf"))
   model = loader.load(ckpt, cache_dir=str(folder))
-  params = {"decoder": model.params,
-            "head": heads.init_head(model.config, jax.random.PRNGKey(3), scale=1.0)}
-  heads.save_pm(str(folder / "pm"), model.config, params, model.tokenizer,
-                {"append_eos": True, "max_length": 128})
+  params = tiny_model.write_random_pm(str(folder / "pm"), model, seed=3)
   return str(folder / "pm"), ckpt, params, model
 
 

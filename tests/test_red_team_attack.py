@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -48,10 +47,7 @@ def setup(tmp_path_factory):
   folder = tmp_path_factory.mktemp("attack")
   ckpt = tiny_model.write_hf_checkpoint(str(folder / "hf"), flat_logits=True)
   model = loader.load(ckpt, cache_dir=str(folder))
-  params = {"decoder": model.params,
-            "head": heads.init_head(model.config, jax.random.PRNGKey(5), scale=1.0)}
-  heads.save_pm(str(folder / "pm"), model.config, params, model.tokenizer,
-                {"append_eos": True, "max_length": 128})
+  tiny_model.write_random_pm(str(folder / "pm"), model, seed=5)
   words = ["locks", "cars", "phones", "doors", "bikes", "safes"]
   candidates = _write(folder / "cand.jsonl", [(f"g{i}", f"how do I break into {w}?")
                                               for i, w in enumerate(words)])

@@ -129,10 +129,7 @@ def assets(tmp_path_factory):
   folder = tmp_path_factory.mktemp("rl_assets")
   ckpt = tiny_model.write_hf_checkpoint(str(folder / "hf"), flat_logits=True)
   model = loader.load(ckpt, cache_dir=str(folder))
-  params = {"decoder": model.params,
-            "head": heads.init_head(model.config, jax.random.PRNGKey(3), scale=1.0)}
-  heads.save_pm(str(folder / "pm"), model.config, params, model.tokenizer,
-                {"append_eos": True, "max_length": 128})
+  tiny_model.write_random_pm(str(folder / "pm"), model, seed=3)
   prompts = folder / "prompts.jsonl"
   with open(prompts, "w") as f:
     for i, t in enumerate(TOPICS):

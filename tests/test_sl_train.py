@@ -148,6 +148,33 @@ def test_sigkill_then_resume_is_bitwise_equal(reference_run, tiny_ckpt, sl_files
       assert r["loss"] == ref_losses[r["step"]]
 
 
+def test_killed_between_the_last_checkpoint_and_its_evaluation(reference_run, tiny_ckpt,
+                                                              sl_files, tmp_path):
+  """SIGKILL right after the final checkpoint (step 40, committed synchronously) was written,
+  before the evaluation of step 40 ran: the rerun resumes a finished run, trains nothing, and
+  still evaluates the final state, with the uninterrupted run's numbers (found by the
+  fault-injection pipeline test: the report showed the held-out loss before training as the
+  loss after)."""
+  import fault_injection
+  ref_dir, first = reference_run
+  settings = overrides(tiny_ckpt, sl_files, **{"sl_train.async_checkpoints": False})
+  proc = fault_injection.run_killed(
+      "cai_jax.train.checkpointing:TrainCheckpoints.save:10:after",
+      ["--config", "configs/sl_train.py", "--workdir", str(tmp_path),
+       *fault_injection.config_flags(settings)])
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+  ckpt_dir = tmp_path / "sl_train" / "checkpoints"
+  assert TrainCheckpoints(str(ckpt_dir), save_every=4, keep=3).latest_step() == 40
+  evals = lambda w: {r["step"]: r["eval_loss"] for r in read_metrics(  # noqa: E731
+      w / "sl_train" / "metrics.jsonl") if "eval_loss" in r}
+  assert 40 not in evals(tmp_path) and 32 in evals(tmp_path)
+  summary = main.run(load_config("sl_train", **settings), str(tmp_path))
+  assert summary["start_step"] == 40
+  assert evals(tmp_path) == evals(ref_dir)
+  assert summary["final"]["eval_loss"] == first["final"]["eval_loss"]
+  assert summary["final"]["loss"] == first["final"]["loss"]
+
+
 def test_sigterm_saves_and_exits_cleanly(tiny_ckpt, sl_files, tmp_path):
   proc = cli(tmp_path, overrides(tiny_ckpt, sl_files, **{"sl_train.steps": 2000,
                                                           "sl_train.checkpoint_every": 1000}))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
@@ -121,10 +120,7 @@ def assets(tmp_path_factory):
   a = tiny_model.write_hf_checkpoint(str(folder / "a"), seed=0, flat_logits=True)
   b = tiny_model.write_hf_checkpoint(str(folder / "b"), seed=1, flat_logits=True)
   model = loader.load(a, cache_dir=str(folder))
-  params = {"decoder": model.params,
-            "head": heads.init_head(model.config, jax.random.PRNGKey(3), scale=1.0)}
-  heads.save_pm(str(folder / "pm"), model.config, params, model.tokenizer,
-                {"append_eos": True, "max_length": 128})
+  tiny_model.write_random_pm(str(folder / "pm"), model, seed=3)
   return {"a": a, "b": b, "pm": str(folder / "pm"), "cache": str(folder)}
 
 

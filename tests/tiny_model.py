@@ -155,3 +155,15 @@ def write_short_constitution(path) -> str:
   with open(path, "w") as f:
     json.dump(c, f)
   return str(path)
+
+
+def write_random_pm(path: str, model, *, seed: int = 3) -> dict:
+  """A preference model folder at PATH: `model`'s decoder (a loader.LoadedModel) under a head of
+  scale 1 drawn from `seed`, scoring sequences of up to 128 tokens with EOS appended; returns
+  its parameters."""
+  from cai_jax.model import heads
+  params = {"decoder": model.params,
+            "head": heads.init_head(model.config, jax.random.PRNGKey(seed), scale=1.0)}
+  heads.save_pm(path, model.config, params, model.tokenizer,
+                {"append_eos": True, "max_length": 128})
+  return params

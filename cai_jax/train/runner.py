@@ -99,14 +99,16 @@ def run_loop(*, name: str, out_dir: str, state: engine.TrainState, mesh, steps: 
   that starts at step 0 before its first step and logs it as step 0 (`initial_metrics` reads it
   back);
   `evaluate_at_end` evaluates the final step when `eval_every` did not (the returned metrics
-  hold the last evaluation)."""
+  hold the last evaluation); a final step whose evaluation a crash prevented (killed between
+  the last checkpoint and it) is evaluated by the rerun, which trains nothing."""
   if (stepper is None) == (step_fn is None or local_batches is None):
     raise TypeError("run_loop needs either stepper or both step_fn and local_batches")
   if stepper is None and not peak_flops:  # measured before the first step, not timed within it
     peak_flops = flops.measure_matmul_peak() * jax.device_count()
   start_step = int(jax.device_get(state.step)) if start_step is None else int(start_step)
+  metrics_path = os.path.join(out_dir, "metrics.jsonl")
   if jax.process_index() == 0:
-    drop_metrics_after(os.path.join(out_dir, "metrics.jsonl"), start_step)
+    drop_metrics_after(metrics_path, start_step)
   writer = MetricsWriter(out_dir)
   bar = progress(steps, name, unit) if show_progress and jax.process_index() == 0 else None
   if bar is not None:
@@ -136,10 +138,17 @@ def run_loop(*, name: str, out_dir: str, state: engine.TrainState, mesh, steps: 
     logged.update(metrics)
     writer.write(step, metrics)
 
+  evaluated: set[int] = set()
+
+  def evaluate_step(step, st):
+    evaluated.add(step)
+    return evaluate(step, st)
+
   hooks = engine.LoopHooks(
       save=lambda step, st, pos, force: ckpts.save(step, st, pos, meta, force=force),
       should_save=ckpts.should_save, reached_preemption=ckpts.reached_preemption,
-      log=log, evaluate=evaluate, eval_every=eval_every, progress=bar)
+      log=log, evaluate=evaluate_step if evaluate is not None else None, eval_every=eval_every,
+      progress=bar)
   if postfix is not None:
     hooks.postfix = postfix
   if stepper is None:
@@ -149,16 +158,19 @@ def run_loop(*, name: str, out_dir: str, state: engine.TrainState, mesh, steps: 
       log(0, evaluate(0, state))
     state = engine.train_loop(state, stepper, steps, hooks, start=start_step,
                               host_metrics=host_metrics)
-    if (evaluate is not None and evaluate_at_end and steps > start_step
-        and not (eval_every and steps % eval_every == 0)):
+    # The final evaluation, also when a crash came between the last checkpoint and it (a rerun
+    # then resumes a finished run whose final state was never evaluated).
+    if (evaluate is not None and steps > 0
+        and (evaluate_at_end or (eval_every and steps % eval_every == 0))
+        and steps not in evaluated and not _has_evaluation(metrics_path, steps)):
       log(steps, evaluate(steps, state))
   finally:
     if bar is not None:
       bar.close()
     ckpts.close()
     writer.close()
-  if not logged:  # a finished run resumed: report its last recorded training metrics
-    logged.update(_last_training_metrics(os.path.join(out_dir, "metrics.jsonl")))
+  if start_step >= steps:  # a finished run resumed: its last recorded metrics, then any new
+    logged = {**_last_training_metrics(metrics_path), **logged}
   return state, logged, start_step
 
 
@@ -201,6 +213,14 @@ def drop_metrics_after(path: str, step: int, key: str = "step") -> int:
       f.writelines(keep)
     os.replace(tmp, path)
   return len(lines) - len(keep)
+
+
+def _has_evaluation(path: str, step: int) -> bool:
+  """Whether PATH holds an evaluation (a record with `eval_*` values) of `step`."""
+  if not os.path.exists(path):
+    return False
+  return any(r.get("step") == step and any(k.startswith("eval_") for k in r)
+             for r in read_metrics(path))
 
 
 def _last_training_metrics(path: str) -> dict:
