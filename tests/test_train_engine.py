@@ -298,3 +298,49 @@ def test_subtree_learning_rate_scale():
   assert float(u_plain["head"]["kernel"][0, 0]) == pytest.approx(1e-3, rel=1e-4)  # Adam's step 1
   same = optim.make_optimizer(cfg, subtree_lr_scale={"head": 1.0})
   assert jax.tree.structure(same.init(params)) == jax.tree.structure(plain.init(params))
+
+
+def test_a_checkpoint_cut_mid_save_is_skipped_with_a_warning(tmp_path, capsys):
+  """orbax writes a step into '<step>.orbax-checkpoint-tmp-<n>' and renames it on commit: a
+  crash mid-save leaves that folder (here a copy of step 2 with a file cut short). A restart
+  warns, names it, resumes from the last committed step, removes it, and saves step 3."""
+  import shutil
+  from cai_jax.train.checkpointing import TrainCheckpoints
+  meta = {"model_config": {"d": 1}}
+  ck = TrainCheckpoints(str(tmp_path), save_every=1, keep=3, async_save=False)
+  ck.save(1, {"w": jnp.arange(4.0)}, {"index": 1}, meta)
+  ck.save(2, {"w": jnp.arange(4.0) + 1}, {"index": 2}, meta)
+  ck.close()
+  cut = tmp_path / "3.orbax-checkpoint-tmp-1796464000"
+  shutil.copytree(tmp_path / "2", cut)
+  biggest = max((p for p in cut.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  biggest.write_bytes(biggest.read_bytes()[:biggest.stat().st_size // 2])
+  capsys.readouterr()
+  ck = TrainCheckpoints(str(tmp_path), save_every=1, keep=3, async_save=False)
+  err = capsys.readouterr().err
+  assert f"{cut.name}: a checkpoint cut off mid-save" in err and "resuming from step 2" in err
+  assert ck.latest_step() == 2
+  abstract = {"w": jax.ShapeDtypeStruct((4,), jnp.float32)}
+  state, position, step = ck.restore(abstract, meta)
+  np.testing.assert_array_equal(state["w"], np.arange(4.0) + 1)
+  assert (position, step) == ({"index": 2}, 2)
+  ck.save(3, {"w": jnp.arange(4.0) + 2}, {"index": 3}, meta)
+  ck.close()
+  assert sorted(os.listdir(tmp_path)) == ["1", "2", "3"]
+
+
+def test_drop_metrics_after_a_crash(tmp_path):
+  """A resumed run's metrics file keeps the records up to its checkpoint, loses those after it
+  and a last line cut off mid-write; a fresh start (step 0) keeps nothing."""
+  from cai_jax.train.runner import drop_metrics_after
+  path = tmp_path / "metrics.jsonl"
+  lines = [json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in (1, 2, 3, 4)]
+  path.write_text("".join(lines) + lines[0][:9])
+  assert drop_metrics_after(str(path), 2) == 3
+  assert path.read_text() == "".join(lines[:2])
+  assert drop_metrics_after(str(path), 2) == 0
+  samples = tmp_path / "samples.jsonl"
+  samples.write_text("".join(json.dumps({"iteration": i}) + "\n" for i in (1, 1, 2)))
+  assert drop_metrics_after(str(samples), 1, key="iteration") == 1
+  assert drop_metrics_after(str(samples), 0, key="iteration") == 2 and samples.read_text() == ""
+  assert drop_metrics_after(str(tmp_path / "absent.jsonl"), 3) == 0

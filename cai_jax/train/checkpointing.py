@@ -10,11 +10,25 @@ refused with a message instead of an orbax shape error half-way through.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 from cai_jax.checkpoints.hf import CheckpointError
+
+
+# orbax writes a step into `<step>.orbax-checkpoint-tmp-<n>` and renames it when the save is
+# committed: such a folder is a save that a crash cut off.
+CUT_SAVE_MARK = ".orbax-checkpoint-tmp"
+
+
+def cut_saves(directory: str) -> list[str]:
+  """The uncommitted (cut mid-save) step folders under DIRECTORY, sorted."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(n for n in os.listdir(directory) if CUT_SAVE_MARK in n)
 
 
 class TrainCheckpoints:
@@ -22,11 +36,18 @@ class TrainCheckpoints:
   def __init__(self, directory: str, *, save_every: int, keep: int, async_save: bool = True):
     self.directory = os.path.abspath(directory)
     self.save_every = int(save_every)
+    cut = cut_saves(self.directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=int(keep) if keep else None, create=True,
-        enable_async_checkpointing=async_save)
+        enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data", "meta"))
+    if cut and jax.process_index() == 0:
+      latest = self.manager.latest_step()
+      print(f"warning: {self.directory}: {', '.join(cut)}: a checkpoint cut off mid-save (never "
+            f"committed); ignored and removed, "
+            + (f"resuming from step {latest}" if latest is not None else "starting afresh"),
+            file=sys.stderr, flush=True)
 
   def should_save(self, step: int) -> bool:
     return self.save_every > 0 and step % self.save_every == 0

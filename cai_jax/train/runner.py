@@ -200,13 +200,15 @@ def initial_metrics(out_dir: str) -> dict:
 def drop_metrics_after(path: str, step: int, key: str = "step") -> int:
   """Removes the records of PATH (a metrics.jsonl, or any JSONL whose records carry `key`) beyond
   `step`, the step a run resumes from (all of them when it starts afresh at 0): a crash loses the
-  steps after the last checkpoint, which the resumed run redoes and logs again, once. Rewritten
-  atomically; returns how many were dropped."""
+  steps after the last checkpoint, which the resumed run redoes and logs again, once; a last
+  line cut off mid-write goes too. Rewritten atomically; returns how many were dropped."""
   if not os.path.exists(path):
     return 0
-  with open(path, encoding="utf-8") as f:
+  with open(path, encoding="utf-8", errors="replace") as f:
     lines = [line for line in f if line.strip()]
-  keep = [line for line in lines if step > 0 and json.loads(line).get(key, 0) <= step]
+  if lines and not lines[-1].endswith("\n"):  # a line cut off by a crash mid-write
+    lines[-1] = ""
+  keep = [line for line in lines if line and step > 0 and json.loads(line).get(key, 0) <= step]
   if len(keep) < len(lines):
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
