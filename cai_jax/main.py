@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import os
@@ -13,7 +14,7 @@ from ml_collections import config_flags
 from cai_jax.checkpoints.hf import CheckpointError
 from cai_jax.config_defaults import ConfigError
 from cai_jax.constitution.schema import ConstitutionError
-from cai_jax.data.jsonl import DataError
+from cai_jax.data.jsonl import DataError, StorageError, storage_error
 from cai_jax.train.engine import NonFiniteLoss, Preempted
 
 # job name -> (module with `run(config, workdir)`, one-line description)
@@ -110,10 +111,27 @@ def job_module(config):
 
 
 def record_config(config, folder: str) -> None:
-  """Every job leaves the exact config it ran with next to its outputs."""
-  os.makedirs(folder, exist_ok=True)
-  with open(os.path.join(folder, "config.json"), "w") as f:
-    json.dump(config.to_dict(), f, indent=2, default=str)
+  """Every job leaves the exact config it ran with next to its outputs (the first write of a
+  run: an unwritable workdir stops here, before any compute)."""
+  path = os.path.join(folder, "config.json")
+  try:
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(config.to_dict(), f, indent=2, default=str)
+  except OSError as e:
+    raise storage_error(path, e) from e
+
+
+# errno values that mean "this storage cannot take the output" (exit status 4)
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def storage_message(e: OSError) -> str:
+  if isinstance(e, StorageError):
+    return e.strerror
+  where = e.filename or "an output file"
+  return (f"{where}: cannot write ({e.strerror}); the outputs written so far are kept: free "
+          "space or fix the permissions and run the same command again")
 
 
 def run(config, workdir: str):
@@ -137,6 +155,11 @@ def main(argv, config_flag, workdir_flag):
   except NonFiniteLoss as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)
+  except OSError as e:
+    if not isinstance(e, StorageError) and e.errno not in STORAGE_ERRNOS:
+      raise
+    print(f"error: {storage_message(e)}", file=sys.stderr)
+    sys.exit(4)
   except Preempted as e:
     print(str(e), file=sys.stderr)
     sys.exit(143)  # 128 + SIGTERM: schedulers read it as "stopped by signal", to be restarted

@@ -13,6 +13,19 @@ class DataError(ValueError):
   """Malformed input data; the message starts with `file:line:`."""
 
 
+class StorageError(OSError):
+  """An output could not be written (disk full, read-only or unwritable folder); the message
+  starts with the file's path. What was written before stays valid: appended records end at the
+  last whole line (a rerun trims a cut one), atomic outputs keep their previous version."""
+
+
+def storage_error(path: str, e: OSError) -> StorageError:
+  reason = e.strerror or str(e)
+  return StorageError(e.errno, f"{path}: cannot write ({reason}); the outputs written so far "
+                      "are kept: free space or fix the permissions and run the same command "
+                      "again")
+
+
 GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -70,15 +83,18 @@ def require(obj: dict, field: str, kind, path: str, lineno: int):
 def write_json_atomic(path: str, obj: Any) -> None:
   """Write to a temporary file and rename: readers never see a half-written result."""
   folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+  tmp = None
   try:
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       json.dump(obj, f, indent=1, ensure_ascii=False)
     os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
+  except BaseException as e:
+    if tmp is not None and os.path.exists(tmp):
       os.remove(tmp)
+    if isinstance(e, OSError) and not isinstance(e, StorageError):
+      raise storage_error(path, e) from e
     raise
 
 
@@ -106,8 +122,11 @@ def finished_ids(path: str) -> set[str]:
 def append_jsonl(path: str, records) -> None:
   """Appends one JSON line per record and fsyncs: a crash loses at most the line being written
   (which `finished_ids` drops and the job redoes)."""
-  with open(path, "a", encoding="utf-8") as f:
-    for r in records:
-      f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
+  try:
+    with open(path, "a", encoding="utf-8") as f:
+      for r in records:
+        f.write(json.dumps(r, ensure_ascii=False) + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+  except OSError as e:
+    raise storage_error(path, e) from e
