@@ -6,6 +6,7 @@ import errno
 import importlib
 import json
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -141,11 +142,23 @@ def run(config, workdir: str):
   return module.run(config, workdir)
 
 
+class Terminated(Exception):
+  """SIGTERM outside a trainer's loop (which saves a checkpoint first, `Preempted`)."""
+
+
+def _terminate(signum, frame):
+  raise Terminated("stopped by SIGTERM; the records written so far are kept (an append is "
+                   "never cut by it): run the same command again to finish")
+
+
 def main(argv, config_flag, workdir_flag):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not flags.FLAGS["verbosity"].present:  # keep library INFO chatter (orbax) off the console
     logging.set_verbosity(logging.WARNING)
+  # A preemption notice stops a sampling job with whole records (jsonl.append_jsonl writes
+  # them in one call); a trainer's loop takes SIGTERM over to save a checkpoint first.
+  signal.signal(signal.SIGTERM, _terminate)
   try:
     run(config_flag.value, workdir_flag.value)
   except (UsageError, ConfigError, DataError, CheckpointError, ConstitutionError) as e:
@@ -160,7 +173,7 @@ def main(argv, config_flag, workdir_flag):
       raise
     print(f"error: {storage_message(e)}", file=sys.stderr)
     sys.exit(4)
-  except Preempted as e:
+  except (Preempted, Terminated) as e:
     print(str(e), file=sys.stderr)
     sys.exit(143)  # 128 + SIGTERM: schedulers read it as "stopped by signal", to be restarted
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 import pytest
 
@@ -178,3 +179,33 @@ def test_bad_settings_fail_before_the_model_loads(tmp_path, monkeypatch):
     (tmp_path / "foreign.jsonl").write_text('{"something": "else"}\n')
     main.run(job_config("no-such-checkpoint", prompts, str(tmp_path / "foreign.jsonl")),
              str(tmp_path / "w"))
+
+
+@pytest.mark.parametrize("point, blocks", [
+    ("cai_jax.jobs.record_split:SplitOutput.append:2:after", 2),  # between two appends
+    ("cai_jax.sampling.sampler:Sampler.generate:2", 1),           # while sampling
+])
+def test_sigterm_stops_with_whole_records_and_exit_143(tiny_checkpoint, complete, tmp_path,
+                                                        point, blocks):
+  """A preemption notice (SIGTERM, tests/fault_injection.py) stops the job with status 143 and
+  a message, the blocks appended so far whole; the same command then finishes with the
+  uninterrupted run's bytes."""
+  import fault_injection
+  prompts, full, _ = complete
+  output = tmp_path / "out" / "completions.jsonl"
+  settings = {"model.checkpoint": tiny_checkpoint,
+              "model.cache_dir": os.path.dirname(tiny_checkpoint), "generate.prompts": prompts,
+              "generate.output": str(output), "generate.max_new_tokens": 8,
+              "generate.temperature": 0.0, "generate.batch_size": 2, "generate.write_every": 2,
+              "generate.max_prompt_length": 32}
+  proc = fault_injection.run_killed(
+      point, ["--config", "configs/generate.py", "--workdir", str(tmp_path / "w"),
+              *fault_injection.config_flags(settings)], signum=signal.SIGTERM)
+  assert proc.returncode == 143, proc.stderr[-3000:]
+  assert "stopped by SIGTERM; the records written so far are kept" in proc.stderr
+  assert "Traceback" not in proc.stderr
+  written = output.read_bytes()
+  assert written.endswith(b"\n") and full.startswith(written)
+  assert len(written.splitlines()) == 2 * blocks
+  main.run(job_config(tiny_checkpoint, prompts, str(output)), str(tmp_path / "w"))
+  assert output.read_bytes() == full

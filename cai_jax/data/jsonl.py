@@ -122,10 +122,12 @@ def finished_ids(path: str) -> set[str]:
 def append_jsonl(path: str, records) -> None:
   """Appends one JSON line per record and fsyncs: a crash loses at most the line being written
   (which `finished_ids` drops and the job redoes)."""
+  # One write call: a Python-level signal handler (the CLI's SIGTERM) runs between bytecodes,
+  # never inside it, and the file's close flushes whole lines on the way out.
+  lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
   try:
     with open(path, "a", encoding="utf-8") as f:
-      for r in records:
-        f.write(json.dumps(r, ensure_ascii=False) + "\n")
+      f.write(lines)
       f.flush()
       os.fsync(f.fileno())
   except OSError as e:
