@@ -128,11 +128,11 @@ STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.E
 
 
 def storage_message(e: OSError) -> str:
-  if isinstance(e, StorageError):
-    return e.strerror
-  where = e.filename or "an output file"
-  return (f"{where}: cannot write ({e.strerror}); the outputs written so far are kept: free "
-          "space or fix the permissions and run the same command again")
+  """StorageError's message; for another OSError of full or read-only storage, the same
+  message naming the file the error carries."""
+  if not isinstance(e, StorageError):
+    e = storage_error(e.filename or "an output file", e)
+  return e.strerror
 
 
 def run(config, workdir: str):

@@ -80,15 +80,16 @@ def require(obj: dict, field: str, kind, path: str, lineno: int):
   return value
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Write to a temporary file and rename: readers never see a half-written result."""
+def write_text_atomic(path: str, text: str) -> None:
+  """Write to a temporary file and rename: readers never see a half-written result, and a
+  failed write (StorageError naming PATH) leaves the previous version in place."""
   folder = os.path.dirname(os.path.abspath(path))
   tmp = None
   try:
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(obj, f, indent=1, ensure_ascii=False)
+      f.write(text)
     os.replace(tmp, path)
   except BaseException as e:
     if tmp is not None and os.path.exists(tmp):
@@ -96,6 +97,15 @@ def write_json_atomic(path: str, obj: Any) -> None:
     if isinstance(e, OSError) and not isinstance(e, StorageError):
       raise storage_error(path, e) from e
     raise
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  write_text_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False))
+
+
+def write_jsonl_atomic(path: str, records) -> None:
+  """One JSON line per record, written atomically (a whole output rebuilt at once)."""
+  write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def finished_ids(path: str) -> set[str]:

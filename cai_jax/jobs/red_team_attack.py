@@ -19,7 +19,6 @@ report.json, written last (counts, threshold, success rates, mean scores, the ke
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -30,7 +29,8 @@ from cai_jax.config_defaults import ConfigError
 from cai_jax.constitution import policy_layout
 from cai_jax.constitution import prompts as P
 from cai_jax.data import sources
-from cai_jax.data.jsonl import append_jsonl, finished_ids, read_jsonl, write_json_atomic
+from cai_jax.data.jsonl import (append_jsonl, finished_ids, read_jsonl, write_json_atomic,
+                                write_jsonl_atomic)
 from cai_jax.jobs.common import (conversation_format, load_model, policy_checkpoint, progress,
                                 sampling_mesh, sampling_strategy)
 from cai_jax.model import heads
@@ -164,15 +164,9 @@ def run(config, workdir: str) -> dict:
            "attack_score": float(cand_scores[k]), "attack_answer": cand[k]["answer"]}
           for k in worst]
   prompts_path = os.path.join(out_dir, "prompts.jsonl")
-  tmp = prompts_path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for r in base:
-      row = {"id": r.id, "prompt": r.prompt, **({"category": r.category} if r.category else {})}
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    for row in kept:
-      row = {k: v for k, v in row.items() if v is not None}
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
-  os.replace(tmp, prompts_path)
+  write_jsonl_atomic(prompts_path, [
+      {"id": r.id, "prompt": r.prompt, **({"category": r.category} if r.category else {})}
+      for r in base] + [{k: v for k, v in row.items() if v is not None} for row in kept])
   report = {
       "candidates": len(cand), "reference": int((~is_candidate).sum()),
       "success_quantile": float(a.success_quantile), "threshold": threshold,

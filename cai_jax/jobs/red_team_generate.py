@@ -16,7 +16,7 @@ import jax
 from cai_jax.cai import red_team
 from cai_jax.config_defaults import ConfigError
 from cai_jax.data import sources
-from cai_jax.data.jsonl import finished_ids, read_jsonl
+from cai_jax.data.jsonl import finished_ids, read_jsonl, write_jsonl_atomic
 from cai_jax.jobs.common import (load_model, progress, sampling_mesh,
                                 sampling_strategy)
 from cai_jax.sampling.sampler import Sampler
@@ -79,11 +79,7 @@ def run(config, workdir: str) -> dict:
   prompts_path = os.path.join(out_dir, "prompts.jsonl")
   rows = [{"id": a["id"], "prompt": red_team.as_prompt(a["text"]), "category": a["category"],
            "source": "generated", "attempt": a["attempt"]} for a in attempts if a["kept"]]
-  tmp = prompts_path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for row in rows[:g.num_prompts]:
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
-  os.replace(tmp, prompts_path)
+  write_jsonl_atomic(prompts_path, rows[:g.num_prompts])
   reasons: dict[str, int] = {}
   for a in attempts:
     if not a["kept"]:

@@ -15,6 +15,7 @@ import numpy as np
 
 from cai_jax import parallel
 from cai_jax.config_defaults import ConfigError
+from cai_jax.data.jsonl import write_text_atomic
 from cai_jax.metrics import MetricsWriter, read_metrics
 from cai_jax.progress import progress
 from cai_jax.train import engine, flops
@@ -210,10 +211,7 @@ def drop_metrics_after(path: str, step: int, key: str = "step") -> int:
     lines[-1] = ""
   keep = [line for line in lines if line and step > 0 and json.loads(line).get(key, 0) <= step]
   if len(keep) < len(lines):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.writelines(keep)
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(keep))
   return len(lines) - len(keep)
 
 
