@@ -15,13 +15,18 @@ From the command line (the same as `python -m cai_jax.main ...`, killed at the p
       -- --config configs/rl_train.py --workdir /tmp/run --config.rl_train.iterations=4
 
 In a test: `run_killed(point, cli_args)` returns the subprocess's exit status (-9 for SIGKILL).
+`pipeline_differences(whole, killed)` lists how two pipeline workdirs' final artifacts differ
+(records each once and the same, exports bitwise, eval numbers, the report's text), for the CI
+test and for `experiments/kill_at_random.py` (the quickstart killed at random moments).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,6 +107,74 @@ def run_killed(point: str, cli_args: list[str], *, signum: int = signal.SIGKILL,
   cmd = [sys.executable, os.path.join(HERE, "fault_injection.py"), "--kill-at", point,
          "--signal", signal.Signals(signum).name, "--", *cli_args]
   return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+# A pipeline workdir's final artifacts (files that exist in both workdirs are compared)
+RECORD_FILES = ("sl_generate/records.jsonl", "sl_generate/sl_train.jsonl",
+                "sl_generate/sl_eval.jsonl", "sl_generate/helpful.jsonl",
+                "sample_pairs/pairs.jsonl", "feedback/labels.jsonl", "eval/answers/base.jsonl",
+                "eval/answers/sl.jsonl", "eval/answers/rl.jsonl", "eval/judgements.jsonl",
+                "rl_train/probe.jsonl")
+EXPORTS = ("sl_train/export_hf/model.safetensors", "pm_train/pm/decoder/model.safetensors",
+           "pm_train/pm/head.npz", "rl_train/export_hf/model.safetensors")
+
+
+def _records(path, workdir) -> list[str]:
+  """The lines of a records file, the workdir's path replaced, sorted (a rerun may write the
+  records of one batch in another order only if it redid them: duplicates stay visible)."""
+  with open(path, encoding="utf-8") as f:
+    return sorted(line.replace(str(workdir), "WORKDIR") for line in f if line.strip())
+
+
+def report_text(path, workdir) -> str:
+  """report.md without what differs between runs by design: the workdir, the time it was
+  written and the pipeline's timing table."""
+  text = open(path, encoding="utf-8").read().replace(str(workdir), "WORKDIR")
+  text = re.sub(r"report written [^.]*\.", "report written ...", text)
+  return re.sub(r"## Pipeline\n.*?(?=\n## )", "## Pipeline (timings)\n", text, flags=re.S)
+
+
+def pipeline_differences(whole, killed) -> list[str]:
+  """How the final artifacts of two pipeline workdirs differ ([] = identical): every records
+  file (the same records, none twice), the SL / PM / PPO exports (bytes), eval/report.json and
+  pm_scores.json (values), report.md (text, timings aside). A file missing from one side is a
+  difference; one missing from both is not checked."""
+  whole, killed = str(whole), str(killed)
+  found = []
+
+  def both(name):
+    a, b = os.path.exists(os.path.join(whole, name)), os.path.exists(os.path.join(killed, name))
+    if a != b:
+      found.append(f"{name}: only in {'the first' if a else 'the second'} workdir")
+    return a and b
+
+  for name in RECORD_FILES:
+    if both(name):
+      a = _records(os.path.join(whole, name), whole)
+      b = _records(os.path.join(killed, name), killed)
+      if len(b) != len(set(b)):
+        found.append(f"{name}: {len(b) - len(set(b))} duplicated records")
+      if a != b:
+        found.append(f"{name}: records differ ({len(a)} vs {len(b)} lines)")
+  for name in EXPORTS:
+    if both(name):
+      with open(os.path.join(whole, name), "rb") as fa, open(os.path.join(killed, name),
+                                                              "rb") as fb:
+        if fa.read() != fb.read():
+          found.append(f"{name}: bytes differ")
+  for name, drop in (("eval/report.json", ()), ("eval/pm_scores.json", ("pm_version",))):
+    # (pm_version hashes the PM files' modification times: it tells a retrained PM apart)
+    if both(name):
+      a = json.loads(open(os.path.join(whole, name)).read().replace(whole, "WORKDIR"))
+      b = json.loads(open(os.path.join(killed, name)).read().replace(killed, "WORKDIR"))
+      if {k: v for k, v in a.items() if k not in drop} != {
+          k: v for k, v in b.items() if k not in drop}:
+        found.append(f"{name}: values differ")
+  name = "report/report.md"
+  if both(name) and report_text(os.path.join(whole, name), whole) != report_text(
+      os.path.join(killed, name), killed):
+    found.append(f"{name}: text differs")
+  return found
 
 
 def config_flags(settings: dict) -> list[str]:
