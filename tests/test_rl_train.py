@@ -58,6 +58,49 @@ def test_grid_batch_layout():
       jnp.asarray(ro.ppo.last_index_from_mask(g["mask"])))), g["end_index"])
 
 
+def test_response_window_logprobs_equal_the_full_grid():
+  """Log-probs, entropy and the PPO loss's gradient computed in the response window equal the
+  full grid's at every response position (the window only skips the vocabulary projection
+  elsewhere), read 0 outside the window, and a response longer than the window is refused."""
+  from cai_jax.model import decoder
+  cfg = tiny_model.tiny_config()
+  params = tiny_model.varied_params(decoder.init_params(cfg, jax.random.PRNGKey(0)))
+  rng = np.random.default_rng(1)
+  prompts = [[2, *rng.integers(5, 60, n)] for n in (3, 9, 1)]
+  responses = [list(rng.integers(5, 60, n)) for n in (4, 6, 2)]
+  slogp = [np.zeros(len(r), np.float32) for r in responses]
+  full = ro.grid_batch(prompts, responses, slogp, pad_id=0, min_length=16)
+  win = ro.grid_batch(prompts, responses, slogp, pad_id=0, min_length=16, window=6)
+  assert full["tokens"].shape == (3, 16) and win["window"].shape == (3, 6)
+  np.testing.assert_array_equal(win["window"][2], [1, 2, 3, 4, 5, 6])  # P - 1 + j
+  mask = full["mask"] > 0
+  logp_f, ent_f = ro.policy_logprobs(cfg, params, full, chunk_tokens=8, with_entropy=True)
+  logp_w, ent_w = ro.policy_logprobs(cfg, params, win, chunk_tokens=8, with_entropy=True)
+  np.testing.assert_allclose(np.asarray(logp_w)[mask], np.asarray(logp_f)[mask], rtol=0,
+                             atol=2e-6)  # measured 0 to 1e-6 (other matmul shapes)
+  np.testing.assert_allclose(np.asarray(ent_w)[mask], np.asarray(ent_f)[mask], rtol=0, atol=2e-6)
+  outside = np.ones_like(mask)
+  for b, row in enumerate(win["window"]):
+    outside[b, row[row >= 0]] = False
+  assert outside.sum() > 0 and not np.asarray(logp_w)[outside].any()
+  assert np.abs(np.asarray(logp_f)[outside]).min() > 0  # the full grid computes them all
+
+  # the PPO loss (policy and value) and its gradient are the same with and without the window
+  value = {"decoder": params, "head": heads.init_head(cfg, jax.random.PRNGKey(2))}
+  loss_fn = ro.make_ppo_loss(cfg, cfg, clip_eps=0.2, clip_eps_value=0.2, vf_coef=0.1,
+                             ent_coef=0.01, chunk_tokens=8)
+  extra = {"old_logp": np.asarray(logp_f) - 0.05 * full["mask"],
+           "old_values": rng.normal(size=(3, 16)).astype(np.float32),
+           "advantages": rng.normal(size=(3, 16)).astype(np.float32),
+           "returns": rng.normal(size=(3, 16)).astype(np.float32)}
+  grads = [jax.grad(lambda p, b=b: loss_fn(p, {**b, **extra}, None)[0])(
+      {"policy": params, "value": value}) for b in (full, win)]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="longer than the log-prob window"):
+    ro.grid_batch(prompts, responses, slogp, pad_id=0, min_length=16, window=5)
+
+
 @pytest.mark.parametrize("chunk_tokens", [8, 1000])  # chunks of 4 positions; one chunk
 def test_logprobs_and_entropy_match_full_logits(chunk_tokens):
   rng = np.random.default_rng(0)

@@ -352,9 +352,12 @@ def rl_train_programs(config, arch: str, mesh: Mesh, *, hosts: int, pm_max_lengt
       ("tokens", jnp.int32), ("valid", jnp.bool_), ("targets", jnp.int32),
       ("mask", jnp.float32), ("old_logp", jnp.float32), ("old_values", jnp.float32),
       ("advantages", jnp.float32), ("returns", jnp.float32))}
+  W = min(c.max_new_tokens, L)  # the response window the log-probs are computed in
+  train["window"] = _rows(mesh, (mb, W), jnp.int32)
   B = c.batch_size
   grid = {k: _rows(mesh, (B, L), d) for k, d in (
       ("tokens", jnp.int32), ("valid", jnp.bool_), ("targets", jnp.int32))}
+  grid["window"] = _rows(mesh, (B, W), jnp.int32)
   act = _activate(mesh)
   programs = [
       aot.Program("rl_train/train_step", step_fn.jitted, (state, train), act,

@@ -218,8 +218,9 @@ class PPOTrainer:
     t1 = time.perf_counter()
 
     grid = ro.grid_batch([p.ids[i] for i in idx], out.tokens, out.logprobs,
-                         pad_id=self.tokenizer.pad_id, min_length=c.min_length)
-    model_in = {k: grid[k] for k in ("tokens", "valid", "targets")}
+                         pad_id=self.tokenizer.pad_id, min_length=c.min_length,
+                         window=c.max_new_tokens)
+    model_in = {k: grid[k] for k in ("tokens", "valid", "targets", "window")}
     scored = _host(self.score_fn(state.params["policy"], self.ref_params, state.params["value"],
                                  parallel.global_batch(_local_rows(model_in, c.batch_size),
                                                        self.mesh)))
@@ -257,6 +258,7 @@ class PPOTrainer:
     host.update({"iteration": it, "kl_coef": new_coef, "collapse_count": guard.collapse_count,
                  "norm": self.norm.to_dict(), "prompts": self.order.position()})
     train_rows = {"tokens": grid["tokens"], "valid": grid["valid"], "targets": grid["targets"],
+                  "window": grid["window"],
                   "mask": grid["mask"], "old_logp": scored["logp"].astype(np.float32),
                   "old_values": scored["values"].astype(np.float32),
                   "advantages": adv["advantages"].astype(np.float32),

@@ -14,7 +14,10 @@ predicts token p + 1:
 
 so log-probs, values and per-token rewards all live on one grid, and `ppo.gae` (which skips
 masked positions) runs on it directly: the prompt positions simply carry no reward, advantage
-or loss. The value at grid position p is V(state after tokens[0..p]): the value of the state in
+or loss. The policy's and the reference's log-probs are computed in the response window only
+(`window[b, j] = P - 1 + j` for j < W = max_new_tokens, `response_window`): the vocabulary
+projection, most of a small model's FLOPs (Gemma 3 270M: 168M of its 268M parameters), then
+runs over W positions per row instead of L, and the positions outside the window read 0. The value at grid position p is V(state after tokens[0..p]): the value of the state in
 which response token p + 1 is chosen.
 
 The preference model scores a separately built row: BOS + prompt + the trimmed response *text*
@@ -225,11 +228,20 @@ class RunningMoments:
 # Host-side batches
 
 
+def response_window(prompt_len_B: np.ndarray, L: int, W: int) -> np.ndarray:
+  """[B, W] int32 grid positions P - 1 + j of each row's first W response predictions, those
+  past the grid's end (only after the row's response) set to -1."""
+  pos = np.asarray(prompt_len_B, np.int32)[:, None] - 1 + np.arange(W, dtype=np.int32)[None]
+  return np.where(pos < L, pos, -1).astype(np.int32)
+
+
 def grid_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
-               sampler_logprobs: Sequence[np.ndarray], *, pad_id: int, min_length: int
-               ) -> dict[str, np.ndarray]:
+               sampler_logprobs: Sequence[np.ndarray], *, pad_id: int, min_length: int,
+               window: int = 0) -> dict[str, np.ndarray]:
   """The rollout on the prediction grid (module docstring): tokens, valid, targets [B, L] int;
-  mask, sampler_logp [B, L] float32; end_index, prompt_len, response_len [B] int32. Every
+  mask, sampler_logp [B, L] float32; end_index, prompt_len, response_len [B] int32; with
+  `window` > 0 (the longest response possible, max_new_tokens) also `window` [B, W]
+  (`response_window`, W = min(window, L)), where `policy_logprobs` computes log-probs. Every
   response has at least one token (the sampler always emits one)."""
   B = len(prompts)
   lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
@@ -253,8 +265,14 @@ def grid_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[in
     end[b], plen[b], rlen[b] = P + R - 2, P, R
   targets = np.zeros_like(tokens)
   targets[:, :-1] = tokens[:, 1:]
-  return {"tokens": tokens, "valid": valid, "targets": targets, "mask": mask,
-          "sampler_logp": slogp, "end_index": end, "prompt_len": plen, "response_len": rlen}
+  out = {"tokens": tokens, "valid": valid, "targets": targets, "mask": mask,
+         "sampler_logp": slogp, "end_index": end, "prompt_len": plen, "response_len": rlen}
+  if window > 0:
+    if int(rlen.max()) > window:
+      raise ValueError(f"a response of {int(rlen.max())} tokens is longer than the log-prob "
+                       f"window ({window})")
+    out["window"] = response_window(plen, L, min(window, L))
+  return out
 
 
 def pm_batch(prompt_ids_no_bos: Sequence[Sequence[int]], response_texts: Sequence[str],
@@ -325,14 +343,33 @@ def value_apply(config: DecoderConfig, params, tokens_BL, valid_BL) -> jax.Array
 
 def policy_logprobs(config: DecoderConfig, params, batch, *, chunk_tokens: int,
                     with_entropy: bool):
+  """(log p(target), entropy or None), [B, L] float32 on the prediction grid. With
+  batch["window"] (`response_window`) only those positions go through the vocabulary
+  projection; the others read 0."""
   hidden = lm.hidden_states(config, params, batch["tokens"], batch["valid"])
   emb = decoder.output_table(params)
   dtype = jnp.dtype(config.dtype)
+  targets = batch["targets"]
+  window = batch.get("window")
+  if window is not None:
+    inside = window >= 0
+    at = jnp.where(inside, window, 0)
+    hidden = jnp.take_along_axis(hidden, at[..., None], axis=1)
+    targets = jnp.take_along_axis(targets, at, axis=1)
   if with_entropy:
-    return token_logprobs_entropy(hidden, emb, batch["targets"], chunk_tokens=chunk_tokens,
-                                  dtype=dtype, softcap=config.final_softcap)
-  return losses.token_logprobs(hidden, emb, batch["targets"], chunk_tokens=chunk_tokens,
-                               dtype=dtype, softcap=config.final_softcap), None
+    out = token_logprobs_entropy(hidden, emb, targets, chunk_tokens=chunk_tokens,
+                                 dtype=dtype, softcap=config.final_softcap)
+  else:
+    out = (losses.token_logprobs(hidden, emb, targets, chunk_tokens=chunk_tokens,
+                                 dtype=dtype, softcap=config.final_softcap), None)
+  if window is None:
+    return out
+  B, L = batch["targets"].shape
+  rows = jnp.arange(B)[:, None]
+  put = jnp.where(inside, window, L)  # L is out of bounds: dropped (-1 would mean L - 1)
+  to_grid = lambda x_BW: jnp.zeros((B, L), x_BW.dtype).at[rows, put].set(  # noqa: E731
+      x_BW, mode="drop")
+  return tuple(None if x is None else to_grid(x) for x in out)
 
 
 def make_score_fn(policy_cfg: DecoderConfig, ref_cfg: DecoderConfig, value_cfg: DecoderConfig, *,
