@@ -27,12 +27,19 @@ def model_config() -> ml_collections.ConfigDict:
   })
 
 
+# XLA programs compiled by a job are kept here (JAX's persistent compilation cache), so a
+# rerun, a resumed run and the pipeline's later stages load the programs an earlier process
+# compiled instead of compiling them again ('' = leave JAX's own settings alone).
+COMPILATION_CACHE = "~/.cache/cai_jax/xla"
+
+
 def base_config(job: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "job": job,
       "seed": 0,
       "model": model_config(),
       "conversation": conversation_config(),
+      "compilation_cache": COMPILATION_CACHE,
   })
 
 

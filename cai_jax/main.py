@@ -135,6 +135,22 @@ def storage_message(e: OSError) -> str:
   return e.strerror
 
 
+def use_compilation_cache(folder: str, min_compile_seconds: float = 0.0,
+                          max_bytes: int = 4 << 30) -> None:
+  """Keeps compiled XLA programs in `folder` (JAX's persistent compilation cache) and loads
+  them from there when the same program is compiled again, in this process or a later one;
+  beyond `max_bytes` the least recently used entries go. The executables are the ones XLA
+  would build, so results do not change."""
+  if not folder:
+    return
+  import jax
+  folder = os.path.abspath(os.path.expanduser(folder))
+  jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  jax.config.update("jax_compilation_cache_max_size", max_bytes)
+
+
 def run(config, workdir: str):
   module = job_module(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -159,6 +175,7 @@ def main(argv, config_flag, workdir_flag):
   # A preemption notice stops a sampling job with whole records (jsonl.append_jsonl writes
   # them in one call); a trainer's loop takes SIGTERM over to save a checkpoint first.
   signal.signal(signal.SIGTERM, _terminate)
+  use_compilation_cache(config_flag.value.get("compilation_cache", ""))
   try:
     run(config_flag.value, workdir_flag.value)
   except (UsageError, ConfigError, DataError, CheckpointError, ConstitutionError) as e:

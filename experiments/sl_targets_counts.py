@@ -12,7 +12,6 @@ row counts per round; WORKDIR/sl_targets_counts.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

