@@ -88,22 +88,36 @@ class Sampling:
     if vocab_major and (self.top_k or self.top_p < 1.0):
       logits, vocab_major = logits.T, False  # top_k and the nucleus sort work on [B, V]
     logits = self.masked_logits(logits)
-    # jax.random.categorical's own recipe (Gumbel noise, then argmax: the same draws for the
-    # same key), with the faster argmax. The noise is drawn as [B, V] in either layout, so a
-    # key gives the same tokens whichever way the logits lie.
-    shape_BV = logits.shape[::-1] if vocab_major else logits.shape
-    noise = gumbel_noise(key, shape_BV, logits.dtype)
     axis = 0 if vocab_major else -1
-    tokens = argmax(logits + (noise.T if vocab_major else noise), axis)
+    tokens = inverse_cdf_draw(logits, row_uniforms(key, logits.shape[1 - axis % 2]), axis)
     return tokens, logprob_of(logits, tokens, axis)
 
 
-def gumbel_noise(key: jax.Array, shape_BV: tuple[int, int], dtype) -> jax.Array:
-  """[B, V] Gumbel noise from one key for the batch, or from one key per row (`key` [B, 2]):
-  then row b's noise depends on its own key only, not on the batch it is sampled in."""
+def row_uniforms(key: jax.Array, rows: int) -> jax.Array:
+  """[rows] float32 uniforms in [0, 1): from one key for the batch, or one key per row (`key`
+  [B, 2]: row b's draw then depends on its own key only, not on the batch it is sampled in)."""
   if key.ndim == 2:
-    return jax.vmap(lambda k: jax.random.gumbel(k, shape_BV[1:], dtype))(key)
-  return jax.random.gumbel(key, shape_BV, dtype)
+    return jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(key)
+  return jax.random.uniform(key, (rows,), jnp.float32)
+
+
+def inverse_cdf_draw(logits: jax.Array, u_B: jax.Array, axis: int = -1) -> jax.Array:
+  """One token per row drawn from softmax(logits) by inverting its cumulative distribution:
+  the first token whose running sum of exp(logits - max) exceeds u * the total. One uniform
+  per row instead of jax.random.categorical's Gumbel noise for every vocabulary entry: for 8
+  rows of a 262,144-token vocabulary 5.6 ms against 33.8 ms per draw on this repository's CPU
+  (docs/sampler.md), where that noise was a quarter of a decode step. Tokens of probability 0
+  (masked to -inf) are never drawn; should rounding in the running sum ever land on one, the
+  row takes its most probable token."""
+  axis = axis % logits.ndim
+  weights = jnp.exp(logits - jnp.max(logits, axis=axis, keepdims=True))
+  running = jnp.cumsum(weights, axis=axis)
+  total = jax.lax.index_in_dim(running, logits.shape[axis] - 1, axis, keepdims=True)
+  x = jnp.expand_dims(u_B, axis) * total
+  tokens = jnp.sum(running <= x, axis=axis, dtype=jnp.int32)
+  tokens = jnp.minimum(tokens, logits.shape[axis] - 1)
+  chosen = jnp.take_along_axis(weights, jnp.expand_dims(tokens, axis), axis=axis).squeeze(axis)
+  return jnp.where(chosen > 0, tokens, argmax(logits, axis))
 
 
 def from_settings(temperature: float, top_k: int = 0, top_p: float = 1.0):
