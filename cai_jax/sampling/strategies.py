@@ -105,8 +105,8 @@ def inverse_cdf_draw(logits: jax.Array, u_B: jax.Array, axis: int = -1) -> jax.A
   """One token per row drawn from softmax(logits) by inverting its cumulative distribution:
   the first token whose running sum of exp(logits - max) exceeds u * the total. One uniform
   per row instead of jax.random.categorical's Gumbel noise for every vocabulary entry: for 8
-  rows of a 262,144-token vocabulary 5.6 ms against 33.8 ms per draw on this repository's CPU
-  (docs/sampler.md), where that noise was a quarter of a decode step. Tokens of probability 0
+  rows of a 262,144-token vocabulary 6.0 ms against 15.8 ms per draw on this repository's CPU
+  (benchmarks/sampling_draw.py). Tokens of probability 0
   (masked to -inf) are never drawn; should rounding in the running sum ever land on one, the
   row takes its most probable token."""
   axis = axis % logits.ndim
