@@ -16,9 +16,10 @@ so log-probs, values and per-token rewards all live on one grid, and `ppo.gae` (
 masked positions) runs on it directly: the prompt positions simply carry no reward, advantage
 or loss. The policy's and the reference's log-probs are computed in the response window only
 (`window[b, j] = P - 1 + j` for j < W = max_new_tokens, `response_window`): the vocabulary
-projection, most of a small model's FLOPs (Gemma 3 270M: 168M of its 268M parameters), then
-runs over W positions per row instead of L, and the positions outside the window read 0. The value at grid position p is V(state after tokens[0..p]): the value of the state in
-which response token p + 1 is chosen.
+projection, most of a small model's FLOPs (168M of 268M parameters at 270M with a 262,144-token
+vocabulary), then runs over W positions per row instead of L, and the positions outside the
+window read 0. The value at grid position p is V(state after tokens[0..p]): the value of the
+state in which response token p + 1 is chosen.
 
 The preference model scores a separately built row: BOS + prompt + the trimmed response *text*
 (the sampler's text, cut before the stop string, EOS removed), re-encoded exactly as `pm_train`
