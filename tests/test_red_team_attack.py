@@ -66,8 +66,9 @@ def settings(s, **extra):
          "red_team_attack.success_quantile": 0.5, "red_team_attack.max_new_tokens": 6,
          "red_team_attack.batch_size": 4, "red_team_attack.max_prompt_length": 48,
          # sampled answers (the tiny model's greedy answer is the same everywhere): keys from
-         # (seed, answer id), so the rerun below must reproduce them
-         "red_team_attack.temperature": 1.0}
+         # (seed, answer id), so the rerun below must reproduce them; with seed 1 the ten
+         # 6-token answers all differ (with seed 0 two of them coincide)
+         "red_team_attack.temperature": 1.0, "seed": 1}
   out.update(extra)
   return out
 
