@@ -42,14 +42,19 @@ def write_prompts(path, rows):
   return str(path)
 
 
-def job_config(checkpoint, prompts, output, **overrides):
+def job_settings(checkpoint, prompts, output, **overrides) -> dict:
+  """The job's config fields (dotted keys), for `load_config` or as CLI flags."""
   settings = {"model.checkpoint": checkpoint, "model.cache_dir": os.path.dirname(checkpoint),
               "generate.prompts": prompts, "generate.output": output,
               "generate.max_new_tokens": 8, "generate.temperature": 0.0,
               "generate.batch_size": 2, "generate.write_every": 2,
               "generate.max_prompt_length": 32}
   settings.update(overrides)
-  return load_config("generate", **settings)
+  return settings
+
+
+def job_config(checkpoint, prompts, output, **overrides):
+  return load_config("generate", **job_settings(checkpoint, prompts, output, **overrides))
 
 
 def read_records(path):
@@ -193,11 +198,7 @@ def test_sigterm_stops_with_whole_records_and_exit_143(tiny_checkpoint, complete
   import fault_injection
   prompts, full, _ = complete
   output = tmp_path / "out" / "completions.jsonl"
-  settings = {"model.checkpoint": tiny_checkpoint,
-              "model.cache_dir": os.path.dirname(tiny_checkpoint), "generate.prompts": prompts,
-              "generate.output": str(output), "generate.max_new_tokens": 8,
-              "generate.temperature": 0.0, "generate.batch_size": 2, "generate.write_every": 2,
-              "generate.max_prompt_length": 32}
+  settings = job_settings(tiny_checkpoint, prompts, str(output))
   proc = fault_injection.run_killed(
       point, ["--config", "configs/generate.py", "--workdir", str(tmp_path / "w"),
               *fault_injection.config_flags(settings)], signum=signal.SIGTERM)
@@ -219,22 +220,19 @@ def test_compilation_cache_serves_a_second_process_the_same_programs(tiny_checkp
   import re
   import subprocess
   import sys
+  import fault_injection
   prompts, full, _ = complete
   cache = tmp_path / "xla"
   entries, hits = [], []
   for run in ("first", "second"):
     output = tmp_path / run / "completions.jsonl"
-    settings = {"model.checkpoint": tiny_checkpoint,
-                "model.cache_dir": os.path.dirname(tiny_checkpoint), "generate.prompts": prompts,
-                "generate.output": str(output), "generate.max_new_tokens": 8,
-                "generate.temperature": 0.0, "generate.batch_size": 2,
-                "generate.write_every": 2, "generate.max_prompt_length": 32,
-                "compilation_cache": str(cache)}
+    settings = job_settings(tiny_checkpoint, prompts, str(output),
+                            compilation_cache=str(cache))
     proc = subprocess.run(
         [sys.executable, "-m", "cai_jax.main", "--config", "configs/generate.py", "--workdir",
-         str(tmp_path / run / "w"), *[f"--config.{k}={v}" for k, v in settings.items()]],
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True,
-        text=True, timeout=300, env={**os.environ, "JAX_LOG_COMPILES": "1"})
+         str(tmp_path / run / "w"), *fault_injection.config_flags(settings)],
+        cwd=fault_injection.REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "JAX_LOG_COMPILES": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert output.read_bytes() == full
     entries.append(sorted(n for n in os.listdir(cache) if n.endswith("-cache")))  # (+ LRU times)
