@@ -24,6 +24,9 @@ def model_config() -> ml_collections.ConfigDict:
       # float32 on CPU; bfloat16 on TPU/GPU.
       "param_dtype": "float32",
       "dtype": "float32",
+      # Run the decoder's layers as a scan over repeated groups (cai_jax.model.layer_scan):
+      # compile time that does not grow with depth (the TPU hardware configs set it).
+      "scan_layers": False,
   })
 
 

@@ -36,6 +36,7 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("norm", None),
+    ("layers", None),  # the stacked axis of scanned layers (`layer_scan`)
 )
 
 
@@ -139,9 +140,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-  """Leading (batch) dimension over the data axes; the rest replicated."""
-  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+def batch_sharding(mesh: Mesh, ndim: int = 2, axis: int = 0) -> NamedSharding:
+  """The batch dimension (the leading one unless `axis` says) over the data axes; the rest
+  replicated."""
+  spec = [None] * ndim
+  spec[axis] = BATCH_AXES
+  return NamedSharding(mesh, P(*spec))
 
 
 def shard_host_tree(tree, shardings):

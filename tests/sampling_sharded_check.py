@@ -1,7 +1,8 @@
 """Run as a subprocess with 8 simulated CPU devices (XLA_FLAGS set by the caller): the sampling
 and scoring jobs on a tiny checkpoint, once on one device (no mesh) and once per mesh given on
-the command line (data,fsdp,tensor), each in its own workdir; prints one JSON object
-{mesh: {job: outputs}} with the outputs every job wrote (texts, token counts, scores)."""
+the command line (data,fsdp,tensor; with "+scan" appended, the decoder's layers scanned:
+model.scan_layers), each in its own workdir; prints one JSON object {mesh: {job: outputs}} with
+the outputs every job wrote (texts, token counts, scores)."""
 
 from __future__ import annotations
 
@@ -59,19 +60,21 @@ def outputs(job: str, workdir: str) -> list:
 
 
 def main():
-  assert jax.device_count() == 8, jax.devices()
+  assert jax.device_count() in (4, 8), jax.devices()
   ckpt, prompts, pairs, mc, constitution, root = sys.argv[1:7]
   meshes = sys.argv[7:]
   out = {}
   for mesh in ["none"] + meshes:
     out[mesh] = {}
     for job, cfg in jobs(ckpt, prompts, pairs, mc, constitution, os.path.join(root, "cache")).items():
-      if mesh == "none":
+      shape, _, scan = mesh.partition("+")
+      cfg.model.scan_layers = scan == "scan"
+      if shape == "none":
         with cfg.unlocked():
           del cfg["mesh"]
       else:
-        cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = map(int, mesh.split(","))
-      workdir = os.path.join(root, mesh.replace(",", "x"), job)
+        cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = map(int, shape.split(","))
+      workdir = os.path.join(root, mesh.replace(",", "x").replace("+", "_"), job)
       cli.run(cfg, workdir)
       out[mesh][job] = outputs(job, workdir)
   print(json.dumps(out))

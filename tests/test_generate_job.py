@@ -241,3 +241,13 @@ def test_compilation_cache_serves_a_second_process_the_same_programs(tiny_checkp
   assert hits[0] == set() and len(entries[0]) >= 3  # the sampler's programs at least
   assert entries[1] == entries[0]
   assert hits[1] == {name.removesuffix("-cache") for name in entries[0]}
+
+
+def test_scanned_layers_write_the_same_records(tiny_checkpoint, complete, tmp_path):
+  """model.scan_layers reaches the loader and the sampler: greedy records byte for byte equal."""
+  prompts, data, _ = complete
+  output = str(tmp_path / "out.jsonl")
+  main.run(job_config(tiny_checkpoint, prompts, output, **{"model.scan_layers": True}),
+           str(tmp_path / "w"))
+  with open(output, "rb") as f:
+    assert f.read() == data

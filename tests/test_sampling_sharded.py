@@ -1,6 +1,8 @@
 """Sampling and scoring jobs on a mesh of 8 simulated devices (tests/sampling_sharded_check.py
 in a subprocess): generate, sl_generate, sample_pairs, feedback and eval_mc give the same
-outputs on meshes (data, fsdp, tensor) = (8,1,1), (2,2,2), (1,4,2) as on one device."""
+outputs on meshes (data, fsdp, tensor) = (8,1,1), (2,2,2), (1,4,2) as on one device; and with
+the decoder's layers scanned (model.scan_layers) on mesh (2,1,2) of 4 devices, the same outputs
+as the unrolled decoder on one device."""
 
 from __future__ import annotations
 
@@ -49,21 +51,37 @@ def _strings(x):
   return [v for y in x for v in _strings(y)] if isinstance(x, list) else []
 
 
-def test_sampling_jobs_on_meshes_equal_one_device(tmp_path):
+def run_check(tmp_path, devices: int, meshes: list[str]) -> dict:
   _assets(tmp_path)
   here = os.path.dirname(os.path.abspath(__file__))
-  env = dict(os.environ, XLA_FLAGS=simulated_devices_flags(8),
+  env = dict(os.environ, XLA_FLAGS=simulated_devices_flags(devices),
              JAX_PLATFORMS="cpu")
   args = [str(tmp_path / n) for n in ("hf", "prompts.jsonl", "pairs.jsonl", "items.jsonl",
                                       "constitution.json", "run")]
   proc = subprocess.run([sys.executable, os.path.join(here, "sampling_sharded_check.py"), *args,
-                         *MESHES], env=env, capture_output=True, text=True, timeout=900, cwd=here)
+                         *meshes], env=env, capture_output=True, text=True, timeout=900, cwd=here)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   ref = out["none"]
   assert len(ref["generate"]) == 5 and len(ref["sl_generate"]) == 5
   assert len(ref["sample_pairs"]) == 5 and len(ref["feedback"]) == 4
-  for mesh in MESHES:
+  return out
+
+
+def test_sampling_jobs_on_meshes_equal_one_device(tmp_path):
+  check_equal(run_check(tmp_path, 8, MESHES), MESHES)
+
+
+def test_scanned_layers_on_a_mesh_equal_unrolled_on_one_device(tmp_path):
+  """model.scan_layers with parameters and the stacked KV caches sharded (rows over data, heads
+  over tensor) against the unrolled decoder on one device."""
+  meshes = ["2,1,2+scan"]
+  check_equal(run_check(tmp_path, 4, meshes), meshes)
+
+
+def check_equal(out: dict, meshes: list[str]) -> None:
+  ref = out["none"]
+  for mesh in meshes:
     for job, got in out[mesh].items():
       # sampled text (temperature 1): token for token the same, from the same keys over
       # batches of the same prompts

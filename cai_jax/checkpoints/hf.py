@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from cai_jax.model import families
+from cai_jax.model import families, layer_scan
 from cai_jax.model.config import DecoderConfig
 from cai_jax.model.families.base import CheckpointError
 
@@ -108,6 +108,7 @@ def _norm_names(config: DecoderConfig) -> Mapping[str, str]:
 def hf_state_from_params(config: DecoderConfig, params) -> dict[str, np.ndarray]:
   """The inverse of `params_from_hf_state` (contiguous float arrays, HF names)."""
   c = config
+  params = layer_scan.unstack(params, c.layer_types)  # files hold the unrolled layout
   D, N, K, H = c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim
   arr = lambda x: np.ascontiguousarray(np.asarray(x, dtype=np.float32))  # noqa: E731
   state = {

@@ -12,6 +12,7 @@ cache format version), so only the first run pays for opening and dequantizing i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import shutil
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 from cai_jax.checkpoints import gguf as gguf_io
 from cai_jax.checkpoints import hf, orbax_io
 from cai_jax.checkpoints.hf import CheckpointError
+from cai_jax.model import layer_scan
 from cai_jax.model.config import DecoderConfig
 from cai_jax.tokenizer import load_tokenizer
 
@@ -135,21 +137,32 @@ def resolve(spec: str, cache_dir: str) -> str:
 
 def load(spec: str, *, cache_dir: str, param_dtype: str = "float32", dtype: str = "float32",
          shardings_for: Callable[[DecoderConfig], Any] | None = None,
-         narrow_matmuls: bool = False) -> LoadedModel:
+         narrow_matmuls: bool = False, scan_layers: bool = False) -> LoadedModel:
   """`shardings_for(config)` (a tree like the params) places each parameter straight into its
   shards: an HF folder is read on the host and every device receives only its slices; an orbax
   folder is restored into the shardings. Without it, parameters land on the default device.
   `narrow_matmuls`: weights stored narrower than `dtype` go into the matmuls as stored
-  (`DecoderConfig.narrow_matmuls`) instead of upcast."""
+  (`DecoderConfig.narrow_matmuls`) instead of upcast. `scan_layers`: the parameters in the
+  scanned layout (`layer_scan`), whichever layout the folder holds."""
   folder = resolve(spec, cache_dir)
   tokenizer = read_tokenizer(folder)  # first: no usable tokenizer fails before the weights load
   if orbax_io.is_orbax_folder(folder):
     shardings = None
+    stored = orbax_io.read_config(folder).replace(param_dtype=param_dtype)
     if shardings_for is not None:
-      shardings = shardings_for(orbax_io.read_config(folder).replace(param_dtype=param_dtype))
+      shardings = shardings_for(stored)
     config, params = orbax_io.load(folder, param_dtype=param_dtype, shardings=shardings)
+    if config.scan_layers != scan_layers:
+      config = config.replace(scan_layers=scan_layers)
+      relayout = functools.partial(layer_scan.relayout, layer_types=config.layer_types,
+                                   scanned=scan_layers)
+      out = None if shardings_for is None else shardings_for(config)
+      params = jax.jit(relayout, out_shardings=out)(params)
   else:
     config, params = hf.load_hf_folder(folder, param_dtype=param_dtype)
+    if scan_layers:
+      config = config.replace(scan_layers=True)
+      params = layer_scan.stack(params, config.layer_types)  # on the host: NumPy arrays
     if shardings_for is not None:
       from cai_jax import parallel
       params = parallel.shard_host_tree(params, shardings_for(config))

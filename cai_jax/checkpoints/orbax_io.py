@@ -16,7 +16,7 @@ import os
 import jax
 
 from cai_jax.checkpoints.hf import CheckpointError
-from cai_jax.model import decoder, families
+from cai_jax.model import decoder, families, layer_scan
 from cai_jax.model.config import DecoderConfig
 
 MARKER = "cai_jax_checkpoint.json"
@@ -32,6 +32,9 @@ def save(folder: str, config: DecoderConfig, params, tokenizer) -> None:
 
   folder = os.path.abspath(folder)
   os.makedirs(folder, exist_ok=True)
+  # Folders hold the unrolled layer layout whatever the run used (the loader stacks on request).
+  params = layer_scan.unstack(params, config.layer_types)
+  config = config.replace(scan_layers=False)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.join(folder, "params"), params, force=True)
   checkpointer.wait_until_finished()

@@ -154,7 +154,7 @@ def option_scores_after_prefix(model: decoder.Decoder, params, batch, cache, pre
   [0, prefix_slots) of every row and room for the row after it; the row's tokens read every
   prefix token and, as in `packed_mask`, the question and their own option."""
   zero = jnp.zeros((), jnp.int32)
-  kv_positions = jax.lax.dynamic_update_slice(cache[0].positions_BS, batch["positions"],
+  kv_positions = jax.lax.dynamic_update_slice(cache[0].slot_positions(), batch["positions"],
                                               (zero, jnp.asarray(prefix_slots, jnp.int32)))
   prefix_visible = ((kv_positions[:, None, :prefix_slots] >= 0)
                     & (batch["positions"][:, :, None] >= 0))
@@ -228,8 +228,8 @@ class MCScorer:
     """Batch-major arrays with their rows over the data axes (as they are without a mesh)."""
     if self.mesh is None:
       return tree
-    return jax.tree.map(lambda x: jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim)),
-                        tree)
+    return kv_cache.map_rows(
+        lambda x, axis: jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim, axis)), tree)
 
   def pack_items(self, items: Sequence[MCItem]) -> list[PackedItem]:
     prompts = self.tokenizer.encode_batch([it.prompt for it in items], add_bos=True)
@@ -279,8 +279,8 @@ class MCScorer:
         (tokens, positions, kv_cache.init_cache(self.config, rows, slots)))
     cache = self._prefill(self.params, tokens, positions, cache)
     if self.mesh is not None:
-      cache = jax.tree.map(lambda x: jax.device_put(x[:1], parallel.replicated(self.mesh)),
-                           cache)
+      cache = kv_cache.map_rows(lambda x, axis: jax.device_put(
+          jax.lax.slice_in_dim(x, 0, 1, axis=axis), parallel.replicated(self.mesh)), cache)
     return ScoringPrefix(text=text, length=len(ids), slots=slots, cache=cache)
 
   def score_after(self, items: Sequence[MCItem], prefix: ScoringPrefix, progress=None) -> MCResult:
@@ -314,13 +314,8 @@ class MCScorer:
       rows = self._rows(rows)
       batch = self._place(make_batch([packed[i] for i in chunk], rows, length))
       num_options = pow2_bucket(max(packed[i].num_options for i in chunk), 2)
-      cache = [kv_cache.LayerCache(
-          k_BSKH=c.k_BSKH.at[:, :prefix.slots].set(p.k_BSKH),
-          v_BSKH=c.v_BSKH.at[:, :prefix.slots].set(p.v_BSKH),
-          positions_BS=c.positions_BS.at[:, :prefix.slots].set(p.positions_BS))
-          for c, p in zip(kv_cache.init_cache(self.config, rows, prefix.slots + length),
-                          prefix.cache)]
-      cache = self._place(cache)
+      cache = self._place(kv_cache.copy_prefix(
+          kv_cache.init_cache(self.config, rows, prefix.slots + length), prefix.cache))
       scores = np.asarray(self._score_after(self.params, batch, cache, prefix_slots=prefix.slots,
                                             num_options=num_options))
       for r, i in enumerate(chunk):

@@ -43,7 +43,7 @@ def load_model(config, mesh=None, checkpoint: str | None = None) -> loader.Loade
     shardings_for = lambda cfg: engine.model_shardings(cfg, mesh)  # noqa: E731
   return loader.load(checkpoint or m.checkpoint, cache_dir=os.path.expanduser(m.cache_dir),
                      param_dtype=m.param_dtype, dtype=m.dtype, shardings_for=shardings_for,
-                     narrow_matmuls=True)
+                     narrow_matmuls=True, scan_layers=bool(m.get("scan_layers", False)))
 
 
 def conversation_format(config, tokenizer):

@@ -254,7 +254,8 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
       parallel.maybe_initialize_distributed(config.distributed)
       mesh = parallel.make_mesh(dict(config.mesh))
       loaded = heads.load_pm(folder, param_dtype=m.param_dtype, dtype=m.dtype,
-                             shardings_for=lambda cfg: pm_lib.param_shardings(cfg, mesh))
+                             shardings_for=lambda cfg: pm_lib.param_shardings(cfg, mesh),
+                             scan_layers=bool(m.get("scan_layers", False)))
       scorer = pm_eval.PMScorer(loaded, mesh, batch_size=e.batch_size, max_length=e.max_length,
                                 min_length=e.min_length)
       rewards, _ = scorer.score_responses([(r["prompt"], r["completion"]) for _, r in missing])
@@ -329,7 +330,8 @@ def run(config, workdir: str) -> dict:
     mesh = parallel.make_mesh(dict(config.mesh))
     m = config.model
     loaded = heads.load_pm(folder, param_dtype=m.param_dtype, dtype=m.dtype,
-                           shardings_for=lambda cfg: pm_lib.param_shardings(cfg, mesh))
+                           shardings_for=lambda cfg: pm_lib.param_shardings(cfg, mesh),
+                           scan_layers=bool(m.get("scan_layers", False)))
     scorer = pm_eval.PMScorer(loaded, mesh, batch_size=e.batch_size, max_length=e.max_length,
                               min_length=e.min_length)
     report["pm"] = {"folder": os.path.abspath(folder), "settings": loaded.settings,

@@ -100,11 +100,13 @@ def load_initial(config, mesh, head_scale: float):
 
   path = os.path.expanduser(m.checkpoint)
   if os.path.isdir(path) and heads.is_pm_folder(path):
-    loaded = heads.load_pm(path, param_dtype=m.param_dtype, dtype=m.dtype, shardings_for=for_config)
+    loaded = heads.load_pm(path, param_dtype=m.param_dtype, dtype=m.dtype, shardings_for=for_config,
+                           scan_layers=bool(m.get("scan_layers", False)))
     return loaded.config, loaded.tokenizer, loaded.params
   model = loader.load(m.checkpoint, cache_dir=os.path.expanduser(m.cache_dir),
                       param_dtype=m.param_dtype, dtype=m.dtype,
-                      shardings_for=lambda cfg: for_config(cfg)["decoder"])
+                      shardings_for=lambda cfg: for_config(cfg)["decoder"],
+                      scan_layers=bool(m.get("scan_layers", False)))
   head = heads.init_head(model.config, jax.random.PRNGKey(config.seed + 1), head_scale)
   head = parallel.shard_host_tree(head, shardings["head"])
   return model.config, model.tokenizer, {"decoder": model.params, "head": head}

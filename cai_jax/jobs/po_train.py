@@ -183,7 +183,8 @@ def run(config, workdir: str) -> dict:
   m = config.model
   load = lambda path: loader.load(  # noqa: E731
       path, cache_dir=os.path.expanduser(m.cache_dir), param_dtype=m.param_dtype, dtype=m.dtype,
-      shardings_for=lambda cfg: engine.model_shardings(cfg, mesh))
+      shardings_for=lambda cfg: engine.model_shardings(cfg, mesh),
+      scan_layers=bool(m.get("scan_layers", False)))
   model = load(m.checkpoint)
   model_cfg = model.config.replace(remat=c.remat or False)
   param_shardings = engine.model_shardings(model_cfg, mesh)

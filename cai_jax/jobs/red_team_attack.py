@@ -131,7 +131,8 @@ def score_all(config, a, pm: str, answers: list[dict]) -> np.ndarray:
                                                      devices=jax.local_devices()[:1])
   m = config.model
   loaded = heads.load_pm(pm, param_dtype=m.param_dtype, dtype=m.dtype,
-                         shardings_for=lambda cfg: pm_lib.param_shardings(cfg, mesh))
+                         shardings_for=lambda cfg: pm_lib.param_shardings(cfg, mesh),
+                         scan_layers=bool(m.get("scan_layers", False)))
   scorer = pm_eval.PMScorer(loaded, mesh, batch_size=a.pm_batch_size)
   scores, _ = scorer.score_responses([(r["prompt"], r["answer"]) for r in answers])
   return scores

@@ -237,6 +237,7 @@ def rl_prompts(c) -> tuple[list, set, int | None]:
 def run(config, workdir: str) -> dict:
   c = config.rl_train
   m = config.model
+  scan = bool(m.get("scan_layers", False))
   parallel.maybe_initialize_distributed(config.distributed)
   mesh = parallel.make_mesh(dict(config.mesh))
   check_config(c, mesh)
@@ -323,10 +324,11 @@ def run(config, workdir: str) -> dict:
 
   # ---- models (configs from the folders: a resumed run reads no trainable weights)
   remat = c.remat or False
-  policy_cfg = policy_model_cfg.replace(param_dtype=m.param_dtype, dtype=m.dtype, remat=remat)
+  policy_cfg = policy_model_cfg.replace(param_dtype=m.param_dtype, dtype=m.dtype, remat=remat,
+                                        scan_layers=scan)
   value_cfg = (read_model_config(os.path.join(pm_path, "decoder")) if c.value_init == "pm"
                else policy_model_cfg).replace(param_dtype=m.param_dtype, dtype=m.dtype,
-                                              remat=remat)
+                                              remat=remat, scan_layers=scan)
   decoder_shardings = lambda cfg: engine.model_shardings(cfg, mesh)  # noqa: E731
   pm_shardings = lambda cfg: pm_lib.param_shardings(cfg, mesh)  # noqa: E731
 
@@ -348,10 +350,10 @@ def run(config, workdir: str) -> dict:
   else:
     load = lambda dtype: loader.load(  # noqa: E731
         policy_spec, cache_dir=cache_dir, param_dtype=dtype, dtype=m.dtype,
-        shardings_for=decoder_shardings).params
+        shardings_for=decoder_shardings, scan_layers=scan).params
     if c.value_init == "pm":
       value_params = heads.load_pm(pm_path, param_dtype=m.param_dtype, dtype=m.dtype,
-                                   shardings_for=pm_shardings).params
+                                   shardings_for=pm_shardings, scan_layers=scan).params
     else:  # the policy's decoder (a copy of its own) and a head that starts at 0
       value_params = {"decoder": load(m.param_dtype), "head": parallel.shard_host_tree(
           ro.zero_head(value_cfg), pm_shardings(value_cfg)["head"])}
@@ -362,11 +364,12 @@ def run(config, workdir: str) -> dict:
   # The frozen models: read again, so that their buffers are never the donated state's.
   ref_cfg = policy_cfg.replace(param_dtype=c.frozen_dtype, remat=False)
   ref_params = loader.load(policy_spec, cache_dir=cache_dir, param_dtype=c.frozen_dtype,
-                           dtype=m.dtype, shardings_for=decoder_shardings).params
+                           dtype=m.dtype, shardings_for=decoder_shardings,
+                           scan_layers=scan).params
   pm_model = None
   if c.reward == "pm":
     pm_model = heads.load_pm(pm_path, param_dtype=c.frozen_dtype, dtype=m.dtype,
-                             shardings_for=pm_shardings)
+                             shardings_for=pm_shardings, scan_layers=scan)
 
   # ---- the trainer on the engine's loop
   programs = make_programs(c, policy_cfg, ref_cfg, value_cfg,

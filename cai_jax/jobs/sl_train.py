@@ -57,7 +57,8 @@ def run(config, workdir: str) -> dict:
   m = config.model
   model = loader.load(m.checkpoint, cache_dir=os.path.expanduser(m.cache_dir),
                       param_dtype=m.param_dtype, dtype=m.dtype,
-                      shardings_for=lambda cfg: engine.model_shardings(cfg, mesh))
+                      shardings_for=lambda cfg: engine.model_shardings(cfg, mesh),
+                      scan_layers=bool(m.get("scan_layers", False)))
   model_cfg = model.config.replace(remat=c.remat or False)
   fmt = conversation_format(config, model.tokenizer)
   train = sl.read_sl_file(c.data, model.tokenizer, max_length=c.max_length,

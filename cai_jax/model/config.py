@@ -82,6 +82,9 @@ class DecoderConfig:
   # Recompute in the backward pass: '' (off), 'full' (each block from its input) or 'dots'
   # (keep matmul outputs, recompute the rest: norms, activations, attention). True = 'full'.
   remat: bool | str = False
+  # Run the layers as a scan over repeated groups (`layer_scan`): compile time independent of
+  # depth; parameters then live in the scanned layout (checkpoint files never do).
+  scan_layers: bool = False
 
   def __post_init__(self):
     if len(self.layer_types) != self.num_layers:

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cai_jax.model import kv_cache
+from cai_jax.model import kv_cache, layer_scan
 from cai_jax.model.config import GLOBAL, DecoderConfig
 
 # Large finite negative instead of -inf: a fully masked row (padding) softmaxes to uniform
@@ -375,21 +375,53 @@ class Block(nn.Module):
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
 
 
+def _block_class(c: DecoderConfig):
+  """Block, or Block recomputed in the backward pass as `remat` asks."""
+  if not c.remat:
+    return Block
+  policies = {True: None, "full": None,
+              "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+  if c.remat not in policies:
+    raise ValueError(f"remat={c.remat!r}: use False, 'full' or 'dots'")
+  return nn.remat(Block, policy=policies[c.remat])
+
+
+class LayerGroup(nn.Module):
+  """One period of layers (`layer_scan.groups`), the body that `Decoder` scans when
+  `scan_layers`: the residual stream is the carry, each layer's cache slice the scanned input."""
+  config: DecoderConfig
+  kinds: tuple[bool, ...]  # is_global of each layer in the group
+
+  @nn.compact
+  def __call__(self, x_BLD, caches, positions_BL, mask_BLS, cache_index):
+    block = _block_class(self.config)
+    new = []
+    for j, is_global in enumerate(self.kinds):
+      x_BLD, c = block(self.config, is_global, name=f"layer_{j}")(
+          x_BLD, positions_BL, mask_BLS, None if caches is None else caches[j], cache_index)
+      new.append(c)
+    return x_BLD, None if caches is None else tuple(new)
+
+
 class Decoder(nn.Module):
   """The decoder. Returns logits (or the final-normed hidden states) and the updated cache."""
   config: DecoderConfig
 
   def setup(self):
     c = self.config
-    block = Block
-    if c.remat:
-      policies = {True: None, "full": None,
-                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
-      if c.remat not in policies:
-        raise ValueError(f"remat={c.remat!r}: use False, 'full' or 'dots'")
-      block = nn.remat(Block, policy=policies[c.remat])
+    block = _block_class(c)
     self.embedder = Embedder(c)
-    self.layers = [block(c, t == GLOBAL, name=f"layer_{i}") for i, t in enumerate(c.layer_types)]
+    first = 0
+    if c.scan_layers:
+      period, reps = layer_scan.groups(c.layer_types)
+      first = period * reps
+      scanned = nn.scan(LayerGroup, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=reps,
+                        metadata_params={nn.PARTITION_NAME: "layers"})
+      self.groups = scanned(c, tuple(t == GLOBAL for t in c.layer_types[:period]),
+                            name=layer_scan.SCAN)
+    self.layers = [block(c, c.layer_types[i] == GLOBAL, name=f"layer_{i}")
+                   for i in range(first, c.num_layers)]
     self.final_norm = _norm(c, None)
 
   def __call__(self, tokens_BL, positions_BL, mask_BLS,
@@ -400,13 +432,22 @@ class Decoder(nn.Module):
 
     Decoding: with `cache` and mask_BLS=None, every layer derives its mask from the positions
     (causal, real keys, its window) over its cache slots plus the L new tokens
-    (`cached_attention`); ring-buffer caches (`kv_cache.init_cache(..., ring=True)`) need this."""
+    (`cached_attention`); ring-buffer caches (`kv_cache.init_cache(..., ring=True)`) need this.
+    With `scan_layers` the cache is in the scanned layout (`kv_cache.init_cache`): the scan reads
+    and writes each group position's stacked cache in place, the remaining layers their own."""
     if mask_BLS is None and cache is None:
       raise ValueError("mask_BLS=None needs a cache")
     x = self.embedder.encode(tokens_BL)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     new_cache = [] if cache is not None else None
-    for i, layer in enumerate(self.layers):
+    first = 0  # the index in `cache` of self.layers[0]
+    if self.config.scan_layers:
+      first, _ = layer_scan.groups(self.config.layer_types)
+      x, stacked = self.groups(x, None if cache is None else tuple(cache[:first]), positions_BL,
+                               mask_BLS, cache_index)
+      if cache is not None:
+        new_cache = list(stacked)
+    for i, layer in enumerate(self.layers, start=first):
       x, layer_cache = layer(x, positions_BL, mask_BLS,
                              None if cache is None else cache[i], cache_index)
       if cache is not None:

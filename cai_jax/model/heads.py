@@ -179,9 +179,11 @@ def read_pm_meta(folder: str) -> dict:
 
 
 def load_pm(folder: str, *, param_dtype: str = "float32", dtype: str = "float32",
-            shardings_for: Callable[[DecoderConfig], Any] | None = None) -> LoadedPM:
+            shardings_for: Callable[[DecoderConfig], Any] | None = None,
+            scan_layers: bool = False) -> LoadedPM:
   """A saved preference model. `shardings_for(config)` (a tree like {"decoder", "head"}) places
-  each parameter in its shards, as `loader.load` does for a decoder."""
+  each parameter in its shards and `scan_layers` picks the decoder's layout, as `loader.load`
+  does for a decoder."""
   from cai_jax.checkpoints import loader
 
   folder = os.path.expanduser(folder)
@@ -197,7 +199,8 @@ def load_pm(folder: str, *, param_dtype: str = "float32", dtype: str = "float32"
 
   model = loader.load(os.path.join(folder, "decoder"), cache_dir=folder,
                       param_dtype=param_dtype, dtype=dtype,
-                      shardings_for=decoder_shardings if shardings_for is not None else None)
+                      shardings_for=decoder_shardings if shardings_for is not None else None,
+                      scan_layers=scan_layers)
   head_path = os.path.join(folder, "head.npz")
   try:
     with np.load(head_path) as z:

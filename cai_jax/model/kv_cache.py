@@ -22,6 +22,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from cai_jax.model import layer_scan
 from cai_jax.model.config import GLOBAL, DecoderConfig
 
 
@@ -34,24 +35,64 @@ class LayerCache:
   ring: bool = flax.struct.field(pytree_node=False, default=False)
 
   @property
+  def layer_axes(self) -> int:
+    """1 for the stacked cache of a scanned group (every array has a leading layer axis, rows
+    come second), 0 for one layer's."""
+    return len(self.positions_BS.shape) - 2
+
+  @property
   def num_slots(self) -> int:
-    return self.positions_BS.shape[1]
+    return self.positions_BS.shape[-1]
+
+  def slot_positions(self) -> jax.Array:
+    """[B, S]: the positions held in each slot (those of the group's first layer when stacked;
+    a group's layers share their slots)."""
+    return self.positions_BS[0] if self.layer_axes else self.positions_BS
 
 
 def init_cache(config: DecoderConfig, batch: int, length: int, dtype=None, *,
                ring: bool = False) -> list[LayerCache]:
   """An empty cache for every layer: `length` slots per row, or with `ring=True`
-  min(sliding_window, length) ring slots on the sliding-window layers."""
+  min(sliding_window, length) ring slots on the sliding-window layers.
+
+  With `config.scan_layers` the list follows the scanned layout (`layer_scan`): one stacked
+  cache per position in the repeating group (a leading axis over the groups, `layer_axes` = 1),
+  then one per remaining layer, so that the scan reads and writes it in place."""
   dtype = jnp.dtype(dtype or config.dtype)
 
-  def layer(kind):
+  def layer(kind, lead=()):
     is_ring = ring and kind != GLOBAL and config.sliding_window < length
     slots = config.sliding_window if is_ring else length
-    shape = (batch, slots, config.num_kv_heads, config.head_dim)
+    shape = lead + (batch, slots, config.num_kv_heads, config.head_dim)
     return LayerCache(k_BSKH=jnp.zeros(shape, dtype), v_BSKH=jnp.zeros(shape, dtype),
-                      positions_BS=jnp.full((batch, slots), -1, jnp.int32), ring=is_ring)
+                      positions_BS=jnp.full(lead + (batch, slots), -1, jnp.int32), ring=is_ring)
 
-  return [layer(kind) for kind in config.layer_types]
+  if not config.scan_layers:
+    return [layer(kind) for kind in config.layer_types]
+  period, reps = layer_scan.groups(config.layer_types)
+  return ([layer(kind, (reps,)) for kind in config.layer_types[:period]]
+          + [layer(kind) for kind in config.layer_types[period * reps:]])
+
+
+def map_rows(fn, tree):
+  """fn(array, row_axis) on every array of `tree` (caches, batches, tuples of both): the row axis
+  is 1 in a scanned group's stacked cache and 0 everywhere else."""
+  def one(node):
+    axis = node.layer_axes if isinstance(node, LayerCache) else 0
+    return jax.tree.map(lambda x: fn(x, axis), node)
+  return jax.tree.map(one, tree, is_leaf=lambda n: isinstance(n, LayerCache))
+
+
+def set_rows(cache: list[LayerCache], rows_K, new: list[LayerCache]) -> list[LayerCache]:
+  """`cache` with rows `rows_K` replaced by the K rows of `new` (same layout); out-of-range row
+  indices are dropped."""
+  def put(buf, x, axis):
+    index = (slice(None),) * axis + (rows_K,)
+    return buf.at[index].set(x.astype(buf.dtype), mode="drop")
+  return [c.replace(k_BSKH=put(c.k_BSKH, n.k_BSKH, c.layer_axes),
+                    v_BSKH=put(c.v_BSKH, n.v_BSKH, c.layer_axes),
+                    positions_BS=put(c.positions_BS, n.positions_BS, c.layer_axes))
+          for c, n in zip(cache, new)]
 
 
 def write(cache: LayerCache, k_BLKH, v_BLKH, positions_BL, index) -> LayerCache:
@@ -114,9 +155,9 @@ def copy_prefix(cache: list[LayerCache], prefix: list[LayerCache]) -> list[Layer
     if p.num_slots > c.num_slots or (p.ring and not c.ring):
       raise ValueError(f"a prefix cache of {p.num_slots} slots (ring={p.ring}) does not fit a "
                        f"cache of {c.num_slots} slots (ring={c.ring})")
-    n = p.num_slots
+    slots = (slice(None),) * (c.layer_axes + 1) + (slice(0, p.num_slots),)
     out.append(c.replace(
-        k_BSKH=c.k_BSKH.at[:, :n].set(p.k_BSKH.astype(c.k_BSKH.dtype)),
-        v_BSKH=c.v_BSKH.at[:, :n].set(p.v_BSKH.astype(c.v_BSKH.dtype)),
-        positions_BS=c.positions_BS.at[:, :n].set(p.positions_BS)))
+        k_BSKH=c.k_BSKH.at[slots].set(p.k_BSKH.astype(c.k_BSKH.dtype)),
+        v_BSKH=c.v_BSKH.at[slots].set(p.v_BSKH.astype(c.v_BSKH.dtype)),
+        positions_BS=c.positions_BS.at[slots].set(p.positions_BS)))
   return out

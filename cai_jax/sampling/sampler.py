@@ -183,9 +183,7 @@ def _admit(state: DecodeState, new_cache, hidden_KD, rows_K, next_pos_K, key_K) 
   def put(buf, new):
     return buf.at[rows_K].set(new.astype(buf.dtype), mode="drop")
 
-  cache = [c.replace(k_BSKH=put(c.k_BSKH, n.k_BSKH), v_BSKH=put(c.v_BSKH, n.v_BSKH),
-                     positions_BS=put(c.positions_BS, n.positions_BS))
-           for c, n in zip(state.cache, new_cache)]
+  cache = kv_cache.set_rows(state.cache, rows_K, new_cache)
   zeros = jnp.zeros(rows_K.shape, jnp.int32)
   return state.replace(
       hidden_BD=put(state.hidden_BD, hidden_KD), cache=cache,
@@ -279,8 +277,8 @@ class Sampler:
     """Batch-major arrays placed with their rows over the data axes (no-op without a mesh)."""
     if self.mesh is None:
       return tree
-    return jax.tree.map(lambda x: jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim)),
-                        tree)
+    return kv_cache.map_rows(
+        lambda x, axis: jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim, axis)), tree)
 
   def _new_cache(self, rows: int, slots: int) -> list[kv_cache.LayerCache]:
     """An empty cache of `rows` x `slots`; under a mesh it is created already split over the
@@ -291,8 +289,8 @@ class Sampler:
     if self.mesh is None:
       return make()
     if (rows, slots) not in self._cache_makers:  # one compiled initialiser per shape
-      shardings = jax.tree.map(lambda x: parallel.batch_sharding(self.mesh, x.ndim),
-                               jax.eval_shape(make))
+      shardings = kv_cache.map_rows(
+          lambda x, axis: parallel.batch_sharding(self.mesh, x.ndim, axis), jax.eval_shape(make))
       self._cache_makers[rows, slots] = jax.jit(make, out_shardings=shardings)
     return self._cache_makers[rows, slots]()
 
@@ -318,7 +316,7 @@ class Sampler:
     positions[:, :len(ids)] = np.arange(len(ids))
     cache = self._new_cache(rows, slots)
     _, cache = self._prefill_chunks(tokens, positions, np.full(rows, len(ids) - 1), cache, 0)
-    cache = [jax.tree.map(lambda x: x[:1], c) for c in cache]
+    cache = kv_cache.map_rows(lambda x, axis: jax.lax.slice_in_dim(x, 0, 1, axis=axis), cache)
     return PrefixCache(cache=cache, length=len(ids), slots=slots)
 
   # ------------------------------------------------------------------ generation

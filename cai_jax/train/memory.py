@@ -446,7 +446,8 @@ def model_config_for(config, architecture: str | None = None) -> DecoderConfig:
   a pipeline stage pass the stage's own config (`stage_config_for`): its dtypes are the ones the
   stage runs with (the sampling stages' `pipeline.sampling_param_dtype`)."""
   name = architecture or architecture_of(config)
-  return families.preset(name, param_dtype=config.model.param_dtype, dtype=config.model.dtype)
+  return families.preset(name, param_dtype=config.model.param_dtype, dtype=config.model.dtype,
+                         scan_layers=bool(config.model.get("scan_layers", False)))
 
 
 def mesh_for(config, num_devices: int | None = None) -> AbstractMesh:
