@@ -50,6 +50,7 @@ def get_config():
       preset="gemma3-27b")
   config.model.checkpoint = ""   # set: a local HF folder of Gemma 3 27B on every host
   config_defaults.mixed_precision(config)  # fp32 master weights, bf16 matmuls and sampling
+  config.model.scan_layers = True  # one compiled layer group, not one copy per layer
   config.mesh.update(data=1, fsdp=16, tensor=2)
   config.distributed.auto = True
 

@@ -41,6 +41,7 @@ def get_config():
       preset="gemma3-4b")
   config.model.checkpoint = ""   # set: a local HF folder of Gemma 3 4B
   config_defaults.mixed_precision(config)  # fp32 master weights, bf16 matmuls and sampling
+  config.model.scan_layers = True  # one compiled layer group, not one copy per layer
   config.mesh.update(data=1, fsdp=4, tensor=1)
 
   config.sl_generate.batch_size = 16
