@@ -12,6 +12,9 @@ from cai_jax import config_defaults
 
 def get_config():
   config = config_defaults.base_config("compile_check")
+  # No persistent compilation cache: a TPU executable compiled without a TPU cannot be loaded
+  # back here (JAX warns and compiles again), and compile_s is meant to time the compile.
+  config.compilation_cache = ""
   config.compile_check = dict(
       hardware="",     # configs/hardware/<file>.py (a TPU config)
       topology="",     # libtpu's topology name, e.g. 'v5:2x4x4'; '' = from the hardware config
