@@ -151,12 +151,11 @@ def test_cached_decoding_equals_the_unrolled_layers(models, ring):
 
 
 @pytest.mark.parametrize("kind", ["hf", "orbax"])
-def test_checkpoints_load_in_either_layout(models, tmp_path, kind):
+def test_checkpoints_load_in_either_layout(tmp_path, kind):
   """Files written from scanned parameters hold what unrolled ones do; the loader gives either
   layout from either file."""
-  cfg, params, scfg, sparams = models
   tok = tiny_model.small_tokenizer()
-  cfg = cfg.replace(vocab_size=tok.vocab_size, remat=False)
+  cfg = seven_layers(vocab_size=tok.vocab_size)  # the tokenizer's vocabulary: a loadable folder
   params = decoder.init_params(cfg, jax.random.PRNGKey(3))
   scfg, sparams = cfg.replace(scan_layers=True), layer_scan.stack(params, cfg.layer_types)
   folder = str(tmp_path / kind)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 SCAN = "scan"  # the parameter collection name of the scanned groups
@@ -41,7 +42,6 @@ def groups(layer_types: Sequence[str]) -> tuple[int, int]:
 def _stack(leaves):
   if all(isinstance(x, np.ndarray) for x in leaves):
     return np.stack(leaves)
-  import jax.numpy as jnp
   return jnp.stack(leaves)
 
 
