@@ -22,12 +22,21 @@ def _have(module: str) -> bool:
 HAVE_TRANSFORMERS = _have("transformers") and _have("torch")
 
 
-def simulated_devices_flags(n: int) -> str:
-  """XLA_FLAGS for a subprocess with `n` simulated CPU devices. On 2 cores `n` device threads
-  can wait for each other past XLA's 40 s collective timeout (seen once in CI: "only 6 of 8
-  arrived"), which aborts the process; a real hang still ends at the test's own timeout."""
-  return (f"--xla_force_host_platform_device_count={n} "
-          "--xla_cpu_collective_call_terminate_timeout_seconds=600")
+def simulated_devices_env(n: int) -> dict[str, str]:
+  """Environment for a subprocess with `n` simulated CPU devices.
+
+  XLA sizes its CPU thread pools to max(cores, devices), n threads on 2 cores. With many programs
+  in flight (asynchronous dispatch) that is too few: devices blocked in a collective hold
+  threads that the other devices' parallel matmul tasks need, and the collective never completes
+  ("only 6 of 8 arrived", then the process aborts). tests/test_simulated_devices.py reproduces
+  it: 8 devices hang with 8 to 15 threads and run with 16. PJRT_NPROC (read by XLA's
+  DefaultThreadPoolSize) makes the pools 2n threads. The collective timeout is raised to 600 s
+  so that a slow step on loaded cores is not taken for a hang."""
+  return dict(os.environ, JAX_PLATFORMS="cpu", PJRT_NPROC=str(2 * n),
+              XLA_FLAGS=(f"--xla_force_host_platform_device_count={n} "
+                         "--xla_cpu_collective_call_terminate_timeout_seconds=600"))
+
+
 needs_transformers = pytest.mark.skipif(
     not HAVE_TRANSFORMERS, reason="transformers/torch not installed: golden files are used")
 

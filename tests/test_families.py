@@ -25,7 +25,7 @@ import pytest
 
 from cai_jax.checkpoints import hf
 from cai_jax.model import decoder, families, kv_cache
-from conftest import needs_transformers, simulated_devices_flags
+from conftest import needs_transformers, simulated_devices_env
 
 SMALL = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
              num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -250,8 +250,7 @@ def test_one_training_step_under_a_mesh_equals_one_device():
   import sys
 
   here = os.path.dirname(os.path.abspath(__file__))
-  env = dict(os.environ, XLA_FLAGS=simulated_devices_flags(8),
-             JAX_PLATFORMS="cpu")
+  env = simulated_devices_env(8)
   proc = subprocess.run([sys.executable, os.path.join(here, "family_sharded_check.py")],
                         env=env, capture_output=True, text=True, timeout=600, cwd=here)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -33,7 +33,7 @@ from cai_jax.model import heads, kv_cache
 from cai_jax.train import engine, memory, optim
 
 from configs_loader import CONFIGS, load_config
-from conftest import simulated_devices_flags
+from conftest import simulated_devices_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -431,9 +431,8 @@ print(json.dumps(out))
 
 
 def test_abstract_state_bytes_equal_real_shards_on_8_devices():
-  env = dict(os.environ, XLA_FLAGS=simulated_devices_flags(8),
-             JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
-                 p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p))
+  env = dict(simulated_devices_env(8), PYTHONPATH=os.pathsep.join(
+      p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p))
   proc = subprocess.run([sys.executable, "-c", _SHARD_SCRIPT], env=env, capture_output=True,
                         text=True, timeout=300, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -30,7 +30,7 @@ from cai_jax.jobs import po_train
 from cai_jax.metrics import read_metrics
 from cai_jax.model import decoder
 from cai_jax.rl import po
-from conftest import simulated_devices_flags
+from conftest import simulated_devices_env
 from configs_loader import load_config
 import tiny_model
 
@@ -235,7 +235,7 @@ def place(x):
 print(params_digest({{k: place(v) for k, v in flat.items()}}))
 print(params_digest(flat))
 """
-  env = dict(os.environ, XLA_FLAGS=simulated_devices_flags(8), JAX_PLATFORMS="cpu")
+  env = simulated_devices_env(8)
   out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                        timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]

@@ -30,7 +30,7 @@ from cai_jax.train.engine import NonFiniteLoss
 from configs_loader import load_config
 from fake_gguf import FakeReader
 import tiny_model
-from conftest import simulated_devices_flags
+from conftest import simulated_devices_env
 
 TOPICS = ["cats", "dogs", "the sea", "the sun", "trees", "the moon", "rain", "stones"]
 
@@ -460,8 +460,7 @@ def test_probe_rows_need_not_divide_the_data_axes(assets, tmp_path):
   run(assets, tmp_path / "one", **extra)
   one = read_metrics(tmp_path / "one" / "rl_train" / "metrics.jsonl")[0]
   flags = [f"--config.{k}={v}" for k, v in settings(assets, **extra).items()]
-  env = {**os.environ, "XLA_FLAGS": simulated_devices_flags(2),
-         "JAX_PLATFORMS": "cpu"}
+  env = simulated_devices_env(2)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   proc = subprocess.run(
       [sys.executable, "-m", "cai_jax.main", "--config", os.path.join(root, "configs",

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 import tiny_model
-from conftest import simulated_devices_flags
+from conftest import simulated_devices_env
 
 WORDS = ["apples", "rivers", "quiet", "music", "paper", "stone", "green", "light"]
 MESHES = ["8,1,1", "2,2,2", "1,4,2"]
@@ -54,8 +54,7 @@ def _strings(x):
 def run_check(tmp_path, devices: int, meshes: list[str]) -> dict:
   _assets(tmp_path)
   here = os.path.dirname(os.path.abspath(__file__))
-  env = dict(os.environ, XLA_FLAGS=simulated_devices_flags(devices),
-             JAX_PLATFORMS="cpu")
+  env = simulated_devices_env(devices)
   args = [str(tmp_path / n) for n in ("hf", "prompts.jsonl", "pairs.jsonl", "items.jsonl",
                                       "constitution.json", "run")]
   proc = subprocess.run([sys.executable, os.path.join(here, "sampling_sharded_check.py"), *args,

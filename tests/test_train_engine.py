@@ -21,7 +21,7 @@ from cai_jax.data import sl
 from cai_jax.model import families
 from cai_jax.model import decoder
 from cai_jax.train import engine, flops, lm, losses, optim
-from conftest import simulated_devices_flags
+from conftest import simulated_devices_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -115,8 +115,7 @@ def test_four_micro_batches_equal_one_batch(tiny):
 
 
 def test_meshes_match_one_device_and_shard_as_the_rules_say():
-  env = dict(os.environ, XLA_FLAGS=simulated_devices_flags(8),
-             JAX_PLATFORMS="cpu")
+  env = simulated_devices_env(8)
   proc = subprocess.run([sys.executable, os.path.join(HERE, "sharded_check.py")], env=env,
                         capture_output=True, text=True, timeout=600, cwd=HERE)
   assert proc.returncode == 0, proc.stderr[-3000:]
