@@ -224,13 +224,6 @@ class MCScorer:
     """`rows` rounded up to a multiple of the data axes."""
     return -(-rows // self.min_rows) * self.min_rows
 
-  def _place(self, tree):
-    """Batch-major arrays with their rows over the data axes (as they are without a mesh)."""
-    if self.mesh is None:
-      return tree
-    return kv_cache.map_rows(
-        lambda x, axis: jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim, axis)), tree)
-
   def pack_items(self, items: Sequence[MCItem]) -> list[PackedItem]:
     prompts = self.tokenizer.encode_batch([it.prompt for it in items], add_bos=True)
     options = [self.tokenizer.encode_batch(list(it.options), add_bos=False) for it in items]
@@ -247,7 +240,8 @@ class MCScorer:
       # The last batch of a bucket shrinks to a power of two instead of padding full rows.
       rows = min(self.rows_for(length), pow2_bucket(len(order) - start, 1))
       chunk = order[start:start + rows]
-      batch = self._place(make_batch([packed[i] for i in chunk], self._rows(rows), length))
+      batch = kv_cache.place_rows(
+          make_batch([packed[i] for i in chunk], self._rows(rows), length), self.mesh)
       num_options = pow2_bucket(max(packed[i].num_options for i in chunk), 2)
       scores = np.asarray(self._score(self.params, batch, num_options=num_options))
       for r, i in enumerate(chunk):
@@ -275,8 +269,8 @@ class MCScorer:
     positions = np.full((rows, slots), -1, np.int32)
     tokens[:, :len(ids)] = ids
     positions[:, :len(ids)] = np.arange(len(ids))
-    tokens, positions, cache = self._place(
-        (tokens, positions, kv_cache.init_cache(self.config, rows, slots)))
+    tokens, positions, cache = kv_cache.place_rows(
+        (tokens, positions, kv_cache.init_cache(self.config, rows, slots)), self.mesh)
     cache = self._prefill(self.params, tokens, positions, cache)
     if self.mesh is not None:
       cache = kv_cache.map_rows(lambda x, axis: jax.device_put(
@@ -312,10 +306,10 @@ class MCScorer:
       rows = min(self.rows_for(length + prefix.slots), pow2_bucket(len(order) - start, 1))
       chunk = order[start:start + rows]
       rows = self._rows(rows)
-      batch = self._place(make_batch([packed[i] for i in chunk], rows, length))
+      batch = kv_cache.place_rows(make_batch([packed[i] for i in chunk], rows, length), self.mesh)
       num_options = pow2_bucket(max(packed[i].num_options for i in chunk), 2)
-      cache = self._place(kv_cache.copy_prefix(
-          kv_cache.init_cache(self.config, rows, prefix.slots + length), prefix.cache))
+      cache = kv_cache.place_rows(kv_cache.copy_prefix(
+          kv_cache.init_cache(self.config, rows, prefix.slots + length), prefix.cache), self.mesh)
       scores = np.asarray(self._score_after(self.params, batch, cache, prefix_slots=prefix.slots,
                                             num_options=num_options))
       for r, i in enumerate(chunk):

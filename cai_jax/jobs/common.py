@@ -31,6 +31,14 @@ def sampling_mesh(config):
   return mesh if mesh.size > 1 else None
 
 
+def weights_options(m, **overrides) -> dict:
+  """The keyword arguments `loader.load` and `heads.load_pm` take from config.model (the
+  parameter and activation dtypes and the decoder's layer layout), so that every job reads a
+  checkpoint the same way; `overrides` replace some (a frozen model's param_dtype, say)."""
+  return {"param_dtype": m.param_dtype, "dtype": m.dtype,
+          "scan_layers": bool(m.get("scan_layers", False)), **overrides}
+
+
 def load_model(config, mesh=None, checkpoint: str | None = None) -> loader.LoadedModel:
   """config.model (or `checkpoint` with config.model's dtypes), its parameters placed on `mesh`
   as in training when one is given. For the sampling and scoring jobs that call this, weights
@@ -42,8 +50,7 @@ def load_model(config, mesh=None, checkpoint: str | None = None) -> loader.Loade
     from cai_jax.train import engine
     shardings_for = lambda cfg: engine.model_shardings(cfg, mesh)  # noqa: E731
   return loader.load(checkpoint or m.checkpoint, cache_dir=os.path.expanduser(m.cache_dir),
-                     param_dtype=m.param_dtype, dtype=m.dtype, shardings_for=shardings_for,
-                     narrow_matmuls=True, scan_layers=bool(m.get("scan_layers", False)))
+                     shardings_for=shardings_for, narrow_matmuls=True, **weights_options(m))
 
 
 def conversation_format(config, tokenizer):

@@ -191,8 +191,8 @@ def _activate(mesh):
 
 def _abstract_cache(cfg, mesh, rows: int, slots: int, ring: bool = True):
   shapes = jax.eval_shape(lambda: kv_cache.init_cache(cfg, rows, slots, ring=ring))
-  return kv_cache.map_rows(lambda x, axis: _sds(
-      x.shape, x.dtype, parallel.batch_sharding(mesh, len(x.shape), axis)), shapes)
+  return jax.tree.map(lambda x, s: _sds(x.shape, x.dtype, s), shapes,
+                      kv_cache.row_shardings(shapes, mesh))
 
 
 def _pad_rows(rows: int, mesh: Mesh) -> int:

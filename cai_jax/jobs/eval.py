@@ -46,7 +46,7 @@ from cai_jax.data.jsonl import write_json_atomic
 from cai_jax.data.sources import read_hh_comparisons
 from cai_jax.eval import calibration, pm_eval, plots
 from cai_jax.eval.mc import MCScorer, read_mc_file
-from cai_jax.jobs.common import load_model, progress, sampling_mesh
+from cai_jax.jobs.common import load_model, progress, sampling_mesh, weights_options
 from cai_jax.model import heads
 from cai_jax.train import pm as pm_lib
 
@@ -253,9 +253,8 @@ def run_stages(config, workdir: str, main: bool, checked: dict | None = None) ->
     if missing:
       parallel.maybe_initialize_distributed(config.distributed)
       mesh = parallel.make_mesh(dict(config.mesh))
-      loaded = heads.load_pm(folder, param_dtype=m.param_dtype, dtype=m.dtype,
-                             shardings_for=lambda cfg: pm_lib.param_shardings(cfg, mesh),
-                             scan_layers=bool(m.get("scan_layers", False)))
+      loaded = heads.load_pm(folder, shardings_for=lambda cfg: pm_lib.param_shardings(cfg, mesh),
+                             **weights_options(m))
       scorer = pm_eval.PMScorer(loaded, mesh, batch_size=e.batch_size, max_length=e.max_length,
                                 min_length=e.min_length)
       rewards, _ = scorer.score_responses([(r["prompt"], r["completion"]) for _, r in missing])
@@ -328,10 +327,8 @@ def run(config, workdir: str) -> dict:
     folder = _pm_folder(e, workdir)
     parallel.maybe_initialize_distributed(config.distributed)
     mesh = parallel.make_mesh(dict(config.mesh))
-    m = config.model
-    loaded = heads.load_pm(folder, param_dtype=m.param_dtype, dtype=m.dtype,
-                           shardings_for=lambda cfg: pm_lib.param_shardings(cfg, mesh),
-                           scan_layers=bool(m.get("scan_layers", False)))
+    loaded = heads.load_pm(folder, shardings_for=lambda cfg: pm_lib.param_shardings(cfg, mesh),
+                           **weights_options(config.model))
     scorer = pm_eval.PMScorer(loaded, mesh, batch_size=e.batch_size, max_length=e.max_length,
                               min_length=e.min_length)
     report["pm"] = {"folder": os.path.abspath(folder), "settings": loaded.settings,

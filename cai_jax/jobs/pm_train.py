@@ -50,7 +50,7 @@ from cai_jax.config_defaults import ConfigError
 from cai_jax.data import holdout
 from cai_jax.data import preferences as prefs
 from cai_jax.data.jsonl import write_json_atomic
-from cai_jax.jobs.common import conversation_format
+from cai_jax.jobs.common import conversation_format, weights_options
 from cai_jax.model import heads
 from cai_jax.train import engine, optim, pm, runner
 from cai_jax.train.checkpointing import TrainCheckpoints
@@ -100,13 +100,10 @@ def load_initial(config, mesh, head_scale: float):
 
   path = os.path.expanduser(m.checkpoint)
   if os.path.isdir(path) and heads.is_pm_folder(path):
-    loaded = heads.load_pm(path, param_dtype=m.param_dtype, dtype=m.dtype, shardings_for=for_config,
-                           scan_layers=bool(m.get("scan_layers", False)))
+    loaded = heads.load_pm(path, shardings_for=for_config, **weights_options(m))
     return loaded.config, loaded.tokenizer, loaded.params
   model = loader.load(m.checkpoint, cache_dir=os.path.expanduser(m.cache_dir),
-                      param_dtype=m.param_dtype, dtype=m.dtype,
-                      shardings_for=lambda cfg: for_config(cfg)["decoder"],
-                      scan_layers=bool(m.get("scan_layers", False)))
+                      shardings_for=lambda cfg: for_config(cfg)["decoder"], **weights_options(m))
   head = heads.init_head(model.config, jax.random.PRNGKey(config.seed + 1), head_scale)
   head = parallel.shard_host_tree(head, shardings["head"])
   return model.config, model.tokenizer, {"decoder": model.params, "head": head}

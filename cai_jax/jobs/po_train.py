@@ -41,7 +41,7 @@ from cai_jax.config_defaults import ConfigError
 from cai_jax.data import holdout, po_pairs
 from cai_jax.data import preferences as prefs
 from cai_jax.data.jsonl import write_json_atomic
-from cai_jax.jobs.common import conversation_format
+from cai_jax.jobs.common import conversation_format, weights_options
 from cai_jax.rl import po
 from cai_jax.train import engine, optim, runner
 from cai_jax.train.checkpointing import TrainCheckpoints
@@ -182,9 +182,8 @@ def run(config, workdir: str) -> dict:
 
   m = config.model
   load = lambda path: loader.load(  # noqa: E731
-      path, cache_dir=os.path.expanduser(m.cache_dir), param_dtype=m.param_dtype, dtype=m.dtype,
-      shardings_for=lambda cfg: engine.model_shardings(cfg, mesh),
-      scan_layers=bool(m.get("scan_layers", False)))
+      path, cache_dir=os.path.expanduser(m.cache_dir),
+      shardings_for=lambda cfg: engine.model_shardings(cfg, mesh), **weights_options(m))
   model = load(m.checkpoint)
   model_cfg = model.config.replace(remat=c.remat or False)
   param_shardings = engine.model_shardings(model_cfg, mesh)

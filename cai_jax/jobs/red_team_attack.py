@@ -32,7 +32,7 @@ from cai_jax.data import sources
 from cai_jax.data.jsonl import (append_jsonl, finished_ids, read_jsonl, write_json_atomic,
                                 write_jsonl_atomic)
 from cai_jax.jobs.common import (conversation_format, load_model, policy_checkpoint, progress,
-                                sampling_mesh, sampling_strategy)
+                                sampling_mesh, sampling_strategy, weights_options)
 from cai_jax.model import heads
 from cai_jax.sampling.record_keys import record_keys
 from cai_jax.sampling.sampler import Sampler
@@ -129,10 +129,8 @@ def score_all(config, a, pm: str, answers: list[dict]) -> np.ndarray:
   from cai_jax.eval import pm_eval
   mesh = sampling_mesh(config) or parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 1},
                                                      devices=jax.local_devices()[:1])
-  m = config.model
-  loaded = heads.load_pm(pm, param_dtype=m.param_dtype, dtype=m.dtype,
-                         shardings_for=lambda cfg: pm_lib.param_shardings(cfg, mesh),
-                         scan_layers=bool(m.get("scan_layers", False)))
+  loaded = heads.load_pm(pm, shardings_for=lambda cfg: pm_lib.param_shardings(cfg, mesh),
+                         **weights_options(config.model))
   scorer = pm_eval.PMScorer(loaded, mesh, batch_size=a.pm_batch_size)
   scores, _ = scorer.score_responses([(r["prompt"], r["answer"]) for r in answers])
   return scores

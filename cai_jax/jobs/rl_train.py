@@ -98,7 +98,7 @@ from cai_jax.config_defaults import ConfigError
 from cai_jax.constitution import policy_layout
 from cai_jax.data import sources
 from cai_jax.data.jsonl import write_json_atomic
-from cai_jax.jobs.common import conversation_format, policy_checkpoint
+from cai_jax.jobs.common import conversation_format, policy_checkpoint, weights_options
 from cai_jax.metrics import read_metrics
 from cai_jax.model import heads
 from cai_jax.sampling.sampler import SAMPLING_PARAM_DTYPES, Sampler
@@ -237,7 +237,7 @@ def rl_prompts(c) -> tuple[list, set, int | None]:
 def run(config, workdir: str) -> dict:
   c = config.rl_train
   m = config.model
-  scan = bool(m.get("scan_layers", False))
+  scan = weights_options(m)["scan_layers"]
   parallel.maybe_initialize_distributed(config.distributed)
   mesh = parallel.make_mesh(dict(config.mesh))
   check_config(c, mesh)
@@ -349,11 +349,11 @@ def run(config, workdir: str) -> dict:
           f"{host['prompts']['index']})", flush=True)
   else:
     load = lambda dtype: loader.load(  # noqa: E731
-        policy_spec, cache_dir=cache_dir, param_dtype=dtype, dtype=m.dtype,
-        shardings_for=decoder_shardings, scan_layers=scan).params
+        policy_spec, cache_dir=cache_dir, shardings_for=decoder_shardings,
+        **weights_options(m, param_dtype=dtype)).params
     if c.value_init == "pm":
-      value_params = heads.load_pm(pm_path, param_dtype=m.param_dtype, dtype=m.dtype,
-                                   shardings_for=pm_shardings, scan_layers=scan).params
+      value_params = heads.load_pm(pm_path, shardings_for=pm_shardings,
+                                   **weights_options(m)).params
     else:  # the policy's decoder (a copy of its own) and a head that starts at 0
       value_params = {"decoder": load(m.param_dtype), "head": parallel.shard_host_tree(
           ro.zero_head(value_cfg), pm_shardings(value_cfg)["head"])}
@@ -363,13 +363,12 @@ def run(config, workdir: str) -> dict:
 
   # The frozen models: read again, so that their buffers are never the donated state's.
   ref_cfg = policy_cfg.replace(param_dtype=c.frozen_dtype, remat=False)
-  ref_params = loader.load(policy_spec, cache_dir=cache_dir, param_dtype=c.frozen_dtype,
-                           dtype=m.dtype, shardings_for=decoder_shardings,
-                           scan_layers=scan).params
+  ref_params = loader.load(policy_spec, cache_dir=cache_dir, shardings_for=decoder_shardings,
+                           **weights_options(m, param_dtype=c.frozen_dtype)).params
   pm_model = None
   if c.reward == "pm":
-    pm_model = heads.load_pm(pm_path, param_dtype=c.frozen_dtype, dtype=m.dtype,
-                             shardings_for=pm_shardings, scan_layers=scan)
+    pm_model = heads.load_pm(pm_path, shardings_for=pm_shardings,
+                             **weights_options(m, param_dtype=c.frozen_dtype))
 
   # ---- the trainer on the engine's loop
   programs = make_programs(c, policy_cfg, ref_cfg, value_cfg,

@@ -20,7 +20,7 @@ from cai_jax.checkpoints import loader
 from cai_jax.config_defaults import ConfigError
 from cai_jax.data import sl
 from cai_jax.data.jsonl import write_json_atomic
-from cai_jax.jobs.common import conversation_format
+from cai_jax.jobs.common import conversation_format, weights_options
 from cai_jax.train import engine, lm, optim, runner
 from cai_jax.train.checkpointing import TrainCheckpoints
 
@@ -56,9 +56,8 @@ def run(config, workdir: str) -> dict:
 
   m = config.model
   model = loader.load(m.checkpoint, cache_dir=os.path.expanduser(m.cache_dir),
-                      param_dtype=m.param_dtype, dtype=m.dtype,
                       shardings_for=lambda cfg: engine.model_shardings(cfg, mesh),
-                      scan_layers=bool(m.get("scan_layers", False)))
+                      **weights_options(m))
   model_cfg = model.config.replace(remat=c.remat or False)
   fmt = conversation_format(config, model.tokenizer)
   train = sl.read_sl_file(c.data, model.tokenizer, max_length=c.max_length,

@@ -22,6 +22,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from cai_jax import parallel
 from cai_jax.model import layer_scan
 from cai_jax.model.config import GLOBAL, DecoderConfig
 
@@ -81,6 +82,17 @@ def map_rows(fn, tree):
     axis = node.layer_axes if isinstance(node, LayerCache) else 0
     return jax.tree.map(lambda x: fn(x, axis), node)
   return jax.tree.map(one, tree, is_leaf=lambda n: isinstance(n, LayerCache))
+
+
+def row_shardings(tree, mesh):
+  """For every array (or jax.ShapeDtypeStruct) of `tree`, the sharding that splits its rows over
+  `mesh`'s data axes and replicates the rest."""
+  return map_rows(lambda x, axis: parallel.batch_sharding(mesh, len(x.shape), axis), tree)
+
+
+def place_rows(tree, mesh):
+  """`tree` (caches, batches) with its rows over `mesh`'s data axes; unchanged without a mesh."""
+  return tree if mesh is None else jax.device_put(tree, row_shardings(tree, mesh))
 
 
 def set_rows(cache: list[LayerCache], rows_K, new: list[LayerCache]) -> list[LayerCache]:

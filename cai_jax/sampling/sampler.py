@@ -273,13 +273,6 @@ class Sampler:
   def _under_mesh(self, jitted):
     return jitted if self.mesh is None else parallel.run_under(self.mesh, jitted)
 
-  def _rows_sharded(self, tree):
-    """Batch-major arrays placed with their rows over the data axes (no-op without a mesh)."""
-    if self.mesh is None:
-      return tree
-    return kv_cache.map_rows(
-        lambda x, axis: jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim, axis)), tree)
-
   def _new_cache(self, rows: int, slots: int) -> list[kv_cache.LayerCache]:
     """An empty cache of `rows` x `slots`; under a mesh it is created already split over the
     data axes (each device allocates only its rows), never whole on one device first."""
@@ -289,8 +282,7 @@ class Sampler:
     if self.mesh is None:
       return make()
     if (rows, slots) not in self._cache_makers:  # one compiled initialiser per shape
-      shardings = kv_cache.map_rows(
-          lambda x, axis: parallel.batch_sharding(self.mesh, x.ndim, axis), jax.eval_shape(make))
+      shardings = kv_cache.row_shardings(jax.eval_shape(make), self.mesh)
       self._cache_makers[rows, slots] = jax.jit(make, out_shardings=shardings)
     return self._cache_makers[rows, slots]()
 
@@ -337,8 +329,8 @@ class Sampler:
     starts = [s for s in range(0, slots, chunk) if np.any(positions[:, s:s + chunk] >= 0)]
     hidden = np.zeros((rows, self.config.embed_dim), jnp.dtype(self.config.dtype))
     last = np.asarray(last, np.int32)
-    tokens, positions, last, hidden, cache = self._rows_sharded(
-        (tokens, positions, last, hidden, cache))
+    tokens, positions, last, hidden, cache = kv_cache.place_rows(
+        (tokens, positions, last, hidden, cache), self.mesh)
     for start in starts:
       hidden, cache = self._prefill(self.params, tokens[:, start:start + chunk],
                                     positions[:, start:start + chunk], last, hidden, cache,
@@ -444,14 +436,14 @@ class Sampler:
 
   def _empty_state(self, rows: int, total: int, budget: int) -> DecodeState:
     """`rows` empty (done) slots over a cache of `total` slots per row."""
-    rows_arrays = self._rows_sharded(dict(
+    rows_arrays = kv_cache.place_rows(dict(
         hidden_BD=np.zeros((rows, self.config.embed_dim), jnp.dtype(self.config.dtype)),
         next_pos_B=np.zeros((rows,), np.int32), count_B=np.zeros((rows,), np.int32),
         done_B=np.ones((rows,), bool), eos_B=np.zeros((rows,), bool),
         tokens_BN=np.zeros((rows, budget), np.int32),
         logp_BN=np.zeros((rows, budget), np.float32),
         sampling_logp_BN=np.zeros((rows, budget), np.float32),
-        key_B=np.zeros((rows, 2), np.uint32)))
+        key_B=np.zeros((rows, 2), np.uint32)), self.mesh)
     return DecodeState(step=jnp.zeros((), jnp.int32), cache=self._new_cache(rows, total),
                        **rows_arrays)
 
@@ -517,7 +509,7 @@ class Sampler:
       finished = [(r, (text, toks, reason, logp[r, :k].copy(), slogp[r, :k].copy()))
                   for r, k, text, toks, reason in finished]
     if stopped:
-      state = state.replace(done_B=self._rows_sharded(done))
+      state = state.replace(done_B=kv_cache.place_rows(done, self.mesh))
     return finished, state
 
   def _find_stop(self, tokens: np.ndarray, stop: Sequence[str]):
