@@ -343,3 +343,27 @@ def test_drop_metrics_after_a_crash(tmp_path):
   assert drop_metrics_after(str(samples), 1, key="iteration") == 1
   assert drop_metrics_after(str(samples), 0, key="iteration") == 2 and samples.read_text() == ""
   assert drop_metrics_after(str(tmp_path / "absent.jsonl"), 3) == 0
+
+
+def test_cut_saves_are_gone_when_the_manager_is_built(tmp_path):
+  """A job that queries the latest step and then resumes builds two managers on one folder. When
+  orbax removed cut saves in a background thread, the two rmtrees raced and the resumed run's
+  first save died with FileNotFoundError (seen once in CI, in test_sl_train's SIGKILL test).
+  TrainCheckpoints removes them before it returns, so nothing is left for a second one to race."""
+  from cai_jax.train.checkpointing import TrainCheckpoints, cut_saves
+  meta = {"model_config": {"d": 1}}
+  ck = TrainCheckpoints(str(tmp_path), save_every=1, keep=3, async_save=False)
+  ck.save(1, {"w": jnp.arange(4.0)}, {"index": 1}, meta)
+  ck.close()
+  cut = tmp_path / "2.orbax-checkpoint-tmp-1796464001"
+  for d in range(40):  # enough files that a background deletion is still running on return
+    (cut / "state" / f"d{d}").mkdir(parents=True)
+    for f in range(50):
+      (cut / "state" / f"d{d}" / f"f{f}").write_bytes(b"x")
+  first = TrainCheckpoints(str(tmp_path), save_every=1, keep=3)
+  assert not cut.exists() and cut_saves(str(tmp_path)) == []
+  second = TrainCheckpoints(str(tmp_path), save_every=1, keep=3)
+  second.save(2, {"w": jnp.arange(4.0) + 1}, {"index": 2}, meta, force=True)
+  second.close()
+  first.close()
+  assert sorted(os.listdir(tmp_path)) == ["1", "2"]

@@ -10,10 +10,12 @@ refused with a message instead of an orbax shape error half-way through.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from cai_jax.checkpoints.hf import CheckpointError
@@ -31,15 +33,34 @@ def cut_saves(directory: str) -> list[str]:
   return sorted(n for n in os.listdir(directory) if CUT_SAVE_MARK in n)
 
 
+def remove_cut_saves(directory: str) -> list[str]:
+  """Deletes the cut saves under DIRECTORY (process 0; every process waits) and names them.
+
+  Done here, synchronously, rather than by orbax's `cleanup_tmp_directories`, which deletes
+  them in a background thread: a second manager on the same folder (a resumed job after a
+  query of its latest step) then ran its own rmtree over the same tree, and one of the two
+  failed with FileNotFoundError on a file the other had just removed."""
+  cut = cut_saves(directory)
+  if cut and jax.process_index() == 0:
+    for name in cut:
+      try:
+        shutil.rmtree(os.path.join(directory, name))
+      except FileNotFoundError:  # removed meanwhile by another process of ours
+        pass
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("cai_jax.remove_cut_saves")
+  return cut
+
+
 class TrainCheckpoints:
 
   def __init__(self, directory: str, *, save_every: int, keep: int, async_save: bool = True):
     self.directory = os.path.abspath(directory)
     self.save_every = int(save_every)
-    cut = cut_saves(self.directory)
+    cut = remove_cut_saves(self.directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=int(keep) if keep else None, create=True,
-        enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+        enable_async_checkpointing=async_save, cleanup_tmp_directories=False)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data", "meta"))
     if cut and jax.process_index() == 0:
