@@ -110,6 +110,12 @@ def test_stage_configs_match_the_stage_config_files(tmp_path):
   for bad in ("trpo", "dpo,ipo", ""):
     with pytest.raises(ConfigError, match="pipeline.rl.algorithm"):
       select(**{"pipeline.rl.algorithm": bad})
+  # sampling weights this backend cannot use: refused before the first stage runs
+  for dtype, why in (("float16", "float16 are not supported on cpu"), ("int4", "must be ''")):
+    with pytest.raises(ConfigError, match=f"pipeline.sampling_param_dtype.*{why}"):
+      pipeline.run(load_config("pipeline", **{"pipeline.sampling_param_dtype": dtype}),
+                   str(tmp_path / "dtype"))
+    assert not (tmp_path / "dtype" / "pipeline").exists()
   ipo = load_config("pipeline", **{"pipeline.rl.algorithm": "ipo"})
   built = pipeline.stage_config(ipo, "po_train", w)
   assert built.po_train.loss == "ipo" and built.po_train.labels == os.path.join(

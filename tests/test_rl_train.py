@@ -407,6 +407,9 @@ def test_bad_inputs_fail_before_compute(assets, tmp_path):
     bad(**{"rl_train.batch_size": 6, "rl_train.minibatch_size": 4})
   with pytest.raises(ConfigError, match="needs rl_train.target_token_id"):
     bad(**{"rl_train.reward": "target_token"})
+  with pytest.raises(ConfigError, match="rl_train.sampler_param_dtype: sampling weights in "
+                                        "float16 are not supported on cpu"):
+    bad(**{"rl_train.sampler_param_dtype": "float16"})
   with pytest.raises(ConfigError, match="probe_prompts .* shares 8 ids with rl_train.prompts"):
     bad(**{"rl_train.probe_prompts": assets["prompts"]})
   with pytest.raises(ConfigError, match="has 2 prompts within max_prompt_tokens, fewer than "

@@ -517,6 +517,9 @@ def test_bad_input_fails_clearly(sampler):
     sampler.generate("ok", max_new_tokens=4)
   with pytest.raises(ValueError, match="batching must be one of"):
     Sampler(sampler.config, sampler.params, CharTokenizer(), batching="dynamic")
+  with pytest.raises(ValueError, match="sampling weights in float16 are not supported on cpu: "
+                                       "XLA's CPU dots have no float16 kernels"):
+    Sampler(sampler.config, sampler.params, CharTokenizer(), param_dtype="float16")
   for top_p in (0.0, -0.1, 1.01):
     with pytest.raises(ValueError, match="top_p"):
       Sampling(top_p=top_p)
@@ -532,6 +535,34 @@ def test_bad_input_fails_clearly(sampler):
   with pytest.raises(ValueError, match="temperature 0 means greedy"):
     from_settings(0.0, top_p=0.9)
   assert from_settings(0.0) == Greedy() and from_settings(0.7, 5, 0.9) == Sampling(0.7, 5, 0.9)
+
+
+def test_calls_that_cannot_fit_fail_before_sampling(tiny, monkeypatch):
+  """A KV cache (slots x prefix, prompt and budget) larger than a device's memory is refused
+  with the numbers, before anything is compiled or allocated."""
+  from cai_jax.sampling import sampler as sampler_module
+  config, params = tiny
+  sampler = Sampler(config, params, CharTokenizer(), eos_ids=(), max_batch=4)
+  # 4 slots x 2**27 positions of this model's KV cache are about 260 GiB, more than this host;
+  # then a small reported device limit.
+  with pytest.raises(ValueError, match=r"4 row slots x \d+ cache slots need [\d.]+ GiB of KV "
+                     r"cache per device, more than the [\d.]+ GiB of this host's memory"):
+    sampler.generate(["ab", "cd", "ef", "gh"], max_new_tokens=2**27)
+  have, where = sampler_module.device_memory_bytes()
+  assert where == "this host's memory" and have > 2**30
+  monkeypatch.setattr(sampler_module, "device_memory_bytes", lambda mesh=None: (2**19, "device 0"))
+  # 2 rows x (a 32-slot prompt bucket for BOS + 2 characters, then 1000 tokens) = 1032 slots:
+  # float32 K and V [slots, 2 heads, 16] and int32 positions on the 2 global layers, a ring of
+  # sliding_window = 8 slots on the 2 local ones.
+  slots, window = 32 + 1000, config.sliding_window
+  layer = lambda n: 2 * n * config.num_kv_heads * config.head_dim * 4 + 4 * n  # noqa: E731
+  need = 2 * (2 * layer(slots) + 2 * layer(window))
+  with pytest.raises(ValueError, match=rf"2 row slots x {slots} cache slots need "
+                     rf"{need / 2**30:.3g} GiB of KV cache per device, more than the "
+                     rf"{2**19 / 2**30:.3g} GiB of device 0; lower the slot count"):
+    sampler.generate(["ab", "cd"], max_new_tokens=1000)
+  monkeypatch.undo()
+  assert sampler.generate(["ab", "cd"], max_new_tokens=4).num_tokens == [4, 4]
 
 
 def test_long_prompts_keep_bos_and_lose_their_left(tiny):

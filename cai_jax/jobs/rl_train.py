@@ -101,7 +101,7 @@ from cai_jax.data.jsonl import write_json_atomic
 from cai_jax.jobs.common import conversation_format, policy_checkpoint, weights_options
 from cai_jax.metrics import read_metrics
 from cai_jax.model import heads
-from cai_jax.sampling.sampler import SAMPLING_PARAM_DTYPES, Sampler
+from cai_jax.sampling.sampler import SAMPLING_PARAM_DTYPES, Sampler, check_sampling_dtype
 from cai_jax.sampling.strategies import Sampling
 from cai_jax.train import engine, optim, runner
 from cai_jax.train import pm as pm_lib
@@ -140,6 +140,11 @@ def check_config(c, mesh) -> None:
   if c.sampler_param_dtype and c.sampler_param_dtype not in SAMPLING_PARAM_DTYPES:
     raise ConfigError(f"rl_train.sampler_param_dtype must be '' or one of "
                       f"{SAMPLING_PARAM_DTYPES}, got {c.sampler_param_dtype!r}")
+  if c.sampler_param_dtype:
+    try:
+      check_sampling_dtype(c.sampler_param_dtype, jax.default_backend())
+    except ValueError as e:
+      raise ConfigError(f"rl_train.sampler_param_dtype: {e}") from None
   if c.frozen_dtype not in FROZEN_DTYPES:
     raise ConfigError(f"rl_train.frozen_dtype must be one of {FROZEN_DTYPES}, got "
                       f"{c.frozen_dtype!r}")
