@@ -39,6 +39,23 @@ def weights_options(m, **overrides) -> dict:
           "scan_layers": bool(m.get("scan_layers", False)), **overrides}
 
 
+def check_sampling_dtype(field: str, dtype: str) -> None:
+  """A config field naming sampling weights ('' = the model's own) holds a dtype the sampler
+  takes on this backend; else a ConfigError naming the field, before anything is loaded."""
+  import jax
+
+  from cai_jax.sampling import sampler
+  if not dtype:
+    return
+  if dtype not in sampler.SAMPLING_PARAM_DTYPES:
+    raise ConfigError(f"{field} must be '' or one of {sampler.SAMPLING_PARAM_DTYPES}, got "
+                      f"{dtype!r}")
+  try:
+    sampler.check_sampling_dtype(dtype, jax.default_backend())
+  except ValueError as e:
+    raise ConfigError(f"{field}: {e}") from None
+
+
 def load_model(config, mesh=None, checkpoint: str | None = None) -> loader.LoadedModel:
   """config.model (or `checkpoint` with config.model's dtypes), its parameters placed on `mesh`
   as in training when one is given. For the sampling and scoring jobs that call this, weights

@@ -49,7 +49,6 @@ import os
 import shutil
 import time
 
-from cai_jax.config_defaults import ConfigError
 from cai_jax.data.jsonl import write_json_atomic
 # The stages and their wiring are library code (cai_jax/pipeline/stages.py, shared with the
 # memory planner); their names are also importable from here, where users look for them.
@@ -82,33 +81,19 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def _check_sampling_dtype(dtype: str, platform: str) -> None:
-  """pipeline.sampling_param_dtype is a dtype the sampler takes on this backend (checked before
-  the first stage runs, not when the first sampling stage loads its model)."""
-  from cai_jax.sampling.sampler import SAMPLING_PARAM_DTYPES, check_sampling_dtype
-  if not dtype:
-    return
-  if dtype not in SAMPLING_PARAM_DTYPES:
-    raise ConfigError(f"pipeline.sampling_param_dtype must be '' or one of "
-                      f"{SAMPLING_PARAM_DTYPES}, got {dtype!r}")
-  try:
-    check_sampling_dtype(dtype, platform)
-  except ValueError as e:
-    raise ConfigError(f"pipeline.sampling_param_dtype: {e}") from None
-
-
 def run(config, workdir: str) -> dict:
   import jax
 
   from cai_jax import main  # the CLI module runs each stage (and records its config)
   from cai_jax import parallel
+  from cai_jax.jobs import common
   parallel.maybe_initialize_distributed(config.distributed)  # before anything touches JAX
   first_process = jax.process_index() == 0  # shared files are written (and removed) by one
   p = config.pipeline
   stages = selected_stages(p)
   steps = plan(config, workdir)
   check_rounds(p, workdir)  # before anything is removed or run
-  _check_sampling_dtype(p.sampling_param_dtype, jax.default_backend())
+  common.check_sampling_dtype("pipeline.sampling_param_dtype", p.sampling_param_dtype)
   out_dir = os.path.join(workdir, "pipeline")
   os.makedirs(out_dir, exist_ok=True)
   status_path = os.path.join(out_dir, "status.json")

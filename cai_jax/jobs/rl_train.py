@@ -98,10 +98,11 @@ from cai_jax.config_defaults import ConfigError
 from cai_jax.constitution import policy_layout
 from cai_jax.data import sources
 from cai_jax.data.jsonl import write_json_atomic
-from cai_jax.jobs.common import conversation_format, policy_checkpoint, weights_options
+from cai_jax.jobs.common import (check_sampling_dtype, conversation_format, policy_checkpoint,
+                               weights_options)
 from cai_jax.metrics import read_metrics
 from cai_jax.model import heads
-from cai_jax.sampling.sampler import SAMPLING_PARAM_DTYPES, Sampler, check_sampling_dtype
+from cai_jax.sampling.sampler import Sampler
 from cai_jax.sampling.strategies import Sampling
 from cai_jax.train import engine, optim, runner
 from cai_jax.train import pm as pm_lib
@@ -137,14 +138,7 @@ def check_config(c, mesh) -> None:
     raise ConfigError(f"rl_train.reward must be one of {REWARDS}, got {c.reward!r}")
   if c.value_init not in VALUE_INITS:
     raise ConfigError(f"rl_train.value_init must be one of {VALUE_INITS}, got {c.value_init!r}")
-  if c.sampler_param_dtype and c.sampler_param_dtype not in SAMPLING_PARAM_DTYPES:
-    raise ConfigError(f"rl_train.sampler_param_dtype must be '' or one of "
-                      f"{SAMPLING_PARAM_DTYPES}, got {c.sampler_param_dtype!r}")
-  if c.sampler_param_dtype:
-    try:
-      check_sampling_dtype(c.sampler_param_dtype, jax.default_backend())
-    except ValueError as e:
-      raise ConfigError(f"rl_train.sampler_param_dtype: {e}") from None
+  check_sampling_dtype("rl_train.sampler_param_dtype", c.sampler_param_dtype)
   if c.frozen_dtype not in FROZEN_DTYPES:
     raise ConfigError(f"rl_train.frozen_dtype must be one of {FROZEN_DTYPES}, got "
                       f"{c.frozen_dtype!r}")

@@ -99,10 +99,6 @@ UNSUPPORTED_SAMPLING_DTYPES = {
 }
 
 
-def devices_platform(devices) -> str:
-  return next(iter(devices)).platform if devices else jax.default_backend()
-
-
 def check_sampling_dtype(param_dtype, platform: str) -> None:
   """Refuses sampling weights of `param_dtype` on `platform` where that backend cannot use them
   (before any weights are cast or programs compiled)."""
@@ -275,7 +271,7 @@ class Sampler:
     leaf = jax.tree.leaves(params)[0]
     devices = leaf.devices() if hasattr(leaf, "devices") else jax.devices()
     self._cpu = all(d.platform == "cpu" for d in devices)
-    check_sampling_dtype(config.param_dtype, "cpu" if self._cpu else devices_platform(devices))
+    check_sampling_dtype(config.param_dtype, "cpu" if self._cpu else next(iter(devices)).platform)
     self.params = params  # (a property: cast to param_dtype, and drops the [D, V] copy)
     self.tokenizer = tokenizer
     self.max_prompt_length = max_prompt_length
