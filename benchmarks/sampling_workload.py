@@ -5,8 +5,9 @@ The workload of `sl_generate`'s initial answers and `sample_pairs`: the first --
 prompts shipped with cai_jax (`red_team`), each after the constitution's helpful exchanges
 (conversation.policy_prefix = helpful_exchanges, prefilled once and cached), sampled at
 temperature 1 with up to --new-tokens tokens, stopping at the response stop strings
-("\n\nHuman:" ...) or the format's end ids, one key per prompt from its record id. Rows end at
-very different lengths, which is what continuous batching is for.
+("\n\nHuman:" ...) or the format's end ids, one key per prompt from its record id. Decode
+loops end at tokens that may complete a stop string (--stop-checks chunks: every --chunk-size
+steps instead). Rows end at very different lengths, which is what continuous batching is for.
 
 Both samplers hold --slots row slots: "lockstep" decodes batches of that many prompts until the
 slowest row is done, "continuous" refills a slot as soon as its row finishes. Each runs with
@@ -45,6 +46,10 @@ def main():
   parser.add_argument("--slots", type=int, default=8)
   parser.add_argument("--chunk-size", type=int, default=16,
                       help="decode steps between stop-string checks (the jobs' default)")
+  parser.add_argument("--stop-checks", choices=("device", "chunks"), default="device",
+                      help="end decode loops at tokens that may complete a stop string "
+                           "(device, the default) or check stop strings only every "
+                           "--chunk-size steps (chunks, the sampler before 2026-12-06)")
   parser.add_argument("--repeats", type=int, default=2)
   parser.add_argument("--narrow", default="bfloat16",
                       help="comma-separated sampling weight dtypes to run beside float32")
@@ -78,7 +83,8 @@ def main():
   cases = [(d, b) for d in dtypes for b in batchings]
   samplers = {(d, b): Sampler(model.config, model.params, model.tokenizer, max_batch=args.slots,
                               chunk_size=args.chunk_size, eos_ids=fmt.stop_ids, batching=b,
-                              param_dtype=None if d == "float32" else d)
+                              param_dtype=None if d == "float32" else d,
+                              stop_on_device=args.stop_checks == "device")
               for d, b in cases}
   prefixes = {case: layout.prefill(s) for case, s in samplers.items()}
   prefix_tokens = prefixes[cases[0]].length
@@ -98,8 +104,8 @@ def main():
   result = {"device": device.device_kind, "platform": device.platform,
             "checkpoint": args.checkpoint, "prompts": len(rows), "slots": args.slots,
             "new_tokens": args.new_tokens, "prefix_tokens": prefix_tokens,
-            "chunk_size": args.chunk_size, "temperature": 1.0, "repeats": args.repeats,
-            "dtypes": dtypes}
+            "chunk_size": args.chunk_size, "stop_checks": args.stop_checks, "temperature": 1.0,
+            "repeats": args.repeats, "dtypes": dtypes}
   strategy = Sampling(temperature=1.0)
   outputs, utilisation = {}, {}
   times = {case: [] for case in cases}

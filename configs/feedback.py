@@ -43,6 +43,6 @@ def get_config():
       tokens_per_batch=4096,      # scorer: rows per batch = tokens_per_batch // padded length
       max_prompt_length=4096,     # cot sampler: budget per row after the cached few-shot prefix
       sampler_batch=16,           # cot sampler: rows per decode batch
-      chunk_size=16,              # cot sampler: decode steps between stop-string checks
+      chunk_size=16,              # cot: stop-string check interval, for stops ending in whitespace
   )
   return config

@@ -24,7 +24,7 @@ def get_config():
       batch_size=16,            # rows per sampler batch; on a 2-core CPU 16 rows finished 1.3x the
                                 # rows/s of 8 (270M, 48 red-team prompts, temperature 1)
       max_prompt_length=2048,   # longer prompts keep BOS and lose tokens from the left
-      chunk_size=32,            # decode steps between host checks for stop strings
+      chunk_size=32,            # stop-string check interval, for stops ending in whitespace
       write_every=32,           # prompts per appended block of records
   )
   return config

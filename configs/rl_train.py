@@ -55,7 +55,7 @@ def get_config():
       sampler_param_dtype="",   # rollout weights ('' = the policy's; 'bfloat16': a narrow copy
                                 # per iteration, old log-probs still from the trainer's weights;
                                 # the metric sampler_logprob_gap shows the difference)
-      chunk_size=16,            # decode steps between stop-string checks
+      chunk_size=16,            # stop-string check interval, for stops ending in whitespace
       min_length=32,            # smallest padded length bucket for scoring / updates
       # ---- reward
       missing_end_penalty=-1.0,  # added to the score of rows cut at max_new_tokens (0 = off)

@@ -35,7 +35,7 @@ def get_config():
       batch_size=8,               # sampler row slots / 2 (2 answers per prompt; continuous
                                   # batching refills the slots)
       block_size=32,              # prompts per sampler call and per appended block of pairs
-      chunk_size=16,              # decode steps between stop-string checks
+      chunk_size=16,              # stop-string check interval, for stops ending in whitespace
       output="",                  # pairs jsonl; default WORKDIR/sample_pairs/pairs.jsonl
   )
   return config

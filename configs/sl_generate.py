@@ -39,7 +39,7 @@ def get_config():
       max_prompt_length=4096,     # sampler budget per row after the cached few-shot prefix
       batch_size=8,               # sampler row slots (continuous batching refills them)
       block_size=32,              # prompts per sampler call and per appended block of records
-      chunk_size=16,              # decode steps between stop-string checks
+      chunk_size=16,              # stop-string check interval, for stops ending in whitespace
       drop_flagged=True,          # leave degenerate outputs out of the SL file: a flagged
                                   # revision (only the text trained on counts, not the initial
                                   # answer or critique), a flagged helpful answer

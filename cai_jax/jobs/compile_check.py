@@ -232,11 +232,12 @@ def sampler_programs(prefix: str, cfg, params, mesh: Mesh, shape: memory.Sampler
       tokens_BN=_rows(mesh, (rows, new), jnp.int32),
       logp_BN=_rows(mesh, (rows, new), jnp.float32),
       sampling_logp_BN=_rows(mesh, (rows, new), jnp.float32),
-      key_B=_rows(mesh, (rows, 2), jnp.uint32))
+      key_B=_rows(mesh, (rows, 2), jnp.uint32), stop_hit_B=_rows(mesh, (rows,), jnp.bool_))
   decode = jax.jit(functools.partial(sampler_lib._decode, model, False, strategy,  # noqa: SLF001
                                      tuple(eos_ids)),
-                   static_argnums=(0,), donate_argnums=(3,))
-  decode_args = (shape.prefix + shape.prompt, params, None, state,
+                   static_argnums=(0,), donate_argnums=(4,))
+  decode_args = (shape.prefix + shape.prompt, params, None,
+                 _sds((cfg.vocab_size,), jnp.bool_, replicated), state,
                  _sds((), jnp.int32, replicated), _sds((), jnp.int32, replicated))
   prefix_cache = (memory.kv_cache_bytes(cfg, 1, shape.prefix) if shape.prefix else 0)
   return [

@@ -24,10 +24,13 @@ on CPU the logits come from the layout XLA runs fastest (see `_project`), the gr
 avoids XLA's slow paired reduction, and only the chosen token's log-prob is computed
 (logit - logsumexp).
 
-Stopping: end-of-sequence ids and the budget on device; stop *strings* are checked on the host
-between chunks of `chunk_size` decode steps (without stop strings a loop runs until enough rows
-are done), and the returned text is cut before the stop string. Finish reasons: "stop", "eos",
-"length".
+Stopping: end-of-sequence ids and the budget on device; stop *strings* on the host, which
+checks a row's text when its loop ends: the loop ends at the first step where a row emits a
+token that may complete a stop string (`stop_tokens`: one holding a stop string's last
+character), so a row that stops frees its slot at that step, and the results are those of a
+check after every step. Where that rule does not apply (a stop string ending in whitespace, or
+`stop_on_device=False`), the host checks between chunks of `chunk_size` decode steps. The
+returned text is cut before the stop string. Finish reasons: "stop", "eos", "length".
 
 Policies: prompts are encoded with BOS first and nothing else (with a prefix, BOS starts the
 prefix and each prompt is appended as encoded on its own); an empty prompt is an error; a prompt
@@ -54,6 +57,7 @@ from jax.sharding import Mesh
 from cai_jax import parallel
 from cai_jax.model import decoder, kv_cache
 from cai_jax.model.config import DecoderConfig
+from cai_jax.sampling import stop_tokens
 from cai_jax.sampling.strategies import Greedy, Sampling, logprob_of
 from cai_jax.shapes import pow2_bucket, truncate_left
 
@@ -78,6 +82,7 @@ class DecodeState:
   logp_BN: jax.Array          # log-prob under the raw model distribution
   sampling_logp_BN: jax.Array  # log-prob under the sampling distribution
   key_B: jax.Array            # [B, 2]: token t of a row is drawn with fold_in(row key, t)
+  stop_hit_B: jax.Array       # the row's last token may complete a stop string (ends the loop)
 
 
 @dataclasses.dataclass
@@ -162,17 +167,19 @@ def _prefill(model, params, tokens_BL, positions_BL, last_B, hidden_BD, cache, c
   return jnp.where(jnp.any(at_last, axis=1)[:, None], h.astype(hidden_BD.dtype), hidden_BD), cache
 
 
-def _decode(model, cpu, strategy, eos_ids, first_slot, params, embedding_DV, state: DecodeState,
-            until, min_done):
-  """Samples tokens until step == until or at least `min_done` rows are done (one compiled
-  loop). Row b's token t is drawn with fold_in(key_b, t) and written at its own count, so a
-  row's tokens do not depend on the slot or the step that produced them."""
+def _decode(model, cpu, strategy, eos_ids, first_slot, params, embedding_DV, stop_V,
+            state: DecodeState, until, min_done):
+  """Samples tokens until step == until, at least `min_done` rows are done, or a row emits a
+  token v with stop_V[v] (one compiled loop). Row b's token t is drawn with fold_in(key_b, t)
+  and written at its own count, so a row's tokens do not depend on the slot or the step that
+  produced them."""
   eos_ids = jnp.asarray(eos_ids, jnp.int32)
   rows_B = jnp.arange(state.done_B.shape[0], dtype=jnp.int32)
   budget = state.tokens_BN.shape[1]
 
   def cond(s: DecodeState):
-    return (s.step < until) & (jnp.sum(s.done_B.astype(jnp.int32)) < min_done)
+    return ((s.step < until) & (jnp.sum(s.done_B.astype(jnp.int32)) < min_done)
+            & ~jnp.any(s.stop_hit_B))
 
   def body(s: DecodeState):
     logits = _project(model, cpu, params, embedding_DV, s.hidden_BD)
@@ -205,8 +212,10 @@ def _decode(model, cpu, strategy, eos_ids, first_slot, params, embedding_DV, sta
         tokens_BN=put(s.tokens_BN, token),
         logp_BN=put(s.logp_BN, jnp.where(active, raw_logp, 0.0)),
         sampling_logp_BN=put(s.sampling_logp_BN, jnp.where(active, sampling_logp, 0.0)),
-        key_B=s.key_B)
+        key_B=s.key_B,
+        stop_hit_B=active & stop_V[token])
 
+  state = state.replace(stop_hit_B=jnp.zeros_like(state.stop_hit_B))
   return jax.lax.while_loop(cond, body, state)
 
 
@@ -234,7 +243,7 @@ class Sampler:
                max_batch: int = 16, chunk_size: int = 32, eos_ids: Sequence[int] | None = None,
                mesh: Mesh | None = None, ring_buffer: bool = True,
                prefill_chunk: int = 256, batching: str = "continuous",
-               param_dtype: str | None = None):
+               param_dtype: str | None = None, stop_on_device: bool = True):
     """`mesh`: sample with parameters sharded as in training (e.g. `TrainState.params` under
     the engine's mesh): rows are split over the data axes, every batch is padded to a multiple
     of data x fsdp rows (padding rows are added and dropped, so batches hold the same prompts
@@ -250,7 +259,9 @@ class Sampler:
     assignment to `params` is cast too), fed to the matmuls as stored and accumulated in the
     model's dtype (`DecoderConfig.narrow_matmuls`): half the bytes read per decode step. On CPU
     a batch then has at least 2 rows, since a 1-row bfloat16 matmul is several times slower
-    there than the float32 one."""
+    there than the float32 one. `stop_on_device`: end a decode loop at any token that may
+    complete a stop string (see the module's "Stopping"), not only every `chunk_size` steps;
+    the results are the same, with fewer steps run past a stop."""
     if batching not in BATCHING:
       raise ValueError(f"batching must be one of {BATCHING}, got {batching!r}")
     if prefill_chunk < 32 or prefill_chunk & (prefill_chunk - 1):
@@ -281,6 +292,9 @@ class Sampler:
     self.ring_buffer = ring_buffer
     self.prefill_chunk = prefill_chunk
     self.batching = batching
+    self.stop_on_device = stop_on_device
+    self._token_texts = None  # each id's text alone, made when stop strings first need it
+    self._stop_masks = {}     # stop strings -> ([V] bool on device, whether loops end there)
     self.model = decoder.Decoder(config)
     # fewest rows per batch: 2 for narrow weights on CPU (see param_dtype)
     self._min_rows = 2 if self._cpu and config.narrow_matmuls else 1
@@ -353,8 +367,23 @@ class Sampler:
     if strategy not in self._decode_fns:
       self._decode_fns[strategy] = self._under_mesh(jax.jit(
           functools.partial(_decode, self.model, self._cpu, strategy, self.eos_ids),
-          static_argnums=(0,), donate_argnums=(3,)))
+          static_argnums=(0,), donate_argnums=(4,)))
     return self._decode_fns[strategy]
+
+  def _stop_mask(self, stop: tuple[str, ...]):
+    """[V] bool on device: the tokens that end a decode loop for these stop strings (all False
+    without stop strings, or when the host checks them per chunk instead), and whether decode
+    loops end at those tokens (else the host checks every `chunk_size` steps)."""
+    if stop not in self._stop_masks:
+      vocab = self.config.vocab_size
+      mask = None
+      if stop and self.stop_on_device:
+        if self._token_texts is None:
+          self._token_texts = stop_tokens.token_texts(self.tokenizer, vocab)
+        mask = stop_tokens.may_complete(self._token_texts, stop)
+      exact = mask is not None
+      self._stop_masks[stop] = (jnp.asarray(mask if exact else np.zeros(vocab, bool)), exact)
+    return self._stop_masks[stop]
 
   def _prefill_chunks(self, tokens, positions, last, cache, first_slot):
     """Prefills [rows, slots] tokens (numpy; position -1: padding) from cache slot `first_slot`
@@ -451,9 +480,11 @@ class Sampler:
   def _run_slots(self, ids, order, rows, keys, budget, strategy, stop, prefix, outputs,
                  progress):
     """Decodes the prompts `order` (indices into `ids`) in `rows` slots, writing each result to
-    `outputs`. Continuous batching: a decode chunk ends once a quarter of the slots (at least
-    one) have finished while prompts wait, and every free slot takes the next prompt.
-    Lockstep: the prompts fit the slots and start together."""
+    `outputs`. A decode loop also ends at a token that may complete a stop string, and the host
+    then frees the slots of rows that did stop. Continuous batching: once a quarter of the
+    slots (at least one) are free while prompts wait, every free slot takes the next prompt
+    (admitting each row as soon as its slot frees ran slower on the workload benchmark: each
+    admission is a prefill). Lockstep: the prompts fit the slots and start together."""
     prefix_slots = prefix.slots if prefix else 0
     prompt_slots = pow2_bucket(max(len(ids[i]) for i in order), 32)
     total = prefix_slots + prompt_slots + budget
@@ -461,11 +492,15 @@ class Sampler:
     state = self._empty_state(rows, total, budget)
     embedding_DV = self._embedding_for(rows)
     decode = self._decode_fn(strategy)
+    stop_V, stops_on_device = self._stop_mask(stop)
+    # Continuous batching admits prompts once a quarter of the slots (at least one) are free.
+    admit_at = max(1, rows // 4) if self.batching == "continuous" else rows
     pending = collections.deque(order)
     owner: list[int | None] = [None] * rows  # the prompt each slot decodes
     while True:
       free = [r for r in range(rows) if owner[r] is None]
-      if pending and free:
+      busy = rows - len(free)
+      if pending and free and (len(free) >= min(admit_at, len(pending)) or not busy):
         take = [pending.popleft() for _ in range(min(len(free), len(pending)))]
         state = self._admit_prompts(state, rows, [ids[i] for i in take], free[:len(take)],
                                     keys[take], prefix, total)
@@ -475,10 +510,12 @@ class Sampler:
       if not busy:
         return
       waiting = bool(pending) and self.batching == "continuous"
-      min_done = rows - busy + max(1, rows // 4) if waiting else rows
+      # Every free slot is empty and done, so the loop ends once enough slots are free.
+      min_done = min(admit_at, len(pending)) if waiting else rows
       start = int(state.step)
-      until = start + (min(self.chunk_size, budget) if stop else budget)
-      state = decode(first_slot, self.params, embedding_DV, state, jnp.int32(until),
+      chunked = bool(stop) and not stops_on_device
+      until = start + (min(self.chunk_size, budget) if chunked else budget)
+      state = decode(first_slot, self.params, embedding_DV, stop_V, state, jnp.int32(until),
                      jnp.int32(min_done))
       self.slot_steps += rows * (int(state.step) - start)
       finished, state = self._harvest(state, owner, stop)
@@ -498,7 +535,7 @@ class Sampler:
         tokens_BN=np.zeros((rows, budget), np.int32),
         logp_BN=np.zeros((rows, budget), np.float32),
         sampling_logp_BN=np.zeros((rows, budget), np.float32),
-        key_B=np.zeros((rows, 2), np.uint32)), self.mesh)
+        key_B=np.zeros((rows, 2), np.uint32), stop_hit_B=np.zeros((rows,), bool)), self.mesh)
     return DecodeState(step=jnp.zeros((), jnp.int32), cache=self._new_cache(rows, total),
                        **rows_arrays)
 
