@@ -538,10 +538,22 @@ def test_bad_input_fails_clearly(sampler):
 
 
 def test_calls_that_cannot_fit_fail_before_sampling(tiny, monkeypatch):
-  """A KV cache (slots x prefix, prompt and budget) larger than a device's memory is refused
-  with the numbers, before anything is compiled or allocated."""
+  """Rows that would run past the model's context (prefix + prompt + budget over max_seq_len),
+  and a KV cache (slots x prefix, prompt and budget) larger than a device's memory, are
+  refused with the numbers, before anything is compiled or allocated."""
   from cai_jax.sampling import sampler as sampler_module
   config, params = tiny
+  short = Sampler(config.replace(max_seq_len=64), params, CharTokenizer(), eos_ids=())
+  assert short.generate(["ab"], max_new_tokens=61).num_tokens == [61]  # BOS + 2 + 61 = 64
+  with pytest.raises(ValueError, match=r"a prefix of 0 tokens, a prompt of 3 and 62 new tokens "
+                     r"make 65 positions, past the model's context of 64 \(max_seq_len\)"):
+    short.generate(["ab", "a"], max_new_tokens=62)
+  prefix = short.prefill_prefix("a shared prefix. ")  # BOS + 17 characters
+  with pytest.raises(ValueError, match=r"a prefix of 18 tokens, a prompt of 2 and 45 new tokens "
+                     r"make 65 positions"):
+    short.generate(["ab"], max_new_tokens=45, prefix=prefix)
+  assert short.generate(["ab"], max_new_tokens=44, prefix=prefix).num_tokens == [44]
+  config = config.replace(max_seq_len=2**30)  # now the memory checks
   sampler = Sampler(config, params, CharTokenizer(), eos_ids=(), max_batch=4)
   # 4 slots x 2**27 positions of this model's KV cache are about 260 GiB, more than this host;
   # then a small reported device limit.

@@ -459,8 +459,17 @@ class Sampler:
 
   def _check_fits(self, longest_prompt: int, budget: int, prefix: PrefixCache | None,
                   rows: int) -> None:
-    """Refuses, before any compute, a call whose KV cache (`rows` slots x the call's cache
-    length: prefix, prompt bucket and budget) cannot fit one device's memory."""
+    """Refuses, before any compute, a call whose rows would run past the model's context
+    (prefix, longest prompt and budget over `max_seq_len`) or whose KV cache (`rows` slots x
+    the call's cache length: prefix, prompt bucket and budget) cannot fit one device's
+    memory."""
+    context = (prefix.length if prefix else 0) + longest_prompt + budget
+    if context > self.config.max_seq_len:
+      raise ValueError(
+          f"a prefix of {prefix.length if prefix else 0} tokens, a prompt of {longest_prompt} "
+          f"and {budget} new tokens make {context} positions, past the model's context of "
+          f"{self.config.max_seq_len} (max_seq_len); shorten the prefix, lower "
+          "max_prompt_length or max_new_tokens")
     prefix_slots = prefix.slots if prefix else 0
     length = prefix_slots + pow2_bucket(longest_prompt, 32) + budget
     shapes = jax.eval_shape(lambda: kv_cache.init_cache(self.config, rows, length,

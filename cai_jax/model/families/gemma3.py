@@ -148,10 +148,11 @@ PRESETS = {
         62, vocab_size=262_208, embed_dim=5376, mlp_dim=21504, num_heads=32, num_kv_heads=16,
         head_dim=128, query_pre_attn_scalar=168, sliding_window=1024, **_LONG),
     # A few-hundred-KB model for unit tests: every code path of the real ones (GQA, both layer
-    # kinds, a window smaller than test sequences) at a size that compiles in seconds.
+    # kinds, a window smaller than test sequences) at a size that compiles in seconds; the
+    # context of the 270M, since tests feed it few-shot prompts at about a token per character.
     "tiny": _preset(
         4, pattern=2, vocab_size=512, embed_dim=64, mlp_dim=128, num_heads=4, num_kv_heads=2,
-        head_dim=16, query_pre_attn_scalar=16, sliding_window=8, max_seq_len=1024),
+        head_dim=16, query_pre_attn_scalar=16, sliding_window=8, max_seq_len=32_768),
 }
 
 SENTENCEPIECE_CLASS = "GemmaTokenizer"  # no dummy prefix, unlike LlamaTokenizer
