@@ -367,9 +367,8 @@ def pre_norm_config_to_hf(c: DecoderConfig, architecture: str, model_type: str
 
 
 def tiny(family: str, **kw) -> DecoderConfig:
-  """A few-hundred-KB model of a family for unit tests (GQA, 4 layers; a context as long as
-  Gemma 3 270M's, since tests feed it the constitution's few-shot prompts at about one token
-  per character)."""
+  """A few-hundred-KB model of a family for unit tests (GQA, 4 layers; a 32,768-token context,
+  since tests feed it the constitution's few-shot prompts at about one token per character)."""
   fields = dict(vocab_size=512, embed_dim=64, mlp_dim=128, num_layers=4, num_heads=4,
                 num_kv_heads=2, head_dim=16, query_pre_attn_scalar=16,
                 layer_types=(GLOBAL,) * 4, max_seq_len=32_768, family=family)
