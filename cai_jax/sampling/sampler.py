@@ -527,7 +527,7 @@ class Sampler:
       state = decode(first_slot, self.params, embedding_DV, stop_V, state, jnp.int32(until),
                      jnp.int32(min_done))
       self.slot_steps += rows * (int(state.step) - start)
-      finished, state = self._harvest(state, owner, stop)
+      finished, state = self._harvest(state, owner, stop, every_row=not stops_on_device)
       for r, result in finished:
         outputs[owner[r]] = result
         owner[r] = None
@@ -577,18 +577,21 @@ class Sampler:
     key_K[:n] = keys
     return self._admit(state, cache, hidden, rows_K, prefix_len + lengths, key_K)
 
-  def _harvest(self, state: DecodeState, owner, stop):
+  def _harvest(self, state: DecodeState, owner, stop, every_row: bool = True):
     """The rows that finished (EOS, budget, or a stop string found in their text), as
     (slot, (text, tokens, finish reason, raw log-probs, sampling log-probs)); rows stopped by a
-    stop string are marked done in the returned state."""
+    stop string are marked done in the returned state. Without `every_row` (decode loops that
+    end at stop tokens), a row still running is searched for stop strings only if its last
+    token may complete one: any earlier such token would have ended the loop there."""
     done = np.asarray(state.done_B).copy()
+    hit_last = np.asarray(state.stop_hit_B)
     eos = np.asarray(state.eos_B)
     count = np.asarray(state.count_B)
     generated = np.asarray(state.tokens_BN)
     finished = []
     stopped = False
     for r, prompt in enumerate(owner):
-      if prompt is None:
+      if prompt is None or not (every_row or done[r] or hit_last[r]):
         continue
       row = generated[r, :count[r]]
       text = None

@@ -35,6 +35,6 @@ def may_complete(texts: Sequence[str | None], stop: Sequence[str]) -> np.ndarray
     return None
   out = np.ones(len(texts), bool)
   for v, text in enumerate(texts):
-    if text is not None and text and REPLACEMENT not in text:
+    if text and REPLACEMENT not in text:
       out[v] = any(c in text for c in last)
   return out
