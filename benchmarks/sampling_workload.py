@@ -17,9 +17,9 @@ runs of all samplers alternate (--repeats of each after one untimed call that co
 fastest counts. Also reported: the slots' utilisation (tokens generated / decode steps x
 slots); how the fastest call's time splits between admissions (prefilling prompts into slots:
 `Sampler._admit_prompts`, timed here to its result, a benchmark-only wrapper) and the decode
-loops with everything else; and the same prompts decoded greedily by both batchings, every prompt's tokens compared
-(the outputs must be identical); for narrow weights, how many prompts' greedy answers equal the
-float32 ones.
+loops with everything else; and the same prompts decoded greedily by both batchings, every
+prompt's tokens compared (the outputs must be identical); for narrow weights, how many prompts'
+greedy answers equal the float32 ones.
 
 The last line is one JSON object with continuous_rows_per_s, lockstep_rows_per_s and
 continuous_speedup (float32 weights) first; the narrow runs' keys start with the dtype.
